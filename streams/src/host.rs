@@ -1,0 +1,179 @@
+//! The host platform: worker threads for background work, a timer thread, and blocking
+//! waits on a small table of condition variables (a user-space futex).
+
+use crate::platform::{Platform, Ticks};
+use crate::sched::{Streams, WeakStreams};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const BUCKETS: usize = 64;
+/// Most worker threads; blocking entries can park workers, so the pool grows on demand.
+const MAX_WORKERS: usize = 64;
+
+#[derive(Default)]
+struct Workers {
+    threads: usize,
+    idle: usize,
+    pending: u64,
+    deadline: Option<Ticks>,
+    timer_thread: bool,
+}
+
+struct Shared {
+    start: Instant,
+    workers: Mutex<Workers>,
+    work_cv: Condvar,
+    timer_cv: Condvar,
+    buckets: Vec<(Mutex<()>, Condvar)>,
+}
+
+/// The platform for host processes: worker threads started on demand, a timer thread,
+/// and 1 tick = 1 ms. Threads end on their own once their [`Streams`] is dropped.
+#[derive(Clone)]
+pub struct HostPlatform(Arc<Shared>);
+
+impl Default for HostPlatform {
+    fn default() -> Self {
+        HostPlatform(Arc::new(Shared {
+            start: Instant::now(),
+            workers: Mutex::new(Workers::default()),
+            work_cv: Condvar::new(),
+            timer_cv: Condvar::new(),
+            buckets: (0..BUCKETS)
+                .map(|_| (Mutex::new(()), Condvar::new()))
+                .collect(),
+        }))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HostPlatform {
+    /// A host platform; threads start when work first arrives.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new [`Streams`] on a new host platform.
+    pub fn streams(config: crate::StreamsConfig) -> Streams {
+        Streams::new(Arc::new(HostPlatform::new()), config)
+    }
+}
+
+impl Shared {
+    fn now(&self) -> Ticks {
+        self.start.elapsed().as_millis() as Ticks
+    }
+
+    fn bucket(&self, word: &AtomicU32) -> &(Mutex<()>, Condvar) {
+        &self.buckets[(word as *const AtomicU32 as usize >> 2) % BUCKETS]
+    }
+
+    fn worker(&self, weak: WeakStreams) {
+        loop {
+            let Some(s) = weak.upgrade() else { return };
+            s.run_pending();
+            drop(s);
+            let mut w = lock(&self.workers);
+            if w.pending > 0 {
+                w.pending = 0;
+                continue;
+            }
+            w.idle += 1;
+            let (mut w, _) = self
+                .work_cv
+                .wait_timeout(w, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner());
+            w.idle -= 1;
+            w.pending = 0;
+        }
+    }
+
+    fn timer(&self, weak: WeakStreams) {
+        let mut w = lock(&self.workers);
+        loop {
+            let now = self.now();
+            match w.deadline {
+                Some(d) if d <= now => {
+                    w.deadline = None;
+                    drop(w);
+                    let Some(s) = weak.upgrade() else { return };
+                    s.run_timers();
+                    drop(s);
+                    w = lock(&self.workers);
+                }
+                Some(d) => {
+                    w = self
+                        .timer_cv
+                        .wait_timeout(w, Duration::from_millis(d - now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                None => {
+                    let (g, t) = self
+                        .timer_cv
+                        .wait_timeout(w, Duration::from_millis(500))
+                        .unwrap_or_else(|e| e.into_inner());
+                    w = g;
+                    if t.timed_out() && weak.upgrade().is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Platform for HostPlatform {
+    fn now(&self) -> Ticks {
+        self.0.now()
+    }
+    fn kick(&self, streams: &Streams) {
+        let mut w = lock(&self.0.workers);
+        w.pending += 1;
+        if w.idle > 0 {
+            self.0.work_cv.notify_one();
+        } else if w.threads < MAX_WORKERS {
+            w.threads += 1;
+            let (shared, weak) = (self.0.clone(), streams.downgrade());
+            std::thread::Builder::new()
+                .name("streams-worker".into())
+                .spawn(move || {
+                    shared.worker(weak);
+                    lock(&shared.workers).threads -= 1;
+                })
+                .expect("spawn a STREAMS worker thread");
+        }
+    }
+    fn timer_deadline(&self, streams: &Streams, at: Option<Ticks>) {
+        let mut w = lock(&self.0.workers);
+        w.deadline = at;
+        if !w.timer_thread && at.is_some() {
+            w.timer_thread = true;
+            let (shared, weak) = (self.0.clone(), streams.downgrade());
+            std::thread::Builder::new()
+                .name("streams-timer".into())
+                .spawn(move || {
+                    shared.timer(weak);
+                    lock(&shared.workers).timer_thread = false;
+                })
+                .expect("spawn the STREAMS timer thread");
+        }
+        self.0.timer_cv.notify_all();
+    }
+    fn wait(&self, _streams: &Streams, word: &AtomicU32, expected: u32) {
+        let (m, cv) = self.0.bucket(word);
+        let g = lock(m);
+        if word.load(Ordering::SeqCst) == expected {
+            drop(cv.wait(g).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+    fn wake_all(&self, word: &AtomicU32) {
+        let (m, cv) = self.0.bucket(word);
+        drop(lock(m));
+        cv.notify_all();
+    }
+}

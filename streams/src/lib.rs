@@ -1,0 +1,58 @@
+//! A multithreaded STREAMS framework after the illumos/Solaris DDI.
+//!
+//! Messages ([`Mblk`]) travel through queue pairs ([`Queue`]) of modules and drivers stacked
+//! into a [`Stream`], guarded by inner and outer perimeters. The primitives keep their DDI
+//! names (`putnext`, `canputnext`, `qwriter`, `qwait`, `qbufcall`, `qtimeout`, `qprocson`, ...)
+//! so that a reader of the man pages finds them; ownership is Rust's: a message is moved,
+//! and freeing it is dropping it. The contract is `shared/streams-semantics.md`.
+//!
+//! The core is `no_std` + `alloc`. It runs on a [`Platform`]: feature `std` adds
+//! [`HostPlatform`] (threads); [`DetPlatform`] is a deterministic single-threaded platform
+//! for reproducible tests; the guest brings its own.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+mod callback;
+mod error;
+mod head;
+mod module;
+mod msg;
+mod perimeter;
+mod platform;
+mod pool;
+mod queue;
+mod sched;
+mod stream;
+mod sync;
+
+#[cfg(feature = "std")]
+mod host;
+
+pub use callback::{CallbackId, Signal};
+pub use error::{Errno, Error};
+pub use head::{HeadEvent, ReadResult};
+pub use module::{
+    D_MP, D_MTCBSHARED, D_MTOCEXCL, D_MTOCSHARED, D_MTOUTPERIM, D_MTPERMOD, D_MTPERQ,
+    D_MTPUTSHARED, D_MTQPAIR, D_MTSAFE, D_MTSVCSHARED, Module, ModuleDef, ModuleDefBuilder,
+    ModuleInfo, OpenHow,
+};
+pub use msg::{DBLK_REFMAX, FreeRoutine, MSGDELIM, MSGMARK, MSGNOLOOP, Mblk, MsgType};
+pub use platform::{DetPlatform, Platform, Ticks};
+pub use pool::{FaultPolicy, PoolConfig, PoolStats};
+pub use queue::{
+    Entry, FLUSHALL, FLUSHBAND, FLUSHDATA, FLUSHR, FLUSHRW, FLUSHW, INFPSZ, Perim, Q, QB_BACK,
+    QB_FULL, QB_WANTW, QBACK, QENAB, QEND, QFULL, QINSERVICE, QNOENB, QREADR, QWANTR, QWANTW,
+    QWCLOSE, QueueRef, Side,
+};
+pub use sched::{Streams, StreamsConfig};
+pub use stream::Stream;
+
+#[cfg(feature = "std")]
+pub use host::HostPlatform;
+
+/// Default stream-head high-water mark (`STRHIGH`).
+pub const STRHIGH: usize = 5120;
+/// Default stream-head low-water mark (`STRLOW`).
+pub const STRLOW: usize = 1024;

@@ -1,0 +1,655 @@
+//! Perimeters: the inner perimeter (a syncq) and the outer perimeter around all instances.
+//!
+//! # Big theory statement
+//!
+//! **State.** A [`Syncq`] is one 32-bit word plus two deferral lists:
+//!
+//! ```text
+//!  bit 0 EXCL        a thread holds the perimeter exclusively
+//!  bit 1 BLOCKED     plumbing (qprocson/qprocsoff) in progress: stay away
+//!  bit 2 FROZEN      freezestr: stay away
+//!  bit 3 WRITER      an outer-perimeter writer is pending or running: stay away
+//!  bit 4 MESSAGES    the message list is non-empty
+//!  bit 5 EVENTS      the qwriter event list is non-empty
+//!  bit 6 WANTWAKEUP  a thread sleeps until the word changes (blocking entry, plumbing)
+//!  bit 7 WANTEXWAKEUP a qwait sleeper waits for a thread to leave put/srv/callback
+//!  8..20  count      claims: threads inside (shared or the one exclusive holder)
+//!  20..31 needexcl   threads waiting to enter exclusively (puts defer while > 0)
+//!  bit 31 POKE       toggled to wake sleepers for a cancellation or a signal
+//! ```
+//!
+//! STAYAWAY = BLOCKED|FROZEN|WRITER; QUEUED = MESSAGES|EVENTS.
+//!
+//! **Entries.** `put` never blocks: one CAS takes a claim (and EXCL, unless shared) when
+//! nothing is queued, nothing says stay away, no holder is exclusive and no exclusive entry
+//! waits; otherwise the message goes on the message list and the thread tries to drain.
+//! open/close/srv/callbacks block: a shared entry waits while STAYAWAY|EVENTS|EXCL; an
+//! exclusive one registers in needexcl and waits, in addition, until the message list is
+//! empty and the count is 0, so it runs only after every message deferred before it.
+//!
+//! **Leaving** drops the claim (and EXCL), wakes sleepers if a WANT bit was set, and if the
+//! count fell to 0 with work queued and nothing saying stay away, drains.
+//!
+//! **Draining** takes an exclusive claim, runs qwriter events first (FIFO, each alone), then
+//! messages (FIFO), stopping as soon as STAYAWAY or EVENTS appears, then leaves and looks
+//! again. Whoever leaves last, or clears a STAYAWAY bit, drains: there is always a thread
+//! responsible for queued work, so nothing is stranded (no lost wake-up). The flags MESSAGES
+//! and EVENTS change only under the lists' lock, together with the lists.
+//!
+//! **Outer perimeter.** [`Outer`] holds BUSY (a writer holds or is acquiring it) and EVENTS
+//! (queued qwriter(PERIM_OUTER) callbacks). Shared outer entry is implicit; the exclusive
+//! holder sets WRITER on every inner syncq, waits for their counts to drop to the claims it
+//! holds itself, runs; on exit it runs queued outer events, clears WRITER everywhere and
+//! drains every inner.
+//!
+//! **Invariants.** (1) EXCL implies count ≥ 1 and, for a non-shared perimeter, count = 1.
+//! (2) A message or event is on a list only while MESSAGES/EVENTS is set. (3) When count = 0,
+//! EXCL = 0, STAYAWAY = 0 and QUEUED ≠ 0, the last thread to make it so drains.
+//! (4) Per destination queue, messages are delivered in the order they were put.
+//!
+//! **Lock order.** plumbing lock (Streams) → outer inners/events lock → syncq lists lock →
+//! queue list lock. No lock is held while a module routine runs or while a thread sleeps,
+//! except the plumbing lock across the wait for claims to drain.
+//!
+//! **Who calls what.** put/qwriter/qtimeout/qbufcall paths enter here from any thread; an
+//! interrupt handler may `put` (it never blocks). Blocking entries (open, close, srv,
+//! callbacks, qwait's re-entry) come only from threads that may sleep.
+
+use crate::msg::Mblk;
+use crate::queue::{Entry, Q, QWCLOSE, QueueRef};
+use crate::sched::Streams;
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+pub(crate) const EXCL: u32 = 1 << 0;
+pub(crate) const BLOCKED: u32 = 1 << 1;
+pub(crate) const FROZEN: u32 = 1 << 2;
+pub(crate) const WRITER: u32 = 1 << 3;
+const MESSAGES: u32 = 1 << 4;
+const EVENTS: u32 = 1 << 5;
+const WANTWAKEUP: u32 = 1 << 6;
+const WANTEXWAKEUP: u32 = 1 << 7;
+const COUNT_SHIFT: u32 = 8;
+const COUNT_ONE: u32 = 1 << COUNT_SHIFT;
+const COUNT_MASK: u32 = 0xfff << COUNT_SHIFT;
+const NEEDEXCL_ONE: u32 = 1 << 20;
+const NEEDEXCL_MASK: u32 = 0x7ff << 20;
+/// Toggled by [`Syncq::wake`] so that a sleeper that read the word before sees a change.
+const POKE: u32 = 1 << 31;
+const STAYAWAY: u32 = BLOCKED | FROZEN | WRITER;
+const QUEUED: u32 = MESSAGES | EVENTS;
+
+fn count(s: u32) -> u32 {
+    (s & COUNT_MASK) >> COUNT_SHIFT
+}
+
+/// A qwriter callback.
+pub(crate) type WriterFn = Box<dyn FnOnce(Q<'_>, Mblk) + Send>;
+
+/// A deferred qwriter call.
+pub(crate) struct Event {
+    pub(crate) to: QueueRef,
+    pub(crate) mp: Mblk,
+    pub(crate) func: WriterFn,
+}
+
+impl Event {
+    fn run(self) {
+        let q = Q {
+            q: &self.to,
+            entry: Entry::Writer,
+            excl: true,
+        };
+        (self.func)(q, self.mp);
+    }
+}
+
+#[derive(Default)]
+struct Lists {
+    msgs: VecDeque<(QueueRef, Mblk)>,
+    events: VecDeque<Event>,
+}
+
+/// An inner perimeter (`syncq_t`).
+pub(crate) struct Syncq {
+    pub(crate) state: AtomicU32,
+    lists: Mutex<Lists>,
+}
+
+impl Syncq {
+    pub(crate) fn new() -> Syncq {
+        Syncq {
+            state: AtomicU32::new(0),
+            lists: Mutex::new(Lists::default()),
+        }
+    }
+
+    pub(crate) fn load(&self) -> u32 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        count(self.load())
+    }
+
+    /// The put fast path: one CAS, never blocks. False means "defer".
+    pub(crate) fn try_enter_put(&self, excl: bool) -> bool {
+        let mut s = self.load();
+        loop {
+            if s & (STAYAWAY | EXCL | QUEUED | NEEDEXCL_MASK) != 0 || (excl && count(s) != 0) {
+                return false;
+            }
+            let new = (s + COUNT_ONE) | if excl { EXCL } else { 0 };
+            match self
+                .state
+                .compare_exchange_weak(s, new, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Blocking entry (open, close, srv, callbacks). Returns false, without entering, if
+    /// `cancelled` becomes true while waiting.
+    pub(crate) fn enter(&self, s: &Streams, excl: bool, cancelled: &dyn Fn() -> bool) -> bool {
+        if excl {
+            self.state.fetch_add(NEEDEXCL_ONE, Ordering::SeqCst);
+        }
+        loop {
+            let st = self.load();
+            let ok = if excl {
+                st & (STAYAWAY | EVENTS | EXCL | MESSAGES) == 0 && count(st) == 0
+            } else {
+                st & (STAYAWAY | EVENTS | EXCL) == 0
+            };
+            if ok {
+                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+                let new = if excl { new - NEEDEXCL_ONE } else { new };
+                if self
+                    .state
+                    .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            if cancelled() {
+                if excl {
+                    let after = self.state.fetch_sub(NEEDEXCL_ONE, Ordering::SeqCst) - NEEDEXCL_ONE;
+                    self.after_change(s, after);
+                }
+                return false;
+            }
+            if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+                self.drain(s);
+                continue;
+            }
+            self.sleep(s, st);
+        }
+    }
+
+    /// Sleeps until the word changes from `st` (setting WANTWAKEUP so a leaver wakes us).
+    pub(crate) fn sleep(&self, s: &Streams, st: u32) {
+        let want = st | WANTWAKEUP;
+        if st != want
+            && self
+                .state
+                .compare_exchange(st, want, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        s.platform().wait(s, &self.state, want);
+    }
+
+    /// Wakes every sleeper on this syncq (used by cancellation and signals).
+    pub(crate) fn wake(&self, s: &Streams) {
+        self.state.fetch_xor(POKE, Ordering::SeqCst);
+        s.platform().wake_all(&self.state);
+    }
+
+    /// Leaves after an entry. `wake_qwait` is false only for qwait's own release.
+    pub(crate) fn leave(&self, s: &Streams, excl: bool, wake_qwait: bool) {
+        let clear = if wake_qwait {
+            WANTWAKEUP | WANTEXWAKEUP
+        } else {
+            WANTWAKEUP
+        };
+        let mut st = self.load();
+        loop {
+            let mut new = st - COUNT_ONE;
+            if excl {
+                new &= !EXCL;
+            }
+            new &= !clear;
+            match self
+                .state
+                .compare_exchange_weak(st, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => st = now,
+            }
+        }
+        if st & clear != 0 {
+            s.platform().wake_all(&self.state);
+        }
+        self.after_change(s, self.load());
+    }
+
+    /// If the state allows it, drains queued work.
+    fn after_change(&self, s: &Streams, st: u32) {
+        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+            self.drain(s);
+        }
+    }
+
+    /// Defers a message for `to` and tries to deliver what is queued.
+    pub(crate) fn defer(&self, s: &Streams, to: QueueRef, mp: Mblk) {
+        {
+            let mut l = self.lists.lock();
+            l.msgs.push_back((to, mp));
+            self.state.fetch_or(MESSAGES, Ordering::SeqCst);
+        }
+        self.after_change(s, self.load());
+    }
+
+    /// Appends deferred messages (moved here by qprocsoff) without draining.
+    pub(crate) fn defer_many(&self, msgs: Vec<(QueueRef, Mblk)>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut l = self.lists.lock();
+        l.msgs.extend(msgs);
+        self.state.fetch_or(MESSAGES, Ordering::SeqCst);
+    }
+
+    /// Queues a qwriter(PERIM_INNER) event.
+    pub(crate) fn push_event(&self, ev: Event) {
+        let mut l = self.lists.lock();
+        l.events.push_back(ev);
+        self.state.fetch_or(EVENTS, Ordering::SeqCst);
+    }
+
+    fn pop_event(&self) -> Option<Event> {
+        let mut l = self.lists.lock();
+        let ev = l.events.pop_front();
+        if l.events.is_empty() {
+            self.state.fetch_and(!EVENTS, Ordering::SeqCst);
+        }
+        ev
+    }
+
+    fn pop_msg(&self) -> Option<(QueueRef, Mblk)> {
+        let mut l = self.lists.lock();
+        let m = l.msgs.pop_front();
+        if l.msgs.is_empty() {
+            self.state.fetch_and(!MESSAGES, Ordering::SeqCst);
+        }
+        m
+    }
+
+    /// Removes the messages and events addressed to `pair` (qprocsoff).
+    pub(crate) fn take_for(
+        &self,
+        is_pair: impl Fn(&QueueRef) -> bool,
+    ) -> (Vec<(QueueRef, Mblk)>, Vec<Event>) {
+        let mut l = self.lists.lock();
+        let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+            l.msgs.drain(..).partition(|(q, _)| is_pair(q));
+        l.msgs = rest;
+        let (evs, rest): (VecDeque<_>, VecDeque<_>) =
+            l.events.drain(..).partition(|e| is_pair(&e.to));
+        l.events = rest;
+        if l.msgs.is_empty() {
+            self.state.fetch_and(!MESSAGES, Ordering::SeqCst);
+        }
+        if l.events.is_empty() {
+            self.state.fetch_and(!EVENTS, Ordering::SeqCst);
+        }
+        (mine.into_iter().collect(), evs.into_iter().collect())
+    }
+
+    /// Runs queued events, then messages, as long as nothing says stay away.
+    pub(crate) fn drain(&self, s: &Streams) {
+        loop {
+            let st = self.load();
+            if count(st) != 0 || st & (EXCL | STAYAWAY) != 0 || st & QUEUED == 0 {
+                return;
+            }
+            if self
+                .state
+                .compare_exchange(
+                    st,
+                    (st + COUNT_ONE) | EXCL,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            loop {
+                if let Some(ev) = self.pop_event() {
+                    ev.run();
+                    continue;
+                }
+                if self.load() & (STAYAWAY | EVENTS) != 0 {
+                    break;
+                }
+                match self.pop_msg() {
+                    Some((to, mp)) => to.pair.call_put(&to, mp, true),
+                    None => break,
+                }
+            }
+            // Leave without recursing into drain: the loop looks again.
+            let mut st = self.load();
+            loop {
+                let new = (st - COUNT_ONE) & !(EXCL | WANTWAKEUP | WANTEXWAKEUP);
+                match self
+                    .state
+                    .compare_exchange_weak(st, new, Ordering::SeqCst, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(now) => st = now,
+                }
+            }
+            if st & (WANTWAKEUP | WANTEXWAKEUP) != 0 {
+                s.platform().wake_all(&self.state);
+            }
+        }
+    }
+
+    /// Sets STAYAWAY bits (plumbing, freeze, outer writer).
+    pub(crate) fn set_flags(&self, f: u32) {
+        self.state.fetch_or(f, Ordering::SeqCst);
+    }
+
+    /// Clears STAYAWAY bits, wakes sleepers and drains what was held back.
+    pub(crate) fn clear_flags(&self, s: &Streams, f: u32) {
+        self.clear_flags_nodrain(s, f);
+        self.kick_drain(s);
+    }
+
+    /// Clears STAYAWAY bits and wakes sleepers; the caller drains later ([`Syncq::kick_drain`]).
+    pub(crate) fn clear_flags_nodrain(&self, s: &Streams, f: u32) {
+        let old = self.state.fetch_and(!(f | WANTWAKEUP), Ordering::SeqCst);
+        if old & WANTWAKEUP != 0 {
+            s.platform().wake_all(&self.state);
+        }
+    }
+
+    /// Drains queued work if the state allows it.
+    pub(crate) fn kick_drain(&self, s: &Streams) {
+        self.after_change(s, self.load());
+    }
+
+    /// Waits until the count is `claims` (the claims the caller itself holds).
+    pub(crate) fn wait_count(&self, s: &Streams, claims: u32) {
+        loop {
+            let st = self.load();
+            if count(st) <= claims {
+                return;
+            }
+            self.sleep(s, st);
+        }
+    }
+
+    /// qwriter(PERIM_INNER): runs `ev` now if the caller's claim is the only one (or it
+    /// already holds the perimeter exclusively), else queues it; then no thread enters
+    /// until it has run. Returns whether it ran.
+    pub(crate) fn qwriter_inner(&self, caller_excl: bool, ev: Event) -> bool {
+        if caller_excl {
+            ev.run();
+            return true;
+        }
+        // Upgrade a shared claim when it is the only one.
+        let st = self.load();
+        if count(st) == 1
+            && st & EXCL == 0
+            && self
+                .state
+                .compare_exchange(st, st | EXCL, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            ev.run();
+            self.state.fetch_and(!EXCL, Ordering::SeqCst);
+            return true;
+        }
+        self.push_event(ev);
+        false
+    }
+
+    /// qwait's release: drops the caller's claim and asks for an exit wake-up. Returns
+    /// whether there was queued work (drained here, so the caller must not sleep).
+    pub(crate) fn qwait_release(&self, s: &Streams, excl: bool) -> bool {
+        let mut st = self.load();
+        loop {
+            let mut new = (st - COUNT_ONE) | WANTEXWAKEUP;
+            if excl {
+                new &= !EXCL;
+            }
+            new &= !WANTWAKEUP;
+            match self
+                .state
+                .compare_exchange_weak(st, new, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    st = new;
+                    break;
+                }
+                Err(now) => st = now,
+            }
+        }
+        s.platform().wake_all(&self.state);
+        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+            self.drain(s);
+            return true;
+        }
+        false
+    }
+
+    /// Sleeps until a thread leaves put/srv/callback (WANTEXWAKEUP cleared) or `stop()`.
+    pub(crate) fn qwait_sleep(&self, s: &Streams, stop: &dyn Fn() -> bool) {
+        loop {
+            let st = self.load();
+            if st & WANTEXWAKEUP == 0 || stop() {
+                return;
+            }
+            s.platform().wait(s, &self.state, st);
+        }
+    }
+}
+
+const O_BUSY: u32 = 1;
+const O_EVENTS: u32 = 2;
+const O_WANT: u32 = 4;
+
+/// An outer perimeter: a readers/writer gate around every instance of a module.
+pub(crate) struct Outer {
+    state: AtomicU32,
+    inners: Mutex<Vec<Arc<Syncq>>>,
+    events: Mutex<VecDeque<Event>>,
+}
+
+impl Outer {
+    pub(crate) fn new() -> Outer {
+        Outer {
+            state: AtomicU32::new(0),
+            inners: Mutex::new(Vec::new()),
+            events: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Adds an instance's inner syncq; it stays away at once if a writer is pending.
+    pub(crate) fn add_inner(&self, sq: &Arc<Syncq>) {
+        let mut inners = self.inners.lock();
+        if self.state.load(Ordering::SeqCst) & (O_BUSY | O_EVENTS) != 0 {
+            sq.set_flags(WRITER);
+        }
+        if !inners.iter().any(|i| Arc::ptr_eq(i, sq)) {
+            inners.push(sq.clone());
+        }
+    }
+
+    /// Removes an instance's inner syncq.
+    pub(crate) fn remove_inner(&self, sq: &Arc<Syncq>) {
+        self.inners.lock().retain(|i| !Arc::ptr_eq(i, sq));
+    }
+
+    fn inners(&self) -> Vec<Arc<Syncq>> {
+        self.inners.lock().clone()
+    }
+
+    fn sleep(&self, s: &Streams, st: u32) {
+        let want = st | O_WANT;
+        if st == want
+            || self
+                .state
+                .compare_exchange(st, want, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            s.platform().wait(s, &self.state, want);
+        }
+    }
+
+    /// Acquires the outer exclusively (open/close with D_MTOCEXCL, the background writer).
+    /// `held` lists the inner claims the caller holds itself. With `for_events`, queued
+    /// outer events do not hold the caller back (it is the one that will run them).
+    pub(crate) fn enter_excl(&self, s: &Streams, held: &[(&Syncq, u32)], for_events: bool) -> bool {
+        loop {
+            let st = self.state.load(Ordering::SeqCst);
+            let busy = if for_events {
+                O_BUSY
+            } else {
+                O_BUSY | O_EVENTS
+            };
+            if for_events && st & O_EVENTS == 0 {
+                return false;
+            }
+            if st & busy == 0 {
+                if self
+                    .state
+                    .compare_exchange(st, st | O_BUSY, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+                continue;
+            }
+            self.sleep(s, st);
+        }
+        self.wait_inners(s, held);
+        true
+    }
+
+    fn wait_inners(&self, s: &Streams, held: &[(&Syncq, u32)]) {
+        let inners = self.inners();
+        for sq in &inners {
+            sq.set_flags(WRITER);
+        }
+        for sq in &inners {
+            let mine = held
+                .iter()
+                .find(|(h, _)| core::ptr::eq(*h, &**sq))
+                .map_or(0, |(_, n)| *n);
+            sq.wait_count(s, mine);
+        }
+    }
+
+    /// Releases an exclusive hold: runs queued outer events, clears WRITER on every inner,
+    /// wakes waiters and drains every inner.
+    pub(crate) fn exit(self: &Arc<Self>, s: &Streams) {
+        loop {
+            let ev = {
+                let mut evs = self.events.lock();
+                let ev = evs.pop_front();
+                if evs.is_empty() {
+                    self.state.fetch_and(!O_EVENTS, Ordering::SeqCst);
+                }
+                ev
+            };
+            match ev {
+                Some(ev) if ev.to.flags() & QWCLOSE != 0 => drop(ev),
+                Some(ev) => ev.run(),
+                None => break,
+            }
+        }
+        let inners = self.inners();
+        let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+        if old & O_WANT != 0 {
+            s.platform().wake_all(&self.state);
+        }
+        if self.state.load(Ordering::SeqCst) & O_EVENTS != 0 {
+            // An event was queued after the loop: hand it to the background writer.
+            s.schedule_outer(self.clone());
+        }
+        for sq in &inners {
+            sq.clear_flags(s, WRITER);
+        }
+    }
+
+    /// qwriter(PERIM_OUTER) from a thread holding `held` claims on `caller` (its inner).
+    /// Runs `ev` before returning when every other instance is idle, else queues it for a
+    /// background writer; either way no put or srv enters any instance until it has run.
+    pub(crate) fn qwriter(
+        self: &Arc<Self>,
+        s: &Streams,
+        caller: &Syncq,
+        held: u32,
+        ev: Event,
+    ) -> bool {
+        let st = self.state.load(Ordering::SeqCst);
+        if st & (O_BUSY | O_EVENTS) == 0
+            && self
+                .state
+                .compare_exchange(st, st | O_BUSY, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            let inners = self.inners();
+            for sq in &inners {
+                sq.set_flags(WRITER);
+            }
+            let idle = inners.iter().all(|sq| {
+                let mine = if core::ptr::eq(&**sq, caller) {
+                    held
+                } else {
+                    0
+                };
+                sq.count() <= mine
+            });
+            if idle {
+                ev.run();
+                self.exit(s);
+                return true;
+            }
+            self.queue_event(ev);
+            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+            if old & O_WANT != 0 {
+                s.platform().wake_all(&self.state);
+            }
+        } else {
+            caller.set_flags(WRITER);
+            self.queue_event(ev);
+        }
+        s.schedule_outer(self.clone());
+        false
+    }
+
+    fn queue_event(&self, ev: Event) {
+        let mut evs = self.events.lock();
+        evs.push_back(ev);
+        self.state.fetch_or(O_EVENTS, Ordering::SeqCst);
+    }
+
+    /// The background writer: acquires the outer once every instance is idle and runs the
+    /// queued events.
+    pub(crate) fn run_queued(self: &Arc<Self>, s: &Streams) {
+        if self.enter_excl(s, &[], true) {
+            self.exit(s);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The platform the core runs on: time, waking background work, and blocking waits.
+//!
+//! Three implementations exist: [`crate::HostPlatform`] (threads, feature `std`),
+//! [`DetPlatform`] here (single-threaded and deterministic, for tests), and the guest's.
+//! Every method that an interrupt handler may reach ([`Platform::kick`], [`Platform::wake_all`])
+//! must neither block nor spin.
+
+use crate::sched::Streams;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Clock ticks, the unit of `qtimeout`. The platform decides how long a tick is.
+pub type Ticks = u64;
+
+/// What the STREAMS core needs from the machine it runs on.
+pub trait Platform: Send + Sync + 'static {
+    /// The current time in ticks.
+    fn now(&self) -> Ticks;
+    /// Work was queued on `streams` (a service procedure, a background drain, a callback).
+    /// The platform arranges for [`Streams::run_pending`] to be called soon. Never blocks.
+    fn kick(&self, streams: &Streams);
+    /// The earliest timer deadline is now `at` (or there is none). The platform arranges for
+    /// [`Streams::run_timers`] to be called once that time has come.
+    fn timer_deadline(&self, streams: &Streams, at: Option<Ticks>);
+    /// Blocks the calling thread while `word` holds `expected`. May return spuriously.
+    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32);
+    /// Wakes every thread blocked in [`Platform::wait`] on `word`. Never blocks.
+    fn wake_all(&self, word: &AtomicU32);
+}
+
+/// A single-threaded platform with a manual clock: nothing runs until the test says so.
+///
+/// Background work stays queued until [`Streams::run_until_idle`]; timers fire only in
+/// [`DetPlatform::advance`]. A blocking wait runs queued work in the waiting thread and
+/// panics if there is none, since nothing else could ever wake it.
+#[derive(Default)]
+pub struct DetPlatform {
+    clock: AtomicU64,
+}
+
+impl DetPlatform {
+    /// A platform whose clock starts at tick 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Advances the clock by `ticks`, fires the timers that are due and runs all queued work.
+    pub fn advance(&self, streams: &Streams, ticks: Ticks) {
+        self.clock.fetch_add(ticks, Ordering::SeqCst);
+        streams.run_timers();
+        streams.run_until_idle();
+    }
+}
+
+impl Platform for DetPlatform {
+    fn now(&self) -> Ticks {
+        self.clock.load(Ordering::SeqCst)
+    }
+    fn kick(&self, _streams: &Streams) {}
+    fn timer_deadline(&self, _streams: &Streams, _at: Option<Ticks>) {}
+    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+        if word.load(Ordering::SeqCst) != expected {
+            return;
+        }
+        if !streams.run_one() {
+            panic!("deterministic platform: a wait that nothing can ever end (deadlock)");
+        }
+    }
+    fn wake_all(&self, _word: &AtomicU32) {}
+}

@@ -1,0 +1,319 @@
+//! The framework instance: the buffer pool, background work (service procedures, drains,
+//! outer writers, callbacks, esballoc frees, bufcalls) and timers, run on a [`Platform`].
+
+use crate::callback::{CbRec, CbState};
+use crate::msg::{FreeRoutine, Mblk};
+use crate::perimeter::Outer;
+use crate::platform::{Platform, Ticks};
+use crate::pool::{FaultPolicy, Pool, PoolConfig, PoolStats};
+use crate::queue::QueueRef;
+use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+/// Settings of a [`Streams`] instance.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamsConfig {
+    /// Capacity of the buffer pool behind allocb.
+    pub pool: PoolConfig,
+    /// Most bufcall requests outstanding at once; qbufcall returns 0 beyond it.
+    pub max_bufcalls: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            pool: PoolConfig::default(),
+            max_bufcalls: 4096,
+        }
+    }
+}
+
+pub(crate) enum Task {
+    Service(QueueRef),
+    Outer(Arc<Outer>),
+    Callback(Arc<CbRec>),
+    Free(FreeRoutine),
+    Bufcalls,
+}
+
+pub(crate) struct Inner {
+    platform: Arc<dyn Platform>,
+    pool: Pool,
+    config: StreamsConfig,
+    tasks: Mutex<VecDeque<Task>>,
+    /// Tasks queued or running (quiesce waits for 0).
+    pub(crate) busy: AtomicU32,
+    timers: Mutex<BTreeMap<(Ticks, u64), Arc<CbRec>>>,
+    bufcalls: Mutex<VecDeque<Arc<CbRec>>>,
+    bufcalls_waiting: AtomicBool,
+    bufcall_task_queued: AtomicBool,
+    pub(crate) callbacks: Mutex<BTreeMap<u64, Arc<CbRec>>>,
+    next_id: AtomicU64,
+    pub(crate) plumbing: Mutex<()>,
+}
+
+/// A STREAMS framework instance (what the kernel is to illumos STREAMS). Cheap to clone.
+#[derive(Clone)]
+pub struct Streams(pub(crate) Arc<Inner>);
+
+/// A weak handle to a [`Streams`], for platform threads that must not keep it alive.
+#[derive(Clone)]
+pub struct WeakStreams(Weak<Inner>);
+
+impl WeakStreams {
+    /// The instance, if it still exists.
+    pub fn upgrade(&self) -> Option<Streams> {
+        self.0.upgrade().map(Streams)
+    }
+}
+
+impl Streams {
+    /// A framework instance on `platform`.
+    pub fn new(platform: Arc<dyn Platform>, config: StreamsConfig) -> Streams {
+        Streams(Arc::new(Inner {
+            platform,
+            pool: Pool::new(config.pool),
+            config,
+            tasks: Mutex::new(VecDeque::new()),
+            busy: AtomicU32::new(0),
+            timers: Mutex::new(BTreeMap::new()),
+            bufcalls: Mutex::new(VecDeque::new()),
+            bufcalls_waiting: AtomicBool::new(false),
+            bufcall_task_queued: AtomicBool::new(false),
+            callbacks: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            plumbing: Mutex::new(()),
+        }))
+    }
+
+    /// A weak handle.
+    pub fn downgrade(&self) -> WeakStreams {
+        WeakStreams(Arc::downgrade(&self.0))
+    }
+
+    pub(crate) fn platform(&self) -> &dyn Platform {
+        &*self.0.platform
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    /// The current time in ticks.
+    pub fn now(&self) -> Ticks {
+        self.0.platform.now()
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.0.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Allocates a message block of at least `size` bytes (`allocb`): type M_DATA, empty,
+    /// band 0, one reference. `None` when the pool is exhausted or a fault is injected.
+    pub fn allocb(&self, size: usize) -> Option<Mblk> {
+        if !self.0.pool.charge(size) {
+            return None;
+        }
+        Some(Mblk::heap(self, size))
+    }
+
+    /// Wraps a caller's buffer as a message (`esballoc`); `free` runs some time after the
+    /// last reference is dropped (from background work, never inside the freeing call).
+    ///
+    /// # Safety
+    /// `base..base + len` must stay valid for reads and writes, and be used by nobody else,
+    /// until `free` has been called.
+    pub unsafe fn esballoc(&self, base: *mut u8, len: usize, free: FreeRoutine) -> Option<Mblk> {
+        if !self.0.pool.charge(0) {
+            return None;
+        }
+        // SAFETY: forwarded from the caller.
+        let mut mp = unsafe { Mblk::external(self, base, len, free, false) };
+        mp.set_ptrs(0, len).expect("whole buffer");
+        Some(mp)
+    }
+
+    /// Like [`Streams::esballoc`], but `free` runs synchronously in the thread that drops the
+    /// last reference (`desballoc`); it must not block.
+    ///
+    /// # Safety
+    /// As for [`Streams::esballoc`].
+    pub unsafe fn desballoc(&self, base: *mut u8, len: usize, free: FreeRoutine) -> Option<Mblk> {
+        if !self.0.pool.charge(0) {
+            return None;
+        }
+        // SAFETY: forwarded from the caller.
+        let mut mp = unsafe { Mblk::external(self, base, len, free, true) };
+        mp.set_ptrs(0, len).expect("whole buffer");
+        Some(mp)
+    }
+
+    /// Sets the pool's fault-injection policies (an empty list turns injection off).
+    pub fn set_faults(&self, faults: Vec<FaultPolicy>) {
+        self.0.pool.set_faults(faults)
+    }
+
+    /// The pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.0.pool.stats()
+    }
+
+    pub(crate) fn push_task(&self, task: Task) {
+        self.0.busy.fetch_add(1, Ordering::SeqCst);
+        self.0.tasks.lock().push_back(task);
+        self.0.platform.kick(self);
+    }
+
+    pub(crate) fn schedule_service(&self, q: QueueRef) {
+        self.push_task(Task::Service(q));
+    }
+
+    pub(crate) fn schedule_outer(&self, outer: Arc<Outer>) {
+        self.push_task(Task::Outer(outer));
+    }
+
+    pub(crate) fn schedule_callback(&self, rec: Arc<CbRec>) {
+        self.push_task(Task::Callback(rec));
+    }
+
+    pub(crate) fn defer_free(&self, free: FreeRoutine) {
+        self.push_task(Task::Free(free));
+    }
+
+    /// Called whenever a data block is released: runs waiting bufcalls.
+    pub(crate) fn buffers_returned(&self) {
+        if self.0.bufcalls_waiting.load(Ordering::Relaxed) {
+            self.schedule_bufcalls();
+        }
+    }
+
+    fn schedule_bufcalls(&self) {
+        if !self.0.bufcall_task_queued.swap(true, Ordering::SeqCst) {
+            self.push_task(Task::Bufcalls);
+        }
+    }
+
+    /// Runs one queued piece of background work; false if there was none.
+    pub fn run_one(&self) -> bool {
+        let Some(task) = self.0.tasks.lock().pop_front() else {
+            return false;
+        };
+        match task {
+            Task::Service(q) => q.pair.runservice(&q),
+            Task::Outer(o) => o.run_queued(self),
+            Task::Callback(rec) => rec.run(self),
+            Task::Free(f) => f(),
+            Task::Bufcalls => self.run_bufcalls(),
+        }
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.platform.wake_all(&self.0.busy);
+        }
+        true
+    }
+
+    /// Runs queued background work until there is none (the test hook `run_until_idle`).
+    pub fn run_until_idle(&self) {
+        while self.run_one() {}
+    }
+
+    /// What platforms call when kicked: runs all queued background work.
+    pub fn run_pending(&self) {
+        self.run_until_idle()
+    }
+
+    /// Waits until no background work is queued or running (`quiesce`). Runs work in this
+    /// thread while any is queued, then sleeps until running work finishes.
+    pub fn quiesce(&self) {
+        loop {
+            self.run_until_idle();
+            let b = self.0.busy.load(Ordering::SeqCst);
+            if b == 0 {
+                return;
+            }
+            self.0.platform.wait(self, &self.0.busy, b);
+        }
+    }
+
+    // ---- timers ----
+
+    pub(crate) fn add_timer(&self, rec: Arc<CbRec>) {
+        let next = {
+            let mut t = self.0.timers.lock();
+            t.insert((rec.deadline, rec.id), rec);
+            t.keys().next().map(|k| k.0)
+        };
+        self.0.platform.timer_deadline(self, next);
+    }
+
+    /// Removes a pending timer; returns its deadline if it was pending.
+    pub(crate) fn remove_timer(&self, rec: &CbRec) -> Option<Ticks> {
+        self.0
+            .timers
+            .lock()
+            .remove(&(rec.deadline, rec.id))
+            .map(|r| r.deadline)
+    }
+
+    /// Fires every timer that is due (the platform calls this when a deadline passes).
+    pub fn run_timers(&self) {
+        let now = self.now();
+        let (due, next) = {
+            let mut t = self.0.timers.lock();
+            let later = t.split_off(&(now + 1, 0));
+            let due = core::mem::replace(&mut *t, later);
+            (due, t.keys().next().map(|k| k.0))
+        };
+        for rec in due.into_values() {
+            if rec.transition(CbState::Pending, CbState::Fired) {
+                self.schedule_callback(rec);
+            }
+        }
+        self.0.platform.timer_deadline(self, next);
+    }
+
+    // ---- bufcalls ----
+
+    pub(crate) fn add_bufcall(&self, rec: Arc<CbRec>) -> bool {
+        {
+            let mut b = self.0.bufcalls.lock();
+            if b.len() >= self.0.config.max_bufcalls {
+                return false;
+            }
+            b.push_back(rec);
+            self.0.bufcalls_waiting.store(true, Ordering::SeqCst);
+        }
+        self.schedule_bufcalls();
+        true
+    }
+
+    pub(crate) fn remove_bufcall(&self, rec: &CbRec) -> bool {
+        let mut b = self.0.bufcalls.lock();
+        let before = b.len();
+        b.retain(|r| r.id != rec.id);
+        if b.is_empty() {
+            self.0.bufcalls_waiting.store(false, Ordering::SeqCst);
+        }
+        b.len() != before
+    }
+
+    /// One pass over the bufcall list: each request whose size fits now is fired.
+    fn run_bufcalls(&self) {
+        self.0.bufcall_task_queued.store(false, Ordering::SeqCst);
+        let fire: Vec<Arc<CbRec>> = {
+            let mut b = self.0.bufcalls.lock();
+            let (fire, keep): (Vec<_>, Vec<_>) =
+                b.drain(..).partition(|r| self.0.pool.would_fit(r.size));
+            b.extend(keep);
+            if b.is_empty() {
+                self.0.bufcalls_waiting.store(false, Ordering::SeqCst);
+            }
+            fire
+        };
+        for rec in fire {
+            if rec.transition(CbState::Pending, CbState::Fired) {
+                self.schedule_callback(rec);
+            }
+        }
+    }
+}
