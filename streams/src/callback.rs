@@ -15,16 +15,19 @@ use alloc::vec::Vec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallbackId(pub u64);
 
+/// Where a qtimeout/qbufcall request stands (a test hook: [`crate::Streams::callback_state`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-pub(crate) enum CbState {
+pub enum CbState {
     /// Registered: the timer has not expired / the bufcall not fired.
     Pending = 0,
     /// Handed to background work; may be waiting at the perimeter.
     Fired = 1,
     /// The function is running.
     Running = 2,
+    /// The function ran.
     Done = 3,
+    /// Cancelled before it ran.
     Cancelled = 4,
 }
 
@@ -132,6 +135,20 @@ pub(crate) fn cancel_all(pair: &QueuePair, from: Entry) {
             .collect();
     for rec in mine {
         rec.cancel(s, from);
+    }
+}
+
+impl Streams {
+    /// Where the request `id` stands; `None` once it has finished or was cancelled.
+    pub fn callback_state(&self, id: CallbackId) -> Option<CbState> {
+        let rec = find(self, id)?;
+        Some(match rec.state() {
+            0 => CbState::Pending,
+            1 => CbState::Fired,
+            2 => CbState::Running,
+            3 => CbState::Done,
+            _ => CbState::Cancelled,
+        })
     }
 }
 

@@ -30,9 +30,9 @@ mod sync;
 #[cfg(feature = "std")]
 mod host;
 
-pub use callback::{CallbackId, Signal};
+pub use callback::{CallbackId, CbState, Signal};
 pub use error::{Errno, Error};
-pub use head::{HeadEvent, ReadResult};
+pub use head::{HeadEvent, HeadState, ReadResult, Stroptions, NOERROR, SO_BAND, SO_HIWAT, SO_LOWAT, SO_MAXPSZ, SO_MINPSZ};
 pub use module::{
     D_MP, D_MTCBSHARED, D_MTOCEXCL, D_MTOCSHARED, D_MTOUTPERIM, D_MTPERMOD, D_MTPERQ,
     D_MTPUTSHARED, D_MTQPAIR, D_MTSAFE, D_MTSVCSHARED, Module, ModuleDef, ModuleDefBuilder,
@@ -46,7 +46,7 @@ pub use queue::{
     QB_FULL, QB_WANTW, QBACK, QENAB, QEND, QFULL, QINSERVICE, QNOENB, QREADR, QWANTR, QWANTW,
     QWCLOSE, QueueRef, Side,
 };
-pub use sched::{Streams, StreamsConfig};
+pub use sched::{Streams, StreamsConfig, WeakStreams};
 pub use stream::Stream;
 
 #[cfg(feature = "std")]

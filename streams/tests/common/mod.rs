@@ -254,3 +254,57 @@ pub fn contents(q: &QueueRef) -> Vec<String> {
     q.for_each(|m| out.push(String::from_utf8_lossy(m.data()).into_owned()));
     out
 }
+
+impl Counter {
+    /// Waits until `n` arrivals or `ms` milliseconds pass; true if `n` were reached. Used
+    /// to show that something does *not* happen (a bounded wait, never a synchronisation).
+    pub fn wait_for_timeout(&self, n: usize, ms: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        let mut g = self.n.lock().unwrap();
+        while *g < n {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self.cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+        true
+    }
+}
+
+/// Aborts the test process if the test is still running after `secs` seconds, so that a
+/// deadlock fails loudly instead of hanging CI. Dropping the guard disarms it.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+pub fn watchdog(secs: u64) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+            eprintln!("watchdog: test {name} still running after {secs} s: deadlock; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Whether `log` has `a` before `b` (both present).
+pub fn before(log: &[String], a: &str, b: &str) -> bool {
+    match (log.iter().position(|x| x == a), log.iter().position(|x| x == b)) {
+        (Some(i), Some(j)) => i < j,
+        _ => false,
+    }
+}
+
+/// The text of a message's first block.
+pub fn text(m: &Mblk) -> String {
+    String::from_utf8_lossy(m.data()).into_owned()
+}
