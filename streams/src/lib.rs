@@ -39,6 +39,7 @@ pub use module::{
     ModuleInfo, OpenHow,
 };
 pub use msg::{DBLK_REFMAX, FreeRoutine, MSGDELIM, MSGMARK, MSGNOLOOP, Mblk, MsgType};
+pub use perimeter::{SQ_BLOCKED, SQ_EVENTS, SQ_EXCL, SQ_FROZEN, SQ_MESSAGES, SQ_WRITER};
 pub use platform::{DetPlatform, Platform, Ticks};
 pub use pool::{FaultPolicy, PoolConfig, PoolStats};
 pub use queue::{

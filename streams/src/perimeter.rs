@@ -63,12 +63,24 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-pub(crate) const EXCL: u32 = 1 << 0;
-pub(crate) const BLOCKED: u32 = 1 << 1;
-pub(crate) const FROZEN: u32 = 1 << 2;
-pub(crate) const WRITER: u32 = 1 << 3;
-const MESSAGES: u32 = 1 << 4;
-const EVENTS: u32 = 1 << 5;
+/// Syncq flag: held exclusively.
+pub const SQ_EXCL: u32 = 1 << 0;
+/// Syncq flag: plumbing in progress.
+pub const SQ_BLOCKED: u32 = 1 << 1;
+/// Syncq flag: frozen.
+pub const SQ_FROZEN: u32 = 1 << 2;
+/// Syncq flag: an outer-perimeter writer is pending or running.
+pub const SQ_WRITER: u32 = 1 << 3;
+/// Syncq flag: messages are deferred.
+pub const SQ_MESSAGES: u32 = 1 << 4;
+/// Syncq flag: qwriter events are deferred.
+pub const SQ_EVENTS: u32 = 1 << 5;
+pub(crate) const EXCL: u32 = SQ_EXCL;
+pub(crate) const BLOCKED: u32 = SQ_BLOCKED;
+const FROZEN: u32 = SQ_FROZEN;
+pub(crate) const WRITER: u32 = SQ_WRITER;
+const MESSAGES: u32 = SQ_MESSAGES;
+const EVENTS: u32 = SQ_EVENTS;
 const WANTWAKEUP: u32 = 1 << 6;
 const WANTEXWAKEUP: u32 = 1 << 7;
 const COUNT_SHIFT: u32 = 8;

@@ -316,6 +316,14 @@ impl Queue {
         b.hiwat = hiwat;
         b.lowat = lowat;
     }
+    /// The flags of this queue's inner perimeter (`SQ_*`), a diagnostic for tests.
+    pub fn syncq_flags(&self) -> u32 {
+        self.pair().syncq(self.side).load() & 0xff
+    }
+    /// Threads inside this queue's inner perimeter, a diagnostic for tests.
+    pub fn syncq_count(&self) -> u32 {
+        self.pair().syncq(self.side).count()
+    }
     /// Types and bands of the queued messages, front first (for tests and diagnostics).
     pub fn peek_order(&self) -> Vec<(MsgType, u8, usize)> {
         self.list
@@ -652,6 +660,11 @@ impl Queue {
     /// Undoes [`Queue::noenable`] (`enableok`).
     pub fn enableok(&self) {
         self.clear_flag(QNOENB);
+    }
+
+    /// The framework instance this queue belongs to.
+    pub fn streams_handle(&self) -> &Streams {
+        self.streams()
     }
 
     /// Allocates a message from the framework's pool (`allocb`).
