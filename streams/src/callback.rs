@@ -84,8 +84,10 @@ impl CbRec {
                 excl,
             });
         }
-        sq.leave(s, excl, true);
+        // Retire before leaving, so that whoever the leave wakes (a qwait in open or close)
+        // sees no outstanding request.
         self.retire(s, CbState::Done);
+        sq.leave(s, excl, true);
     }
 
     /// Cancels the request. Returns the remaining ticks if it had not fired, 0 if it was

@@ -32,7 +32,10 @@ mod host;
 
 pub use callback::{CallbackId, CbState, Signal};
 pub use error::{Errno, Error};
-pub use head::{HeadEvent, HeadState, ReadResult, Stroptions, NOERROR, SO_BAND, SO_HIWAT, SO_LOWAT, SO_MAXPSZ, SO_MINPSZ};
+pub use head::{
+    HeadEvent, HeadState, NOERROR, ReadResult, SO_BAND, SO_HIWAT, SO_LOWAT, SO_MAXPSZ, SO_MINPSZ,
+    Stroptions,
+};
 pub use module::{
     D_MP, D_MTCBSHARED, D_MTOCEXCL, D_MTOCSHARED, D_MTOUTPERIM, D_MTPERMOD, D_MTPERQ,
     D_MTPUTSHARED, D_MTQPAIR, D_MTSAFE, D_MTSVCSHARED, Module, ModuleDef, ModuleDefBuilder,

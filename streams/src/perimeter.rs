@@ -665,3 +665,46 @@ impl Outer {
         }
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::{HostPlatform, StreamsConfig};
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn exclusive_entries_and_qwait_never_overlap() {
+        let s = HostPlatform::streams(StreamsConfig::default());
+        let sq = Arc::new(Syncq::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let bad = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|t| {
+            for kind in 0..3 {
+                let (s, sq, inside, bad) = (s.clone(), sq.clone(), inside.clone(), bad.clone());
+                t.spawn(move || {
+                    let check = || {
+                        if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                            bad.fetch_add(1, Ordering::SeqCst);
+                        }
+                        std::hint::spin_loop();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    };
+                    for _ in 0..20_000 {
+                        sq.enter(&s, true, &|| false);
+                        check();
+                        if kind == 2 {
+                            if !sq.qwait_release(&s, true) {
+                                sq.qwait_sleep(&s, &|| true);
+                            }
+                            sq.enter(&s, true, &|| false);
+                            check();
+                        }
+                        sq.leave(&s, true, true);
+                    }
+                });
+            }
+        });
+        assert_eq!(bad.load(Ordering::SeqCst), 0);
+        assert_eq!(sq.load() & COUNT_MASK, 0);
+    }
+}

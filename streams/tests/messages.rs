@@ -1,8 +1,8 @@
 //! Scenarios 1–7 of the spec (§12 "Messages"), plus the other message utilities.
 mod common;
 use common::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use streams::*;
 
 #[test]
@@ -28,10 +28,18 @@ fn scenario_02_dupb_shares_and_the_last_free_releases() {
     assert_eq!(d.data(), b"shared!!");
     let _ = a.freeb();
     assert_eq!(d.db_ref(), 1);
-    assert_eq!(d.data(), b"shared!!", "freeing the original leaves the data intact");
+    assert_eq!(
+        d.data(),
+        b"shared!!",
+        "freeing the original leaves the data intact"
+    );
     assert_eq!(s.pool_stats().blocks_in_use, 1);
     let _ = d.freeb();
-    assert_eq!(s.pool_stats().blocks_in_use, 0, "freeing the dup releases the data block");
+    assert_eq!(
+        s.pool_stats().blocks_in_use,
+        0,
+        "freeing the dup releases the data block"
+    );
 }
 
 fn counted_buffer(frees: &Arc<AtomicUsize>) -> (*mut u8, usize, FreeRoutine) {
@@ -61,11 +69,23 @@ fn scenario_03_esballoc_frees_once_after_the_last_reference() {
     drop(b);
     drop(a);
     s.run_until_idle();
-    assert_eq!(frees.load(Ordering::SeqCst), 0, "not before the last reference");
+    assert_eq!(
+        frees.load(Ordering::SeqCst),
+        0,
+        "not before the last reference"
+    );
     drop(c);
-    assert_eq!(frees.load(Ordering::SeqCst), 0, "esballoc frees asynchronously");
+    assert_eq!(
+        frees.load(Ordering::SeqCst),
+        0,
+        "esballoc frees asynchronously"
+    );
     s.run_until_idle();
-    assert_eq!(frees.load(Ordering::SeqCst), 1, "exactly once, after the third free");
+    assert_eq!(
+        frees.load(Ordering::SeqCst),
+        1,
+        "exactly once, after the third free"
+    );
     s.run_until_idle();
     assert_eq!(frees.load(Ordering::SeqCst), 1);
 
@@ -78,7 +98,11 @@ fn scenario_03_esballoc_frees_once_after_the_last_reference() {
     drop(a);
     assert_eq!(frees.load(Ordering::SeqCst), 0);
     drop(b);
-    assert_eq!(frees.load(Ordering::SeqCst), 1, "desballoc frees inside the last freeb");
+    assert_eq!(
+        frees.load(Ordering::SeqCst),
+        1,
+        "desballoc frees inside the last freeb"
+    );
 }
 
 #[test]
@@ -99,7 +123,9 @@ fn scenario_05_dupmsg_is_all_or_nothing() {
     let mut m = data(&s, b"one");
     m.linkb(data(&s, b"two"));
     let third = data(&s, b"three");
-    let pins: Vec<Mblk> = (0..DBLK_REFMAX - 1).map(|_| third.dupb().unwrap()).collect();
+    let pins: Vec<Mblk> = (0..DBLK_REFMAX - 1)
+        .map(|_| third.dupb().unwrap())
+        .collect();
     m.linkb(third);
     let refs = |m: &Mblk| m.blocks().map(Mblk::db_ref).collect::<Vec<_>>();
     assert_eq!(refs(&m), [1, 1, 255]);
@@ -123,8 +149,16 @@ fn scenario_06_copymsg_keeps_types_band_flag_and_offsets() {
     assert_eq!(c.cont().unwrap().db_type(), MsgType::M_DATA);
     assert_eq!((c.band(), c.flag(), c.rptr(), c.wptr()), (4, MSGMARK, 2, 5));
     assert_eq!(c.data(), b"hdr");
-    c.cont_mut().unwrap().data_mut().unwrap().copy_from_slice(b"CHANGED");
-    assert_eq!(m.cont().unwrap().data(), b"payload", "writing the copy leaves the original");
+    c.cont_mut()
+        .unwrap()
+        .data_mut()
+        .unwrap()
+        .copy_from_slice(b"CHANGED");
+    assert_eq!(
+        m.cont().unwrap().data(),
+        b"payload",
+        "writing the copy leaves the original"
+    );
     assert_eq!(c.db_ref(), 1);
 }
 
@@ -186,7 +220,13 @@ fn linkb_unlinkb_and_msgdsize_count_only_m_data() {
 #[test]
 fn an_exhausted_or_faulted_pool_returns_none_and_counts() {
     let p = Arc::new(DetPlatform::new());
-    let cfg = StreamsConfig { pool: PoolConfig { max_bytes: 100, max_blocks: 10 }, ..Default::default() };
+    let cfg = StreamsConfig {
+        pool: PoolConfig {
+            max_bytes: 100,
+            max_blocks: 10,
+        },
+        ..Default::default()
+    };
     let s = Streams::new(p, cfg);
     let a = s.allocb(80).unwrap();
     assert!(s.allocb(30).is_none());

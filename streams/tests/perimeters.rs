@@ -2,8 +2,8 @@
 //! routines, a recorder logs entries and exits and counts overlaps.
 mod common;
 use common::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use streams::*;
 
@@ -12,11 +12,20 @@ fn side(q: &Q<'_>) -> &'static str {
 }
 
 /// put records "+{r,w}put:{data}"; data "hold…" stops at `gate` after counting in `inside`.
-fn recording_put(rec: Arc<Recorder>, gate: Arc<Latch>, inside: Arc<Counter>, excl: &'static [&'static str]) -> Fns {
+fn recording_put(
+    rec: Arc<Recorder>,
+    gate: Arc<Latch>,
+    inside: Arc<Counter>,
+    excl: &'static [&'static str],
+) -> Fns {
     Fns::pass().put(move |q, m| {
         let t = text(&m);
         // "wput:" in `excl` excludes only write puts; "rput"/"wput" exclude both sides.
-        let mine: Vec<&str> = excl.iter().copied().filter(|e| !e.ends_with(':') || e.starts_with(side(&q))).collect();
+        let mine: Vec<&str> = excl
+            .iter()
+            .copied()
+            .filter(|e| !e.ends_with(':') || e.starts_with(side(&q)))
+            .collect();
         let _in = rec.enter(format!("{}:{t}", side(&q)), &mine);
         if t.starts_with("hold") {
             inside.add();
@@ -34,13 +43,21 @@ fn scenario_21_qpair_defers_a_put_while_the_pair_is_busy() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def("M", D_MP | D_MTQPAIR, (false, false), recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]));
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]),
+    );
     let st = Stream::open(&s, &m).unwrap();
     thread::scope(|t| {
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
         inside.wait_for(1);
         st.driver(Side::Read).put(data(&s, b"r1")).unwrap(); // returns at once
-        assert!(!has(&rec.log(), "+rput:r1"), "rput has not run while wput is inside");
+        assert!(
+            !has(&rec.log(), "+rput:r1"),
+            "rput has not run while wput is inside"
+        );
         gate.open();
     });
     s.quiesce();
@@ -54,7 +71,12 @@ fn scenario_22_deferred_puts_are_delivered_in_order_and_never_block() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def("M", D_MP | D_MTQPAIR, (false, false), recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]));
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]),
+    );
     let st = Stream::open(&s, &m).unwrap();
     thread::scope(|t| {
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
@@ -66,7 +88,11 @@ fn scenario_22_deferred_puts_are_delivered_in_order_and_never_block() {
         gate.open();
     });
     s.quiesce();
-    let log: Vec<String> = rec.log().into_iter().filter(|l| l.starts_with('+')).collect();
+    let log: Vec<String> = rec
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with('+'))
+        .collect();
     assert_eq!(log, ["+wput:hold", "+wput:m1", "+wput:m2", "+wput:m3"]);
 }
 
@@ -75,7 +101,12 @@ fn scenario_23_perq_lets_read_and_write_overlap_but_not_two_writes() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def("M", D_MP | D_MTPERQ, (false, false), recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput:"]));
+    let m = def(
+        "M",
+        D_MP | D_MTPERQ,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput:"]),
+    );
     let st = Stream::open(&s, &m).unwrap();
     thread::scope(|t| {
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
@@ -96,26 +127,37 @@ fn scenario_24_permod_excludes_across_streams() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def("M", D_MP | D_MTPERMOD, (false, false), recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]).put({
-        let (rec, gate, inside) = (rec.clone(), gate.clone(), inside.clone());
-        move |q, mp| {
-            let t = text(&mp);
-            let _in = rec.enter(format!("{}:{t}", side(&q)), &["rput", "wput"]);
-            if t.starts_with("hold") {
-                inside.add();
-                gate.wait();
+    let m = def(
+        "M",
+        D_MP | D_MTPERMOD,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]).put({
+            let (rec, gate, inside) = (rec.clone(), gate.clone(), inside.clone());
+            move |q, mp| {
+                let t = text(&mp);
+                let _in = rec.enter(format!("{}:{t}", side(&q)), &["rput", "wput"]);
+                if t.starts_with("hold") {
+                    inside.add();
+                    gate.wait();
+                }
+                q.putnext(mp);
             }
-            q.putnext(mp);
-        }
-    }));
-    let (s1, s2) = (Stream::open(&s, &sink_driver("d1")).unwrap(), Stream::open(&s, &sink_driver("d2")).unwrap());
+        }),
+    );
+    let (s1, s2) = (
+        Stream::open(&s, &sink_driver("d1")).unwrap(),
+        Stream::open(&s, &sink_driver("d2")).unwrap(),
+    );
     s1.push(&m).unwrap();
     s2.push(&m).unwrap();
     thread::scope(|t| {
         t.spawn(|| s1.putmsg(data(&s, b"hold")).unwrap());
         inside.wait_for(1);
         s2.putmsg(data(&s, b"x")).unwrap();
-        assert!(!has(&rec.log(), "+wput:x"), "the other stream's instance waits");
+        assert!(
+            !has(&rec.log(), "+wput:x"),
+            "the other stream's instance waits"
+        );
         gate.open();
     });
     s.quiesce();
@@ -135,7 +177,10 @@ fn scenario_24_permod_excludes_across_streams() {
     });
     s.quiesce();
     assert_eq!(rec.overlaps(), 0, "no two routines of M overlapped");
-    assert_eq!(s1.driver(Side::Write).len() + s2.driver(Side::Write).len(), 2 + 1200);
+    assert_eq!(
+        s1.driver(Side::Write).len() + s2.driver(Side::Write).len(),
+        2 + 1200
+    );
 }
 
 #[test]
@@ -143,13 +188,21 @@ fn scenario_25_d_mp_alone_lets_puts_overlap() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def("M", D_MP, (false, false), recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput"]));
+    let m = def(
+        "M",
+        D_MP,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput"]),
+    );
     let st = Stream::open(&s, &m).unwrap();
     thread::scope(|t| {
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
         inside.wait_for(1);
         st.driver(Side::Write).put(data(&s, b"y")).unwrap();
-        assert!(has(&rec.log(), "-wput:y"), "the second put ran concurrently");
+        assert!(
+            has(&rec.log(), "-wput:y"),
+            "the second put ran concurrently"
+        );
         gate.open();
     });
     assert_eq!(rec.overlaps(), 1, "the two puts overlapped");
@@ -171,15 +224,24 @@ fn scenario_26_putshared_puts_overlap_but_srv_waits_for_them() {
     thread::scope(|t| {
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold1")).unwrap());
         t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold2")).unwrap());
-        assert!(inside.wait_for_timeout(2, 10_000), "two puts inside at once");
+        assert!(
+            inside.wait_for_timeout(2, 10_000),
+            "two puts inside at once"
+        );
         st.driver(Side::Write).qenable();
         assert!(!Counter::new().wait_for_timeout(1, 100));
-        assert!(!has(&rec.log(), "+srv"), "srv does not start while puts are inside");
+        assert!(
+            !has(&rec.log(), "+srv"),
+            "srv does not start while puts are inside"
+        );
         gate.open();
     });
     s.quiesce();
     let log = rec.log();
-    assert!(before(&log, "-wput:hold1", "+srv") && before(&log, "-wput:hold2", "+srv"), "{log:?}");
+    assert!(
+        before(&log, "-wput:hold1", "+srv") && before(&log, "-wput:hold2", "+srv"),
+        "{log:?}"
+    );
     assert_eq!(rec.overlaps(), 0, "srv never overlapped a put");
 }
 
@@ -206,22 +268,41 @@ fn scenario_27_an_exclusive_entry_runs_after_every_deferred_message() {
     });
     s.quiesce();
     let log = rec.log();
-    assert!(before(&log, "+wput:m2", "+srv") && before(&log, "+wput:m1", "+wput:m2"), "{log:?}");
+    assert!(
+        before(&log, "+wput:m2", "+srv") && before(&log, "+wput:m1", "+wput:m2"),
+        "{log:?}"
+    );
 }
 
 #[test]
 fn scenario_28_loop_around_is_deferred_not_recursive() {
     let (_p, s) = det();
     let rec = Recorder::new();
-    let reflector = def("refl", D_MP | D_MTQPAIR, (false, false), Fns::pass().put(|q, m| if q.is_read() { q.putnext(m) } else { q.qreply(m) }));
+    let reflector = def(
+        "refl",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put(|q, m| {
+            if q.is_read() {
+                q.putnext(m)
+            } else {
+                q.qreply(m)
+            }
+        }),
+    );
     let st = Stream::open(&s, &reflector).unwrap();
-    st.push(&def("M", D_MP | D_MTQPAIR, (false, false), Fns::pass().put({
-        let rec = rec.clone();
-        move |q, m| {
-            let _in = rec.enter(side(&q), &["rput", "wput"]);
-            q.putnext(m);
-        }
-    })))
+    st.push(&def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put({
+            let rec = rec.clone();
+            move |q, m| {
+                let _in = rec.enter(side(&q), &["rput", "wput"]);
+                q.putnext(m);
+            }
+        }),
+    ))
     .unwrap();
     st.write(b"ping").unwrap();
     assert_eq!(rec.log(), ["+wput", "-wput", "+rput", "-rput"]);
@@ -233,9 +314,18 @@ fn scenario_29_ocexcl_open_waits_for_every_instance_and_holds_them_off() {
     let _w = watchdog(60);
     let s = host();
     let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let (open_gate, opened, hold_open) = (Latch::new(), Counter::new(), Arc::new(AtomicBool::new(false)));
+    let (open_gate, opened, hold_open) = (
+        Latch::new(),
+        Counter::new(),
+        Arc::new(AtomicBool::new(false)),
+    );
     let fns = recording_put(rec.clone(), gate.clone(), inside.clone(), &["open"]).open({
-        let (rec, open_gate, opened, hold_open) = (rec.clone(), open_gate.clone(), opened.clone(), hold_open.clone());
+        let (rec, open_gate, opened, hold_open) = (
+            rec.clone(),
+            open_gate.clone(),
+            opened.clone(),
+            hold_open.clone(),
+        );
         move |q| {
             let _in = rec.enter("open", &["rput", "wput"]);
             q.qprocson().unwrap();
@@ -246,8 +336,15 @@ fn scenario_29_ocexcl_open_waits_for_every_instance_and_holds_them_off() {
             Ok(())
         }
     });
-    let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL, (false, false), fns);
-    let streams: Vec<Stream> = (0..4).map(|_| Stream::open(&s, &sink_driver("d")).unwrap()).collect();
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL,
+        (false, false),
+        fns,
+    );
+    let streams: Vec<Stream> = (0..4)
+        .map(|_| Stream::open(&s, &sink_driver("d")).unwrap())
+        .collect();
     for st in &streams[..3] {
         st.push(&m).unwrap();
     }
@@ -256,19 +353,30 @@ fn scenario_29_ocexcl_open_waits_for_every_instance_and_holds_them_off() {
         t.spawn(|| streams[0].putmsg(data(&s, b"hold")).unwrap());
         inside.wait_for(1);
         t.spawn(|| streams[3].push(&m).unwrap());
-        assert!(!opened.wait_for_timeout(1, 200), "open of instance 4 waits for the put in instance 1");
+        assert!(
+            !opened.wait_for_timeout(1, 200),
+            "open of instance 4 waits for the put in instance 1"
+        );
         gate.open();
         opened.wait_for(1);
         for (i, x) in [(1, "x2a"), (2, "x3"), (0, "x1"), (1, "x2b")] {
             streams[i].putmsg(data(&s, x.as_bytes())).unwrap();
         }
         let log = rec.log();
-        assert!(!log.iter().any(|l| l.starts_with("+wput:x")), "puts wait while open holds the outer: {log:?}");
+        assert!(
+            !log.iter().any(|l| l.starts_with("+wput:x")),
+            "puts wait while open holds the outer: {log:?}"
+        );
         open_gate.open();
     });
     s.quiesce();
     let log = rec.log();
-    let opens: Vec<usize> = log.iter().enumerate().filter(|(_, l)| *l == "-open").map(|(i, _)| i).collect();
+    let opens: Vec<usize> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "-open")
+        .map(|(i, _)| i)
+        .collect();
     let last_open = *opens.last().unwrap();
     for x in ["x1", "x2a", "x2b", "x3"] {
         let i = log.iter().position(|l| *l == format!("+wput:{x}")).unwrap();
@@ -288,18 +396,27 @@ fn scenario_30_opens_without_ocexcl_run_concurrently() {
         let (inside, both) = (inside.clone(), both.clone());
         move |q| {
             inside.add();
-            both.lock().unwrap().push(inside.wait_for_timeout(2, 10_000));
+            both.lock()
+                .unwrap()
+                .push(inside.wait_for_timeout(2, 10_000));
             q.qprocson().unwrap();
             Ok(())
         }
     });
     let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
-    let (a, b) = (Stream::open(&s, &sink_driver("d")).unwrap(), Stream::open(&s, &sink_driver("d")).unwrap());
+    let (a, b) = (
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+    );
     thread::scope(|t| {
         t.spawn(|| a.push(&m).unwrap());
         t.spawn(|| b.push(&m).unwrap());
     });
-    assert_eq!(*both.lock().unwrap(), [true, true], "each open saw the other inside");
+    assert_eq!(
+        *both.lock().unwrap(),
+        [true, true],
+        "each open saw the other inside"
+    );
 }
 
 #[test]

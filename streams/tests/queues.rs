@@ -6,16 +6,26 @@ use streams::*;
 /// head – U (write srv) – D (driver, write srv, limits `info`). Service procedures only
 /// record; nothing runs until the deterministic platform is told to.
 fn u_over_d(s: &Streams, info: ModuleInfo, u_runs: std::sync::Arc<Counter>) -> Stream {
-    let d = def_info("D", D_MP | D_MTQPAIR, (false, true), info, Fns::pass().put(|q, m| q.putq(m)));
+    let d = def_info(
+        "D",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        info,
+        Fns::pass().put(|q, m| q.putq(m)),
+    );
     let st = Stream::open(s, &d).unwrap();
-    let u = def("U", D_MP | D_MTQPAIR, (false, true), Fns::pass().srv(move |q| {
-        let _ = q;
-        u_runs.add();
-    }));
+    let u = def(
+        "U",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass().srv(move |q| {
+            let _ = q;
+            u_runs.add();
+        }),
+    );
     st.push(&u).unwrap();
     st
 }
-
 
 fn types(q: &QueueRef) -> Vec<(MsgType, u8)> {
     q.peek_order().into_iter().map(|(t, b, _)| (t, b)).collect()
@@ -38,7 +48,9 @@ fn scenario_08_putq_orders_high_priority_then_bands_then_band_0() {
         q.putq(msg(&s, ty, band, name.as_bytes()));
     }
     assert_eq!(contents(&q), ["C", "F", "D", "B", "E", "A"]);
-    let order: Vec<String> = std::iter::from_fn(|| q.getq()).map(|m| String::from_utf8(m.data().to_vec()).unwrap()).collect();
+    let order: Vec<String> = std::iter::from_fn(|| q.getq())
+        .map(|m| String::from_utf8(m.data().to_vec()).unwrap())
+        .collect();
     assert_eq!(order, ["C", "F", "D", "B", "E", "A"]);
 }
 
@@ -74,7 +86,11 @@ fn scenario_10_high_priority_messages_lose_their_band() {
 fn scenario_11_qfull_at_hiwat_and_backenable_below_lowat_only_when_wanted() {
     for wanted in [false, true] {
         let (_p, s) = det();
-        let info = ModuleInfo { hiwat: 100, lowat: 50, ..Default::default() };
+        let info = ModuleInfo {
+            hiwat: 100,
+            lowat: 50,
+            ..Default::default()
+        };
         let st = u_over_d(&s, info, Counter::new());
         let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
         d.noenable();
@@ -90,7 +106,11 @@ fn scenario_11_qfull_at_hiwat_and_backenable_below_lowat_only_when_wanted() {
         assert_eq!(d.flags() & QFULL, 0, "60 < 100");
         assert_eq!(u.flags() & QENAB, 0, "no back-enable above lowat");
         d.getq().unwrap();
-        assert_eq!(u.flags() & QENAB != 0, wanted, "back-enable only if QWANTW was set");
+        assert_eq!(
+            u.flags() & QENAB != 0,
+            wanted,
+            "back-enable only if QWANTW was set"
+        );
         assert_eq!(u.flags() & QBACK != 0, wanted);
     }
 }
@@ -98,7 +118,11 @@ fn scenario_11_qfull_at_hiwat_and_backenable_below_lowat_only_when_wanted() {
 #[test]
 fn scenario_12_zero_length_messages_exert_flow_control() {
     let (_p, s) = det();
-    let info = ModuleInfo { hiwat: 4, lowat: 1, ..Default::default() };
+    let info = ModuleInfo {
+        hiwat: 4,
+        lowat: 1,
+        ..Default::default()
+    };
     let st = u_over_d(&s, info, Counter::new());
     let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
     d.noenable();
@@ -114,15 +138,36 @@ fn scenario_12_zero_length_messages_exert_flow_control() {
 #[test]
 fn scenario_13_flow_control_skips_queues_without_service_procedures() {
     let (_p, s) = det();
-    let info = ModuleInfo { hiwat: 10, lowat: 5, ..Default::default() };
+    let info = ModuleInfo {
+        hiwat: 10,
+        lowat: 5,
+        ..Default::default()
+    };
     // head – B (srv) – A (no srv) – C (driver, srv)
-    let c = def_info("C", D_MP | D_MTQPAIR, (false, true), info, Fns::pass().put(|q, m| q.putq(m)));
+    let c = def_info(
+        "C",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        info,
+        Fns::pass().put(|q, m| q.putq(m)),
+    );
     let st = Stream::open(&s, &c).unwrap();
-    st.push(&def("A", D_MP | D_MTQPAIR, (false, false), Fns::pass())).unwrap();
+    st.push(&def("A", D_MP | D_MTQPAIR, (false, false), Fns::pass()))
+        .unwrap();
     let back_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = back_seen.clone();
-    st.push(&def("B", D_MP | D_MTQPAIR, (false, true), Fns::pass().srv(move |q| seen.lock().unwrap().push(q.flags() & QBACK != 0)))).unwrap();
-    let (b, a, cq) = (st.queue(1, Side::Write).unwrap(), st.queue(2, Side::Write).unwrap(), st.driver(Side::Write));
+    st.push(&def(
+        "B",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass().srv(move |q| seen.lock().unwrap().push(q.flags() & QBACK != 0)),
+    ))
+    .unwrap();
+    let (b, a, cq) = (
+        st.queue(1, Side::Write).unwrap(),
+        st.queue(2, Side::Write).unwrap(),
+        st.driver(Side::Write),
+    );
     cq.noenable();
     cq.putq(data(&s, &[0; 10]));
     assert!(!b.canputnext(), "B sees C full through A");
@@ -130,14 +175,22 @@ fn scenario_13_flow_control_skips_queues_without_service_procedures() {
     assert_eq!(a.flags() & QWANTW, 0, "not on A");
     cq.getq().unwrap();
     s.run_until_idle();
-    assert_eq!(*back_seen.lock().unwrap(), [true], "B's srv ran, back-enabled");
+    assert_eq!(
+        *back_seen.lock().unwrap(),
+        [true],
+        "B's srv ran, back-enabled"
+    );
     assert_eq!(b.flags() & QBACK, 0, "QBACK cleared after the run");
 }
 
 #[test]
 fn scenario_14_bands_have_their_own_flow_control() {
     let (_p, s) = det();
-    let info = ModuleInfo { hiwat: 10, lowat: 5, ..Default::default() };
+    let info = ModuleInfo {
+        hiwat: 10,
+        lowat: 5,
+        ..Default::default()
+    };
     let st = u_over_d(&s, info, Counter::new());
     let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
     d.noenable();
@@ -149,13 +202,21 @@ fn scenario_14_bands_have_their_own_flow_control() {
     assert_ne!(d.band_flags(9) & QB_WANTW, 0);
     assert_eq!(u.flags() & QENAB, 0);
     d.getq().unwrap();
-    assert_ne!(u.flags() & QENAB, 0, "band 9 below its lowat back-enables upstream");
+    assert_ne!(
+        u.flags() & QENAB,
+        0,
+        "band 9 below its lowat back-enables upstream"
+    );
 }
 
 #[test]
 fn scenario_15_flushdata_keeps_control_messages_in_order() {
     let (_p, s) = det();
-    let info = ModuleInfo { hiwat: 2, lowat: 1, ..Default::default() };
+    let info = ModuleInfo {
+        hiwat: 2,
+        lowat: 1,
+        ..Default::default()
+    };
     let st = u_over_d(&s, info, Counter::new());
     let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
     d.noenable();
@@ -174,7 +235,11 @@ fn scenario_15_flushdata_keeps_control_messages_in_order() {
     assert_eq!(u.flags() & QENAB, 0, "two blocks left: not below lowat 1");
     d.flushq(FLUSHALL);
     assert!(d.is_empty());
-    assert_ne!(u.flags() & QENAB, 0, "below lowat with QWANTW: upstream enabled");
+    assert_ne!(
+        u.flags() & QENAB,
+        0,
+        "below lowat with QWANTW: upstream enabled"
+    );
 }
 
 #[test]

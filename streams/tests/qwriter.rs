@@ -21,14 +21,21 @@ fn until(cond: impl Fn() -> bool) {
 fn scenario_33_qwriter_runs_at_once_for_the_only_shared_thread() {
     let (_p, s) = det();
     let rec = Recorder::new();
-    let m = def("M", D_MP | D_MTQPAIR | D_MTPUTSHARED, (false, false), Fns::pass().put({
-        let rec = rec.clone();
-        move |q, mp| {
-            let r2 = rec.clone();
-            let ran = q.qwriter(mp, move |_q, _m| r2.note("f"), Perim::Inner).unwrap();
-            rec.note(format!("returned ran={ran}"));
-        }
-    }));
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR | D_MTPUTSHARED,
+        (false, false),
+        Fns::pass().put({
+            let rec = rec.clone();
+            move |q, mp| {
+                let r2 = rec.clone();
+                let ran = q
+                    .qwriter(mp, move |_q, _m| r2.note("f"), Perim::Inner)
+                    .unwrap();
+                rec.note(format!("returned ran={ran}"));
+            }
+        }),
+    );
     let st = Stream::open(&s, &m).unwrap();
     st.driver(Side::Read).put(data(&s, b"x")).unwrap();
     assert_eq!(rec.log(), ["f", "returned ran=true"]);
@@ -36,31 +43,46 @@ fn scenario_33_qwriter_runs_at_once_for_the_only_shared_thread() {
 
 /// A PUTSHARED module whose read put, for "hold*" messages, waits at `gate`; for
 /// "writer*" it first waits until two threads are inside, then queues `n` qwriter calls.
-fn shared_module(flags: u32, rec: &Arc<Recorder>, gate: &Arc<Latch>, inside: &Arc<Counter>, n: usize) -> Arc<ModuleDef> {
+fn shared_module(
+    flags: u32,
+    rec: &Arc<Recorder>,
+    gate: &Arc<Latch>,
+    inside: &Arc<Counter>,
+    n: usize,
+) -> Arc<ModuleDef> {
     let (rec, gate, inside) = (rec.clone(), gate.clone(), inside.clone());
-    def("M", flags, (false, false), Fns::pass().put(move |q, mp| {
-        let t = text(&mp);
-        let side = if q.is_read() { "rput" } else { "wput" };
-        let _in = rec.enter(format!("{side}:{t}"), &["f"]);
-        if t.starts_with("writer") {
-            inside.add();
-            inside.wait_for(2);
-            for i in 1..=n {
-                let r2 = rec.clone();
-                let mp = q.allocb(0).unwrap();
-                let ran = q
-                    .qwriter(mp, move |_q, _m| {
-                        let _f = r2.enter(format!("f{i}"), &["rput", "wput"]);
-                    }, Perim::Inner)
-                    .unwrap();
-                rec.note(format!("qwriter{i} ran={ran}"));
+    def(
+        "M",
+        flags,
+        (false, false),
+        Fns::pass().put(move |q, mp| {
+            let t = text(&mp);
+            let side = if q.is_read() { "rput" } else { "wput" };
+            let _in = rec.enter(format!("{side}:{t}"), &["f"]);
+            if t.starts_with("writer") {
+                inside.add();
+                inside.wait_for(2);
+                for i in 1..=n {
+                    let r2 = rec.clone();
+                    let mp = q.allocb(0).unwrap();
+                    let ran = q
+                        .qwriter(
+                            mp,
+                            move |_q, _m| {
+                                let _f = r2.enter(format!("f{i}"), &["rput", "wput"]);
+                            },
+                            Perim::Inner,
+                        )
+                        .unwrap();
+                    rec.note(format!("qwriter{i} ran={ran}"));
+                }
+                gate.wait();
+            } else if t.starts_with("hold") {
+                inside.add();
+                gate.wait();
             }
-            gate.wait();
-        } else if t.starts_with("hold") {
-            inside.add();
-            gate.wait();
-        }
-    }))
+        }),
+    )
 }
 
 #[test]
@@ -76,13 +98,19 @@ fn scenario_34_a_deferred_qwriter_runs_alone_before_later_puts() {
         t.spawn(|| rq.put(data(&s, b"hold")).unwrap());
         until(|| has(&rec.log(), "qwriter1 ran=false"));
         rq.put(data(&s, b"m")).unwrap();
-        assert!(!has(&rec.log(), "+rput:m"), "no put enters while the event is pending");
+        assert!(
+            !has(&rec.log(), "+rput:m"),
+            "no put enters while the event is pending"
+        );
         assert!(!has(&rec.log(), "+f1"));
         gate.open();
     });
     s.quiesce();
     let log = rec.log();
-    assert!(before(&log, "-rput:writer", "+f1") && before(&log, "-rput:hold", "+f1"), "{log:?}");
+    assert!(
+        before(&log, "-rput:writer", "+f1") && before(&log, "-rput:hold", "+f1"),
+        "{log:?}"
+    );
     assert!(before(&log, "-f1", "+rput:m"), "{log:?}");
     assert_eq!(rec.overlaps(), 0, "no put overlapped f");
 }
@@ -91,20 +119,31 @@ fn scenario_34_a_deferred_qwriter_runs_alone_before_later_puts() {
 fn scenario_35_nested_qwriter_runs_immediately() {
     let (_p, s) = det();
     let rec = Recorder::new();
-    let m = def("M", D_MP | D_MTQPAIR, (false, false), Fns::pass().put({
-        let rec = rec.clone();
-        move |q, mp| {
-            let r1 = rec.clone();
-            q.qwriter(mp, move |q, mp| {
-                r1.note("+f");
-                let r2 = r1.clone();
-                let ran = q.qwriter(mp, move |_q, _m| r2.note("g"), Perim::Inner).unwrap();
-                r1.note(format!("g ran={ran}"));
-                r1.note("-f");
-            }, Perim::Inner)
-            .unwrap();
-        }
-    }));
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put({
+            let rec = rec.clone();
+            move |q, mp| {
+                let r1 = rec.clone();
+                q.qwriter(
+                    mp,
+                    move |q, mp| {
+                        r1.note("+f");
+                        let r2 = r1.clone();
+                        let ran = q
+                            .qwriter(mp, move |_q, _m| r2.note("g"), Perim::Inner)
+                            .unwrap();
+                        r1.note(format!("g ran={ran}"));
+                        r1.note("-f");
+                    },
+                    Perim::Inner,
+                )
+                .unwrap();
+            }
+        }),
+    );
     let st = Stream::open(&s, &m).unwrap();
     st.driver(Side::Write).put(data(&s, b"x")).unwrap();
     assert_eq!(rec.log(), ["+f", "g", "g ran=true", "-f"]);
@@ -127,7 +166,11 @@ fn scenario_36_deferred_qwriter_events_run_fifo_before_deferred_messages() {
         gate.open();
     });
     s.quiesce();
-    let log: Vec<String> = rec.log().into_iter().filter(|l| l.starts_with('+') && !l.contains("hold") && !l.contains("writer")).collect();
+    let log: Vec<String> = rec
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with('+') && !l.contains("hold") && !l.contains("writer"))
+        .collect();
     assert_eq!(log, ["+f1", "+f2", "+f3", "+rput:m1", "+wput:m2"]);
 }
 
@@ -151,10 +194,14 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
                 "outer" => {
                     let (r2, a2) = (rec.clone(), alone.clone());
                     let ran = q
-                        .qwriter(mp, move |_q, _m| {
-                            let _f = r2.enter("f", &["rput", "wput"]);
-                            *a2.lock().unwrap() = Some(r2.inside_now());
-                        }, Perim::Outer)
+                        .qwriter(
+                            mp,
+                            move |_q, _m| {
+                                let _f = r2.enter("f", &["rput", "wput"]);
+                                *a2.lock().unwrap() = Some(r2.inside_now());
+                            },
+                            Perim::Outer,
+                        )
                         .unwrap();
                     rec.note(format!("qwriter ran={ran}"));
                 }
@@ -163,21 +210,34 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
         }
     });
     let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
-    let (s1, s2) = (Stream::open(&s, &sink_driver("d")).unwrap(), Stream::open(&s, &sink_driver("d")).unwrap());
+    let (s1, s2) = (
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+    );
     s1.push(&m).unwrap();
     s2.push(&m).unwrap();
-    let (m1, m2) = (s1.queue(1, Side::Write).unwrap(), s2.queue(1, Side::Write).unwrap());
+    let (m1, m2) = (
+        s1.queue(1, Side::Write).unwrap(),
+        s2.queue(1, Side::Write).unwrap(),
+    );
     thread::scope(|t| {
         t.spawn(|| m2.put(data(&s, b"hold")).unwrap());
         inside.wait_for(1);
-        s1.queue(1, Side::Read).unwrap().put(data(&s, b"outer")).unwrap();
+        s1.queue(1, Side::Read)
+            .unwrap()
+            .put(data(&s, b"outer"))
+            .unwrap();
         assert!(has(&rec.log(), "qwriter ran=false"), "returns before f");
         m1.put(data(&s, b"a1")).unwrap();
         m2.put(data(&s, b"a2")).unwrap();
         m2.put(data(&s, b"b2")).unwrap();
         m2.other().qenable();
         let log = rec.log();
-        assert!(!log.iter().any(|l| l.starts_with("+wput:a") || l.starts_with("+wput:b")), "{log:?}");
+        assert!(
+            !log.iter()
+                .any(|l| l.starts_with("+wput:a") || l.starts_with("+wput:b")),
+            "{log:?}"
+        );
         gate.open();
     });
     s.quiesce();
@@ -187,7 +247,11 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
         assert!(before(&log, "-f", x), "{x} after f: {log:?}");
     }
     assert!(before(&log, "+wput:a2", "+wput:b2"));
-    assert_eq!(alone.lock().unwrap().clone().unwrap(), ["f"], "f ran with no thread in any instance");
+    assert_eq!(
+        alone.lock().unwrap().clone().unwrap(),
+        ["f"],
+        "f ran with no thread in any instance"
+    );
     assert_eq!(rec.overlaps(), 0);
 }
 
@@ -195,28 +259,47 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
 fn scenario_38_bad_perimeters_are_errors() {
     let (_p, s) = det();
     let results = Arc::new(Mutex::new(Vec::new()));
-    let m = def("M", D_MP | D_MTQPAIR, (false, false), Fns::pass().put({
-        let results = results.clone();
-        move |q, mp| {
-            let dup = mp.dupb().unwrap();
-            results.lock().unwrap().push(q.qwriter(mp, |_q, _m| {}, Perim::Outer));
-            results.lock().unwrap().push(q.qwriter_raw(dup, |_q, _m| {}, 3));
-        }
-    }).open({
-        let results = results.clone();
-        move |q| {
-            q.qprocson().unwrap();
-            let mp = q.allocb(0).unwrap();
-            results.lock().unwrap().push(q.qwriter(mp, |_q, _m| {}, Perim::Inner));
-            Ok(())
-        }
-    }));
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass()
+            .put({
+                let results = results.clone();
+                move |q, mp| {
+                    let dup = mp.dupb().unwrap();
+                    results
+                        .lock()
+                        .unwrap()
+                        .push(q.qwriter(mp, |_q, _m| {}, Perim::Outer));
+                    results
+                        .lock()
+                        .unwrap()
+                        .push(q.qwriter_raw(dup, |_q, _m| {}, 3));
+                }
+            })
+            .open({
+                let results = results.clone();
+                move |q| {
+                    q.qprocson().unwrap();
+                    let mp = q.allocb(0).unwrap();
+                    results
+                        .lock()
+                        .unwrap()
+                        .push(q.qwriter(mp, |_q, _m| {}, Perim::Inner));
+                    Ok(())
+                }
+            }),
+    );
     let st = Stream::open(&s, &m).unwrap();
     st.driver(Side::Write).put(data(&s, b"x")).unwrap();
     assert_eq!(
         *results.lock().unwrap(),
         [
-            Err(Error::WrongContext { call: "qwriter", context: "open" }),
+            Err(Error::WrongContext {
+                call: "qwriter",
+                context: "open"
+            }),
             Err(Error::NoOuterPerimeter),
             Err(Error::BadPerimeter(3)),
         ]
@@ -254,27 +337,38 @@ fn scenario_39_close_waits_for_a_pending_qwriter_and_removal_drops_a_perq_event(
     let frees = Arc::new(AtomicUsize::new(0));
     let m = {
         let (rec, gate, inside, frees) = (rec.clone(), gate.clone(), inside.clone(), frees.clone());
-        def("P", D_MP | D_MTPERQ | D_MTPUTSHARED, (false, false), Fns::pass().put(move |q, mp| {
-            let t = text(&mp);
-            inside.add();
-            if t == "writer" {
-                inside.wait_for(2);
-                let buf = Box::into_raw(Box::new([0u8; 4])) as *mut u8 as usize;
-                let f2 = frees.clone();
-                // SAFETY: the box is owned by the message until the free routine runs.
-                let ev = unsafe {
-                    q.streams_handle().desballoc(buf as *mut u8, 4, Box::new(move || {
-                        drop(Box::from_raw(buf as *mut [u8; 4]));
-                        f2.fetch_add(1, Ordering::SeqCst);
-                    }))
+        def(
+            "P",
+            D_MP | D_MTPERQ | D_MTPUTSHARED,
+            (false, false),
+            Fns::pass().put(move |q, mp| {
+                let t = text(&mp);
+                inside.add();
+                if t == "writer" {
+                    inside.wait_for(2);
+                    let buf = Box::into_raw(Box::new([0u8; 4])) as *mut u8 as usize;
+                    let f2 = frees.clone();
+                    // SAFETY: the box is owned by the message until the free routine runs.
+                    let ev = unsafe {
+                        q.streams_handle().desballoc(
+                            buf as *mut u8,
+                            4,
+                            Box::new(move || {
+                                drop(Box::from_raw(buf as *mut [u8; 4]));
+                                f2.fetch_add(1, Ordering::SeqCst);
+                            }),
+                        )
+                    }
+                    .unwrap();
+                    let r2 = rec.clone();
+                    let ran = q
+                        .qwriter(ev, move |_q, _m| r2.note("f"), Perim::Inner)
+                        .unwrap();
+                    rec.note(format!("ran={ran}"));
                 }
-                .unwrap();
-                let r2 = rec.clone();
-                let ran = q.qwriter(ev, move |_q, _m| r2.note("f"), Perim::Inner).unwrap();
-                rec.note(format!("ran={ran}"));
-            }
-            gate.wait();
-        }))
+                gate.wait();
+            }),
+        )
     };
     let st = Stream::open(&s, &sink_driver("d")).unwrap();
     st.push(&m).unwrap();
@@ -288,6 +382,10 @@ fn scenario_39_close_waits_for_a_pending_qwriter_and_removal_drops_a_perq_event(
         gate.open();
     });
     s.quiesce();
-    assert!(!has(&rec.log(), "f"), "the event was never called: {:?}", rec.log());
+    assert!(
+        !has(&rec.log(), "f"),
+        "the event was never called: {:?}",
+        rec.log()
+    );
     assert_eq!(frees.load(Ordering::SeqCst), 1, "its message was freed");
 }

@@ -7,31 +7,46 @@ use streams::*;
 /// A driver whose write srv counts its runs, consumes high-priority messages and puts
 /// back the first ordinary one (a srv must never putbq a high-priority message).
 fn putbq_driver(runs: Arc<Counter>) -> Arc<ModuleDef> {
-    def("drv", D_MP | D_MTQPAIR, (false, true), Fns::pass().put(|q, m| q.putq(m)).srv(move |q| {
-        runs.add();
-        while let Some(m) = q.getq() {
-            if !m.db_type().is_high_priority() {
-                q.putbq(m);
-                break;
+    def(
+        "drv",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass().put(|q, m| q.putq(m)).srv(move |q| {
+            runs.add();
+            while let Some(m) = q.getq() {
+                if !m.db_type().is_high_priority() {
+                    q.putbq(m);
+                    break;
+                }
             }
-        }
-    }))
+        }),
+    )
 }
 
 #[test]
 fn scenario_17_a_srv_that_puts_back_is_rerun_only_by_enabling() {
     let (_p, s) = det();
     let runs = Counter::new();
-    let info = ModuleInfo { hiwat: 10, lowat: 5, ..Default::default() };
-    let d = def_info("drv", D_MP | D_MTQPAIR, (false, true), info, Fns::pass().put(|q, m| q.putq(m)).srv({
-        let runs = runs.clone();
-        move |q| {
-            runs.add();
-            if let Some(m) = q.getq() {
-                q.putbq(m);
+    let info = ModuleInfo {
+        hiwat: 10,
+        lowat: 5,
+        ..Default::default()
+    };
+    let d = def_info(
+        "drv",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        info,
+        Fns::pass().put(|q, m| q.putq(m)).srv({
+            let runs = runs.clone();
+            move |q| {
+                runs.add();
+                if let Some(m) = q.getq() {
+                    q.putbq(m);
+                }
             }
-        }
-    }));
+        }),
+    );
     let st = Stream::open(&s, &d).unwrap();
     let u = def("U", D_MP | D_MTQPAIR, (false, true), Fns::pass());
     st.push(&u).unwrap();
@@ -54,8 +69,16 @@ fn scenario_17_a_srv_that_puts_back_is_rerun_only_by_enabling() {
     let before = runs.get();
     while q.getq().is_some() {}
     s.run_until_idle();
-    assert_eq!(runs.get(), before, "back-enable runs the upstream srv, not this one");
-    assert_eq!(q.flags() & QWANTR, QWANTR, "getq on the empty queue set QWANTR");
+    assert_eq!(
+        runs.get(),
+        before,
+        "back-enable runs the upstream srv, not this one"
+    );
+    assert_eq!(
+        q.flags() & QWANTR,
+        QWANTR,
+        "getq on the empty queue set QWANTR"
+    );
     q.putq(data(&s, b"again"));
     s.run_until_idle();
     assert_eq!(runs.get(), before + 1, "QWANTR makes the next putq enable");
@@ -89,18 +112,24 @@ fn scenario_19_qenable_during_a_run_gives_exactly_one_more_run() {
         let runs = Counter::new();
         let gate = Latch::new();
         let entered = Counter::new();
-        let d = def("drv", flags, (false, true), Fns::pass().put(|q, m| q.putq(m)).srv({
-            let (rec, runs, gate, entered) = (rec.clone(), runs.clone(), gate.clone(), entered.clone());
-            move |q| {
-                let _in = rec.enter("srv", &["srv"]);
-                entered.add();
-                if runs.get() == 0 {
-                    gate.wait();
+        let d = def(
+            "drv",
+            flags,
+            (false, true),
+            Fns::pass().put(|q, m| q.putq(m)).srv({
+                let (rec, runs, gate, entered) =
+                    (rec.clone(), runs.clone(), gate.clone(), entered.clone());
+                move |q| {
+                    let _in = rec.enter("srv", &["srv"]);
+                    entered.add();
+                    if runs.get() == 0 {
+                        gate.wait();
+                    }
+                    runs.add();
+                    while q.getq().is_some() {}
                 }
-                runs.add();
-                while q.getq().is_some() {}
-            }
-        }));
+            }),
+        );
         let st = Stream::open(&s, &d).unwrap();
         let q = st.driver(Side::Write);
         q.qenable();
@@ -128,10 +157,15 @@ fn scenario_20_qenable_without_srv_or_after_qprocsoff_schedules_nothing() {
 
     let runs = Counter::new();
     let st = Stream::open(&s, &sink_driver("drv2")).unwrap();
-    st.push(&def("M", D_MP | D_MTQPAIR, (false, true), Fns::pass().srv({
-        let runs = runs.clone();
-        move |_q| runs.add()
-    })))
+    st.push(&def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass().srv({
+            let runs = runs.clone();
+            move |_q| runs.add()
+        }),
+    ))
     .unwrap();
     let m = st.queue(1, Side::Write).unwrap();
     st.pop().unwrap();

@@ -280,7 +280,9 @@ pub fn watchdog(secs: u64) -> Watchdog {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let name = std::thread::current().name().unwrap_or("?").to_string();
     std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(std::time::Duration::from_secs(secs))
+        {
             eprintln!("watchdog: test {name} still running after {secs} s: deadlock; aborting");
             std::process::abort();
         }
@@ -298,7 +300,10 @@ impl Drop for Watchdog {
 
 /// Whether `log` has `a` before `b` (both present).
 pub fn before(log: &[String], a: &str, b: &str) -> bool {
-    match (log.iter().position(|x| x == a), log.iter().position(|x| x == b)) {
+    match (
+        log.iter().position(|x| x == a),
+        log.iter().position(|x| x == b),
+    ) {
         (Some(i), Some(j)) => i < j,
         _ => false,
     }
