@@ -222,10 +222,12 @@ impl Streams {
         self.run_until_idle()
     }
 
-    /// Waits until no background work is queued or running (`quiesce`). Runs work in this
-    /// thread while any is queued, then sleeps until running work finishes.
+    /// Waits until no background work is queued or running and no timer is due (`quiesce`).
+    /// Fires due timers and runs work in this thread while any is queued, then sleeps until
+    /// running work finishes.
     pub fn quiesce(&self) {
         loop {
+            self.run_timers();
             self.run_until_idle();
             let b = self.0.busy.load(Ordering::SeqCst);
             if b == 0 {

@@ -6,16 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use streams::*;
 
-fn has(log: &[String], s: &str) -> bool {
-    log.iter().any(|x| x == s)
-}
-
-fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        thread::yield_now();
-    }
-}
-
 type Slot = Arc<Mutex<Option<CallbackId>>>;
 
 #[test]
@@ -168,7 +158,7 @@ fn scenario_54_qbufcall_runs_inside_the_perimeter_when_memory_returns() {
         ..Default::default()
     };
     let s = Streams::new(p, cfg);
-    let (rec, result): (Arc<Recorder>, Arc<Mutex<Vec<Result<CallbackId, Error>>>>) =
+    let (rec, result): (Arc<Recorder>, Results<Result<CallbackId, Error>>) =
         (Recorder::new(), Arc::default());
     let m = def(
         "M",
@@ -346,7 +336,7 @@ fn scenario_56_qwait_in_open_returns_after_a_qtimeout_callback() {
 #[test]
 fn a_close_that_blocks_or_unlinks_with_callbacks_outstanding_is_reported() {
     let (p, s) = det();
-    let (ids, results, fired): (Slot, Arc<Mutex<Vec<Result<(), Error>>>>, Arc<Counter>) =
+    let (ids, results, fired): (Slot, Results<Result<(), Error>>, Arc<Counter>) =
         (Arc::default(), Arc::default(), Counter::new());
     let mk = |cancel_first: bool| {
         let (ids, results, fired) = (ids.clone(), results.clone(), fired.clone());

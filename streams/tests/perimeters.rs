@@ -34,10 +34,6 @@ fn recording_put(
     })
 }
 
-fn has(log: &[String], s: &str) -> bool {
-    log.iter().any(|x| x == s)
-}
-
 #[test]
 fn scenario_21_qpair_defers_a_put_while_the_pair_is_busy() {
     let _w = watchdog(60);

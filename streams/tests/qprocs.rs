@@ -6,16 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use streams::*;
 
-fn has(log: &[String], s: &str) -> bool {
-    log.iter().any(|x| x == s)
-}
-
-fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        thread::yield_now();
-    }
-}
-
 /// A module that logs "{r,w}put:{data}" and passes messages on.
 fn logging(rec: &Arc<Recorder>) -> Fns {
     let rec = rec.clone();

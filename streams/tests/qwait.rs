@@ -6,16 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use streams::*;
 
-fn has(log: &[String], s: &str) -> bool {
-    log.iter().any(|x| x == s)
-}
-
-fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        thread::yield_now();
-    }
-}
-
 #[test]
 fn scenario_46_open_waits_for_a_reply_with_qwait() {
     let _w = watchdog(60);

@@ -6,17 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use streams::*;
 
-fn has(log: &[String], s: &str) -> bool {
-    log.iter().any(|x| x == s)
-}
-
-/// Waits (yielding) until `cond` holds: for states that have no event to wait on.
-fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        thread::yield_now();
-    }
-}
-
 #[test]
 fn scenario_33_qwriter_runs_at_once_for_the_only_shared_thread() {
     let (_p, s) = det();

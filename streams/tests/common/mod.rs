@@ -138,11 +138,13 @@ pub fn sink_driver(name: &'static str) -> Arc<ModuleDef> {
     )
 }
 
-/// Records entries and exits of routines and notices overlaps.
+/// Records entries and exits of routines and notices overlaps. Only entries made by
+/// *other* threads count as overlaps: a routine nested in the same thread (a qwriter
+/// callback run at once) is not a concurrent one.
 #[derive(Default)]
 pub struct Recorder {
     log: Mutex<Vec<String>>,
-    inside: Mutex<Vec<String>>,
+    inside: Mutex<Vec<(String, std::thread::ThreadId)>>,
     overlaps: AtomicUsize,
 }
 
@@ -156,17 +158,19 @@ impl Recorder {
     pub fn new() -> Arc<Recorder> {
         Arc::new(Recorder::default())
     }
-    /// Records entry into `name`; `exclusive_with` lists prefixes that must not be inside now.
+    /// Records entry into `name`; `exclusive_with` lists prefixes that no other thread may
+    /// be inside now.
     pub fn enter(&self, name: impl Into<String>, exclusive_with: &[&str]) -> Inside<'_> {
         let name = name.into();
+        let me = std::thread::current().id();
         let mut inside = self.inside.lock().unwrap();
-        if inside
-            .iter()
-            .any(|n| exclusive_with.iter().any(|p| n.starts_with(p)))
-        {
+        let clash = |(n, t): &(String, std::thread::ThreadId)| {
+            *t != me && exclusive_with.iter().any(|p| n.starts_with(p))
+        };
+        if inside.iter().any(clash) {
             self.overlaps.fetch_add(1, Ordering::SeqCst);
         }
-        inside.push(name.clone());
+        inside.push((name.clone(), me));
         self.log.lock().unwrap().push(format!("+{name}"));
         Inside { rec: self, name }
     }
@@ -180,16 +184,25 @@ impl Recorder {
     pub fn overlaps(&self) -> usize {
         self.overlaps.load(Ordering::SeqCst)
     }
-    /// Whether `name`s were ever inside at the same time as another matching `other`.
+    /// The routines inside right now.
     pub fn inside_now(&self) -> Vec<String> {
-        self.inside.lock().unwrap().clone()
+        self.inside
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
 impl Drop for Inside<'_> {
     fn drop(&mut self) {
+        let me = std::thread::current().id();
         let mut inside = self.rec.inside.lock().unwrap();
-        if let Some(i) = inside.iter().position(|n| *n == self.name) {
+        if let Some(i) = inside
+            .iter()
+            .rposition(|(n, t)| *n == self.name && *t == me)
+        {
             inside.remove(i);
         }
         self.rec.log.lock().unwrap().push(format!("-{}", self.name));
@@ -313,3 +326,18 @@ pub fn before(log: &[String], a: &str, b: &str) -> bool {
 pub fn text(m: &Mblk) -> String {
     String::from_utf8_lossy(m.data()).into_owned()
 }
+
+/// Whether `log` holds `s`.
+pub fn has(log: &[String], s: &str) -> bool {
+    log.iter().any(|x| x == s)
+}
+
+/// Waits (yielding) until `cond` holds: for states that have no event to wait on.
+pub fn until(cond: impl Fn() -> bool) {
+    while !cond() {
+        std::thread::yield_now();
+    }
+}
+
+/// Results collected from inside routines.
+pub type Results<T> = Arc<Mutex<Vec<T>>>;
