@@ -31,14 +31,21 @@ impl Module for Sink {
 
 fn sink(flags: u32, count: &Arc<AtomicUsize>) -> Arc<ModuleDef> {
     let c = count.clone();
-    ModuleDef::builder("sink").flags(flags).build(move || Sink(c.clone())).unwrap()
+    ModuleDef::builder("sink")
+        .flags(flags)
+        .build(move || Sink(c.clone()))
+        .unwrap()
 }
 
 fn allocb(c: &mut Criterion) {
     let s = det();
     let mut g = c.benchmark_group("allocb");
-    g.bench_function("allocb+freeb 64B", |b| b.iter(|| drop(black_box(s.allocb(black_box(64))))));
-    g.bench_function("baseline Box<[u8]> 64B", |b| b.iter(|| drop(black_box(vec![0u8; black_box(64)].into_boxed_slice()))));
+    g.bench_function("allocb+freeb 64B", |b| {
+        b.iter(|| drop(black_box(s.allocb(black_box(64)))))
+    });
+    g.bench_function("baseline Box<[u8]> 64B", |b| {
+        b.iter(|| drop(black_box(vec![0u8; black_box(64)].into_boxed_slice())))
+    });
     g.finish();
 }
 
@@ -46,11 +53,18 @@ fn allocb(c: &mut Criterion) {
 fn hops(c: &mut Criterion) {
     let mut g = c.benchmark_group("hop");
     for depth in [1usize, 4, 8] {
-        for (name, flags) in [("D_MP", D_MP), ("D_MTQPAIR", D_MP | D_MTQPAIR), ("D_MTPERMOD", D_MP | D_MTPERMOD)] {
+        for (name, flags) in [
+            ("D_MP", D_MP),
+            ("D_MTQPAIR", D_MP | D_MTQPAIR),
+            ("D_MTPERMOD", D_MP | D_MTPERMOD),
+        ] {
             let s = det();
             let count = Arc::new(AtomicUsize::new(0));
             let st = Stream::open(&s, &sink(flags, &count)).unwrap();
-            let m = ModuleDef::builder("pass").flags(flags).build(|| Pass).unwrap();
+            let m = ModuleDef::builder("pass")
+                .flags(flags)
+                .build(|| Pass)
+                .unwrap();
             for _ in 0..depth {
                 st.push(&m).unwrap();
             }
@@ -60,29 +74,41 @@ fn hops(c: &mut Criterion) {
         }
         // Baseline: the same depth (head + modules + driver) as dynamic function calls.
         let s = det();
-        let chain: Vec<Box<dyn Fn(Mblk) -> Mblk>> = (0..depth + 2).map(|_| Box::new(black_box) as Box<dyn Fn(Mblk) -> Mblk>).collect();
-        g.bench_with_input(BenchmarkId::new("baseline fn-chain", depth), &depth, |b, _| {
-            b.iter(|| {
-                let mut m = s.allocb(64).unwrap();
-                for stage in &chain {
-                    m = stage(m);
-                }
-                drop(m)
-            })
-        });
+        let chain: Vec<Box<dyn Fn(Mblk) -> Mblk>> = (0..depth + 2)
+            .map(|_| Box::new(black_box) as Box<dyn Fn(Mblk) -> Mblk>)
+            .collect();
+        g.bench_with_input(
+            BenchmarkId::new("baseline fn-chain", depth),
+            &depth,
+            |b, _| {
+                b.iter(|| {
+                    let mut m = s.allocb(64).unwrap();
+                    for stage in &chain {
+                        m = stage(m);
+                    }
+                    drop(m)
+                })
+            },
+        );
         // Baseline: a crossbeam-channel pipeline of the same depth, each hop a send and a
         // receive (in one thread: the channel's own cost, no thread hand-off).
-        let chans: Vec<_> = (0..depth + 2).map(|_| crossbeam_channel::bounded::<Mblk>(1)).collect();
-        g.bench_with_input(BenchmarkId::new("baseline crossbeam", depth), &depth, |b, _| {
-            b.iter(|| {
-                let mut m = s.allocb(64).unwrap();
-                for (tx, rx) in &chans {
-                    tx.send(m).unwrap();
-                    m = rx.recv().unwrap();
-                }
-                drop(m)
-            })
-        });
+        let chans: Vec<_> = (0..depth + 2)
+            .map(|_| crossbeam_channel::bounded::<Mblk>(1))
+            .collect();
+        g.bench_with_input(
+            BenchmarkId::new("baseline crossbeam", depth),
+            &depth,
+            |b, _| {
+                b.iter(|| {
+                    let mut m = s.allocb(64).unwrap();
+                    for (tx, rx) in &chans {
+                        tx.send(m).unwrap();
+                        m = rx.recv().unwrap();
+                    }
+                    drop(m)
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -101,7 +127,15 @@ fn putq_getq(c: &mut Criterion) {
         }
     }
     let s = det();
-    let d = ModuleDef::builder("queueing").srv(false, true).info(ModuleInfo { hiwat: 1 << 20, lowat: 1 << 10, ..Default::default() }).build(|| Queueing).unwrap();
+    let d = ModuleDef::builder("queueing")
+        .srv(false, true)
+        .info(ModuleInfo {
+            hiwat: 1 << 20,
+            lowat: 1 << 10,
+            ..Default::default()
+        })
+        .build(|| Queueing)
+        .unwrap();
     let st = Stream::open(&s, &d).unwrap();
     let wq = st.driver(Side::Write);
     let mut g = c.benchmark_group("putq-getq");
@@ -130,15 +164,22 @@ fn qwriter(c: &mut Criterion) {
                 return;
             }
             let n = self.0.clone();
-            let _ = q.qwriter(mp, move |_q, _m| {
-                n.fetch_add(1, Ordering::Relaxed);
-            }, Perim::Inner);
+            let _ = q.qwriter(
+                mp,
+                move |_q, _m| {
+                    n.fetch_add(1, Ordering::Relaxed);
+                },
+                Perim::Inner,
+            );
         }
     }
     let s = det();
     let n = Arc::new(AtomicUsize::new(0));
     let n2 = n.clone();
-    let d = ModuleDef::builder("writer").flags(D_MP | D_MTQPAIR | D_MTPUTSHARED).build(move || Writer(n2.clone())).unwrap();
+    let d = ModuleDef::builder("writer")
+        .flags(D_MP | D_MTQPAIR | D_MTPUTSHARED)
+        .build(move || Writer(n2.clone()))
+        .unwrap();
     let st = Stream::open(&s, &d).unwrap();
     let wq = st.driver(Side::Write);
     let msg = |first: u8| {
@@ -148,7 +189,9 @@ fn qwriter(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("qwriter");
     g.bench_function("immediate", |b| b.iter(|| wq.put(msg(0)).unwrap()));
-    g.bench_function("deferred (nested put + qwriter)", |b| b.iter(|| wq.put(msg(1)).unwrap()));
+    g.bench_function("deferred (nested put + qwriter)", |b| {
+        b.iter(|| wq.put(msg(1)).unwrap())
+    });
     g.bench_function("baseline nested put only", |b| {
         b.iter(|| {
             let mut m = msg(2);

@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+mod cache;
 mod callback;
 mod error;
 mod head;

@@ -7,11 +7,12 @@
 //! the only `unsafe` here.
 
 use crate::error::Error;
-use crate::sched::Streams;
+use crate::pool::Pool;
 use crate::sync::{Arc, Ordering};
 use alloc::boxed::Box;
 use alloc::vec;
-use core::sync::atomic::AtomicU8;
+use core::mem::ManuallyDrop;
+use core::sync::atomic::{AtomicU8, AtomicUsize};
 
 /// Greatest `db_ref` of a data block; `dupb` fails beyond it.
 pub const DBLK_REFMAX: usize = 255;
@@ -89,8 +90,12 @@ pub(crate) struct Dblk {
     db_type: AtomicU8,
     free: Option<FreeRoutine>,
     free_now: bool,
-    charged: usize,
-    streams: Streams,
+    /// Bytes charged to the pool for the current use ([`RELEASED`] once returned). Changed
+    /// only by the holder of the only reference, so plain loads and stores suffice.
+    charged: AtomicUsize,
+    /// The pool's size class, for heap buffers it may recycle.
+    class: Option<usize>,
+    pool: Arc<Pool>,
 }
 
 // SAFETY: the only non-Send/Sync field is the external buffer pointer, whose owner handed
@@ -118,23 +123,40 @@ impl Dblk {
     }
 }
 
+const RELEASED: usize = usize::MAX;
+
+impl Dblk {
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns the charge to the pool. Only the holder of the only reference calls this.
+    fn release_charge(&self) {
+        let bytes = self.charged.load(Ordering::Relaxed);
+        if bytes != RELEASED {
+            self.charged.store(RELEASED, Ordering::Relaxed);
+            self.pool.release(bytes);
+        }
+    }
+}
+
 impl Drop for Dblk {
     fn drop(&mut self) {
-        self.streams.pool().release(self.charged);
         if let Some(free) = self.free.take() {
             if self.free_now {
                 free(); // desballoc: in the thread dropping the last reference
             } else {
-                self.streams.defer_free(free); // esballoc: some time later
+                self.pool.defer_free(free); // esballoc: some time later
             }
         }
-        self.streams.buffers_returned();
+        self.release_charge();
     }
 }
 
 /// A message block (`mblk_t`); a message is a chain of them linked by `b_cont`.
 pub struct Mblk {
-    db: Arc<Dblk>,
+    /// Taken only in `Drop`, which recycles the data block when this was its last reference.
+    db: ManuallyDrop<Arc<Dblk>>,
     rptr: usize,
     wptr: usize,
     band: u8,
@@ -160,26 +182,57 @@ impl Drop for Mblk {
         while let Some(mut b) = next {
             next = b.cont.take();
         }
+        // SAFETY: `db` is never used after this; this is the only place that takes it.
+        let db = unsafe { ManuallyDrop::take(&mut self.db) };
+        // The last reference (no weak references are ever made): recycle a heap block.
+        if Arc::strong_count(&db) == 1 {
+            core::sync::atomic::fence(Ordering::Acquire); // as Arc's own drop does
+            if let (Some(class), Storage::Heap(_)) = (db.class, &db.storage) {
+                db.release_charge();
+                crate::cache::push(class, db);
+            }
+        }
     }
 }
 
 impl Mblk {
-    pub(crate) fn heap(streams: &Streams, size: usize) -> Mblk {
+    /// A new heap block of `capacity` bytes charged as `size`.
+    pub(crate) fn heap(
+        pool: &Arc<Pool>,
+        capacity: usize,
+        size: usize,
+        class: Option<usize>,
+    ) -> Mblk {
         Self::with_dblk(Dblk {
-            storage: Storage::Heap(vec![0u8; size].into_boxed_slice()),
+            storage: Storage::Heap(vec![0u8; capacity].into_boxed_slice()),
             db_type: AtomicU8::new(MsgType::M_DATA.0),
             free: None,
             free_now: false,
-            charged: size,
-            streams: streams.clone(),
+            charged: AtomicUsize::new(size),
+            class,
+            pool: pool.clone(),
         })
+    }
+
+    /// A recycled heap block, charged as `size`.
+    pub(crate) fn reuse(db: Arc<Dblk>, size: usize) -> Mblk {
+        db.charged.store(size, Ordering::Relaxed);
+        db.db_type.store(MsgType::M_DATA.0, Ordering::Relaxed);
+        Mblk {
+            db: ManuallyDrop::new(db),
+            rptr: 0,
+            wptr: 0,
+            band: 0,
+            flag: 0,
+            cont: None,
+        }
     }
 
     /// # Safety
     /// `base..base + len` must stay valid for reads and writes, and be used by nobody
     /// else, until `free` has been called.
     pub(crate) unsafe fn external(
-        streams: &Streams,
+        pool: &Arc<Pool>,
         base: *mut u8,
         len: usize,
         free: FreeRoutine,
@@ -190,14 +243,15 @@ impl Mblk {
             db_type: AtomicU8::new(MsgType::M_DATA.0),
             free: Some(free),
             free_now,
-            charged: 0,
-            streams: streams.clone(),
+            charged: AtomicUsize::new(0),
+            class: None,
+            pool: pool.clone(),
         })
     }
 
     fn with_dblk(db: Dblk) -> Mblk {
         Mblk {
-            db: Arc::new(db),
+            db: ManuallyDrop::new(Arc::new(db)),
             rptr: 0,
             wptr: 0,
             band: 0,
@@ -327,8 +381,8 @@ impl Mblk {
     /// Frees every block of the message (`freemsg`).
     pub fn freemsg(self) {}
 
-    fn streams(&self) -> &Streams {
-        &self.db.streams
+    fn pool(&self) -> &Arc<Pool> {
+        &self.db.pool
     }
 
     /// A new block sharing this block's data (`dupb`): `None` when out of memory or when the
@@ -352,7 +406,7 @@ impl Mblk {
     }
     /// A copy of this block in a new data block (`copyb`): type, band, flag and offsets kept.
     pub fn copyb(&self) -> Option<Mblk> {
-        let mut b = self.streams().allocb(self.capacity())?;
+        let mut b = self.pool().allocb(self.capacity())?;
         let db = Arc::get_mut(&mut b.db).expect("fresh block");
         db.bytes_mut()[self.rptr..self.wptr].copy_from_slice(self.data());
         db.db_type.store(self.db_type().0, Ordering::Relaxed);
@@ -392,7 +446,7 @@ impl Mblk {
         if want > avail {
             return false;
         }
-        let Some(mut fresh) = self.streams().allocb(want) else {
+        let Some(mut fresh) = self.pool().allocb(want) else {
             return false;
         };
         fresh.set_type(ty);

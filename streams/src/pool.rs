@@ -4,7 +4,10 @@
 //! capacity, or when a fault policy says so. It never blocks and never panics. Frees
 //! return capacity and, when bufcalls are waiting, ask the scheduler to run them.
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::cache::{self, SharedCache, class_capacity, class_of};
+use crate::msg::{FreeRoutine, Mblk};
+use crate::sched::{Streams, WeakStreams};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use alloc::vec::Vec;
 
 /// The capacity of a buffer pool.
@@ -25,7 +28,8 @@ impl Default for PoolConfig {
     }
 }
 
-/// When an allocation is made to fail on purpose. Calls are numbered from 1.
+/// When an allocation is made to fail on purpose. Calls are numbered from 1, counting the
+/// calls made while any policy is set.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultPolicy {
     /// Fail every `n`th call (`n` ≥ 1).
@@ -69,37 +73,53 @@ pub struct PoolStats {
     pub peak_bytes: usize,
 }
 
+/// `in_use` packs blocks (high bits) and bytes (low bits) so one atomic add charges both.
+const BYTES_BITS: u32 = 44;
+const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
+
 pub(crate) struct Pool {
     config: PoolConfig,
-    bytes: AtomicUsize,
-    blocks: AtomicUsize,
+    in_use: AtomicU64,
     peak: AtomicUsize,
-    calls: AtomicU64,
     allocated: AtomicU64,
     failed_capacity: AtomicU64,
     failed_injected: AtomicU64,
-    freed: AtomicU64,
+    calls_checked: AtomicU64,
     has_faults: AtomicBool,
     faults: Mutex<Vec<FaultPolicy>>,
     rng: AtomicU64,
+    cache: SharedCache,
+    /// Set while bufcalls wait for memory: frees then poke the owner.
+    pub(crate) bufcalls_waiting: AtomicBool,
+    owner: Mutex<Option<WeakStreams>>,
 }
 
 impl Pool {
     pub(crate) fn new(config: PoolConfig) -> Self {
         Pool {
             config,
-            bytes: AtomicUsize::new(0),
-            blocks: AtomicUsize::new(0),
+            in_use: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
-            calls: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             failed_capacity: AtomicU64::new(0),
             failed_injected: AtomicU64::new(0),
-            freed: AtomicU64::new(0),
+            calls_checked: AtomicU64::new(0),
             has_faults: AtomicBool::new(false),
             faults: Mutex::new(Vec::new()),
             rng: AtomicU64::new(0),
+            cache: SharedCache::default(),
+            bufcalls_waiting: AtomicBool::new(false),
+            owner: Mutex::new(None),
         }
+    }
+
+    /// Remembers the framework instance that frees and bufcalls report to.
+    pub(crate) fn set_owner(&self, owner: WeakStreams) {
+        *self.owner.lock() = Some(owner);
+    }
+
+    fn owner(&self) -> Option<Streams> {
+        self.owner.lock().as_ref().and_then(WeakStreams::upgrade)
     }
 
     /// Replaces the fault policies (an empty list turns injection off).
@@ -115,11 +135,16 @@ impl Pool {
         *guard = faults;
     }
 
-    fn injected(&self, call: u64, size: usize) -> bool {
-        if !self.has_faults.load(Ordering::Acquire) {
+    fn injected(&self, size: usize) -> bool {
+        if !self.has_faults.load(Ordering::Relaxed) {
             return false;
         }
         let faults = self.faults.lock();
+        if faults.is_empty() {
+            return false;
+        }
+        // Calls are numbered only while faults are set (that is all the policies need).
+        let call = self.calls_checked.fetch_add(1, Ordering::Relaxed) + 1;
         faults.iter().any(|f| match *f {
             FaultPolicy::EveryNth(n) => n != 0 && call.is_multiple_of(n),
             FaultPolicy::AboveSize(max) => size > max,
@@ -136,18 +161,17 @@ impl Pool {
         })
     }
 
-    /// Charges `size` bytes and one block, or says why not. Never blocks.
+    /// Charges `size` bytes and one block, or refuses. Never blocks.
     pub(crate) fn charge(&self, size: usize) -> bool {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.injected(call, size) {
+        if self.injected(size) {
             self.failed_injected.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let blocks = self.blocks.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
+        let add = (1u64 << BYTES_BITS) | size as u64;
+        let now = self.in_use.fetch_add(add, Ordering::Relaxed) + add;
+        let (blocks, bytes) = ((now >> BYTES_BITS) as usize, (now & BYTES_MASK) as usize);
         if blocks > self.config.max_blocks || bytes > self.config.max_bytes {
-            self.blocks.fetch_sub(1, Ordering::Relaxed);
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.in_use.fetch_sub(add, Ordering::Relaxed);
             self.failed_capacity.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -158,28 +182,71 @@ impl Pool {
         true
     }
 
-    /// Returns what [`Pool::charge`] took.
+    /// Returns what [`Pool::charge`] took, and pokes waiting bufcalls.
     pub(crate) fn release(&self, size: usize) {
-        self.blocks.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(size, Ordering::Relaxed);
-        self.freed.fetch_add(1, Ordering::Relaxed);
+        self.in_use
+            .fetch_sub((1u64 << BYTES_BITS) | size as u64, Ordering::Relaxed);
+        if self.bufcalls_waiting.load(Ordering::Relaxed) {
+            if let Some(s) = self.owner() {
+                s.buffers_returned();
+            }
+        }
     }
 
     /// Whether a block of `size` bytes would fit now (ignoring fault policies).
     pub(crate) fn would_fit(&self, size: usize) -> bool {
-        self.blocks.load(Ordering::Relaxed) < self.config.max_blocks
-            && self.bytes.load(Ordering::Relaxed) + size <= self.config.max_bytes
+        let now = self.in_use.load(Ordering::Relaxed);
+        ((now >> BYTES_BITS) as usize) < self.config.max_blocks
+            && (now & BYTES_MASK) as usize + size <= self.config.max_bytes
+    }
+
+    /// Allocates a message block (`allocb`), from the cache when one of its class is free.
+    pub(crate) fn allocb(self: &Arc<Self>, size: usize) -> Option<Mblk> {
+        if !self.charge(size) {
+            return None;
+        }
+        let class = class_of(size);
+        if let Some(db) = class.and_then(|c| cache::pop(self, c)) {
+            return Some(Mblk::reuse(db, size));
+        }
+        let capacity = class.map_or(size, class_capacity);
+        Some(Mblk::heap(self, capacity, size, class))
+    }
+
+    pub(crate) fn cache(&self) -> &SharedCache {
+        &self.cache
+    }
+
+    /// Drops every block in the shared cache (their `Arc<Pool>` would otherwise keep the
+    /// pool alive).
+    pub(crate) fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    /// Runs an esballoc free routine later, from the owner's background work.
+    pub(crate) fn defer_free(&self, free: FreeRoutine) {
+        match self.owner() {
+            Some(s) => s.defer_free(free),
+            None => free(),
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
+        let now = self.in_use.load(Ordering::Relaxed);
+        let (blocks, bytes) = ((now >> BYTES_BITS) as usize, (now & BYTES_MASK) as usize);
+        let allocated = self.allocated.load(Ordering::Relaxed);
+        let (fc, fi) = (
+            self.failed_capacity.load(Ordering::Relaxed),
+            self.failed_injected.load(Ordering::Relaxed),
+        );
         PoolStats {
-            calls: self.calls.load(Ordering::Relaxed),
-            allocated: self.allocated.load(Ordering::Relaxed),
-            failed_capacity: self.failed_capacity.load(Ordering::Relaxed),
-            failed_injected: self.failed_injected.load(Ordering::Relaxed),
-            freed: self.freed.load(Ordering::Relaxed),
-            bytes_in_use: self.bytes.load(Ordering::Relaxed),
-            blocks_in_use: self.blocks.load(Ordering::Relaxed),
+            calls: allocated + fc + fi,
+            allocated,
+            failed_capacity: fc,
+            failed_injected: fi,
+            freed: allocated.saturating_sub(blocks as u64),
+            bytes_in_use: bytes,
+            blocks_in_use: blocks,
             peak_bytes: self.peak.load(Ordering::Relaxed),
         }
     }

@@ -39,18 +39,26 @@ pub(crate) enum Task {
 
 pub(crate) struct Inner {
     platform: Arc<dyn Platform>,
-    pool: Pool,
+    pool: Arc<Pool>,
+
     config: StreamsConfig,
     tasks: Mutex<VecDeque<Task>>,
     /// Tasks queued or running (quiesce waits for 0).
     pub(crate) busy: AtomicU32,
     timers: Mutex<BTreeMap<(Ticks, u64), Arc<CbRec>>>,
     bufcalls: Mutex<VecDeque<Arc<CbRec>>>,
-    bufcalls_waiting: AtomicBool,
+
     bufcall_task_queued: AtomicBool,
     pub(crate) callbacks: Mutex<BTreeMap<u64, Arc<CbRec>>>,
     next_id: AtomicU64,
     pub(crate) plumbing: Mutex<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Cached data blocks hold the pool; let them go with the instance.
+        self.pool.clear_cache();
+    }
 }
 
 /// A STREAMS framework instance (what the kernel is to illumos STREAMS). Cheap to clone.
@@ -71,20 +79,22 @@ impl WeakStreams {
 impl Streams {
     /// A framework instance on `platform`.
     pub fn new(platform: Arc<dyn Platform>, config: StreamsConfig) -> Streams {
-        Streams(Arc::new(Inner {
+        let s = Streams(Arc::new(Inner {
             platform,
-            pool: Pool::new(config.pool),
+            pool: Arc::new(Pool::new(config.pool)),
             config,
             tasks: Mutex::new(VecDeque::new()),
             busy: AtomicU32::new(0),
             timers: Mutex::new(BTreeMap::new()),
             bufcalls: Mutex::new(VecDeque::new()),
-            bufcalls_waiting: AtomicBool::new(false),
+
             bufcall_task_queued: AtomicBool::new(false),
             callbacks: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             plumbing: Mutex::new(()),
-        }))
+        }));
+        s.0.pool.set_owner(s.downgrade());
+        s
     }
 
     /// A weak handle.
@@ -94,10 +104,6 @@ impl Streams {
 
     pub(crate) fn platform(&self) -> &dyn Platform {
         &*self.0.platform
-    }
-
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.0.pool
     }
 
     /// The current time in ticks.
@@ -112,10 +118,7 @@ impl Streams {
     /// Allocates a message block of at least `size` bytes (`allocb`): type M_DATA, empty,
     /// band 0, one reference. `None` when the pool is exhausted or a fault is injected.
     pub fn allocb(&self, size: usize) -> Option<Mblk> {
-        if !self.0.pool.charge(size) {
-            return None;
-        }
-        Some(Mblk::heap(self, size))
+        self.0.pool.allocb(size)
     }
 
     /// Wraps a caller's buffer as a message (`esballoc`); `free` runs some time after the
@@ -129,7 +132,7 @@ impl Streams {
             return None;
         }
         // SAFETY: forwarded from the caller.
-        let mut mp = unsafe { Mblk::external(self, base, len, free, false) };
+        let mut mp = unsafe { Mblk::external(&self.0.pool, base, len, free, false) };
         mp.set_ptrs(0, len).expect("whole buffer");
         Some(mp)
     }
@@ -144,7 +147,7 @@ impl Streams {
             return None;
         }
         // SAFETY: forwarded from the caller.
-        let mut mp = unsafe { Mblk::external(self, base, len, free, true) };
+        let mut mp = unsafe { Mblk::external(&self.0.pool, base, len, free, true) };
         mp.set_ptrs(0, len).expect("whole buffer");
         Some(mp)
     }
@@ -181,11 +184,9 @@ impl Streams {
         self.push_task(Task::Free(free));
     }
 
-    /// Called whenever a data block is released: runs waiting bufcalls.
+    /// Called by the pool when a data block is released while bufcalls wait.
     pub(crate) fn buffers_returned(&self) {
-        if self.0.bufcalls_waiting.load(Ordering::Relaxed) {
-            self.schedule_bufcalls();
-        }
+        self.schedule_bufcalls();
     }
 
     fn schedule_bufcalls(&self) {
@@ -283,7 +284,7 @@ impl Streams {
                 return false;
             }
             b.push_back(rec);
-            self.0.bufcalls_waiting.store(true, Ordering::SeqCst);
+            self.0.pool.bufcalls_waiting.store(true, Ordering::SeqCst);
         }
         self.schedule_bufcalls();
         true
@@ -294,7 +295,7 @@ impl Streams {
         let before = b.len();
         b.retain(|r| r.id != rec.id);
         if b.is_empty() {
-            self.0.bufcalls_waiting.store(false, Ordering::SeqCst);
+            self.0.pool.bufcalls_waiting.store(false, Ordering::SeqCst);
         }
         b.len() != before
     }
@@ -308,7 +309,7 @@ impl Streams {
                 b.drain(..).partition(|r| self.0.pool.would_fit(r.size));
             b.extend(keep);
             if b.is_empty() {
-                self.0.bufcalls_waiting.store(false, Ordering::SeqCst);
+                self.0.pool.bufcalls_waiting.store(false, Ordering::SeqCst);
             }
             fire
         };
