@@ -6,7 +6,7 @@ use crate::error::Errno;
 use crate::module::Module;
 use crate::msg::{MSGNOLOOP, Mblk, MsgType};
 use crate::queue::{FLUSHBAND, FLUSHDATA, FLUSHR, FLUSHW, Q, QWANTW, Queue};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicI32, Mutex, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -120,6 +120,9 @@ struct HeadInner {
 #[derive(Default)]
 pub struct HeadState {
     inner: Mutex<HeadInner>,
+    /// What a write returns now (0: it may proceed), kept in step with `inner` so that
+    /// the write path takes no lock.
+    write_block: AtomicI32,
     notify: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -147,11 +150,20 @@ impl HeadState {
     }
 
     pub(crate) fn check_write(&self) -> Result<(), Errno> {
-        let i = self.inner.lock();
-        if i.hangup {
-            return Err(Errno::EIO);
+        match self.write_block.load(Ordering::Acquire) {
+            0 => Ok(()),
+            e => Err(Errno(e)),
         }
-        i.write_error.map_or(Ok(()), Err)
+    }
+
+    /// Recomputes the write verdict after a change of `inner`.
+    fn update_write_block(&self, i: &HeadInner) {
+        let e = if i.hangup {
+            Errno::EIO.0
+        } else {
+            i.write_error.map_or(0, |e| e.0)
+        };
+        self.write_block.store(e, Ordering::Release);
     }
 
     pub(crate) fn read(&self, rq: &Queue) -> ReadResult {
@@ -217,12 +229,18 @@ fn strrput(q: Q<'_>, st: &HeadState, mut mp: Mblk) {
         }
         MsgType::M_ERROR => m_error(q, st, mp),
         MsgType::M_HANGUP => {
-            st.inner.lock().hangup = true;
+            let mut i = st.inner.lock();
+            i.hangup = true;
+            st.update_write_block(&i);
+            drop(i);
             st.log(HeadEvent::Hangup);
             notify(st);
         }
         MsgType::M_UNHANGUP => {
-            st.inner.lock().hangup = false;
+            let mut i = st.inner.lock();
+            i.hangup = false;
+            st.update_write_block(&i);
+            drop(i);
             st.log(HeadEvent::Unhangup);
         }
         MsgType::M_SETOPTS => {
@@ -286,6 +304,7 @@ fn m_error(q: Q<'_>, st: &HeadState, mp: Mblk) {
             *slot = to_errno(byte);
             rw |= bit;
         }
+        st.update_write_block(&i);
         let (re, we) = (i.read_error, i.write_error);
         i.events.push(HeadEvent::Error(re, we));
     }

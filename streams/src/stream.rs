@@ -667,6 +667,8 @@ impl<'a> Q<'a> {
 /// between them. Dropping it without [`Stream::close`] closes it too.
 pub struct Stream {
     inner: Arc<StreamInner>,
+    /// The head's pair (it never changes).
+    head: Arc<QueuePair>,
     closed: bool,
 }
 
@@ -704,8 +706,10 @@ impl Stream {
         inner.pairs.lock().push(head);
         inner.relink();
         inner.attach(driver, 1, OpenHow::Driver)?;
+        let head = inner.pairs.lock()[0].clone();
         Ok(Stream {
             inner,
+            head,
             closed: false,
         })
     }
@@ -780,15 +784,10 @@ impl Stream {
         QueueRef { pair: p, side }
     }
 
-    fn head_pair(&self) -> Arc<QueuePair> {
-        self.inner.pairs.lock()[0].clone()
-    }
-
     /// Sends a message down the stream from the head, as a write does (no flow-control test).
     pub fn putmsg(&self, mp: Mblk) -> Result<(), Errno> {
         self.inner.head.check_write()?;
-        let head = self.head_pair();
-        head.deliver_put(&head.wq, mp);
+        self.head.deliver_put(&self.head.wq, mp);
         Ok(())
     }
 
@@ -796,13 +795,7 @@ impl Stream {
     /// M_ERROR, EAGAIN while the stream is flow-controlled, ENOMEM without a buffer.
     pub fn write(&self, bytes: &[u8]) -> Result<(), Errno> {
         self.inner.head.check_write()?;
-        let head = self.head_pair();
-        if !(QueueRef {
-            pair: head.clone(),
-            side: Side::Write,
-        })
-        .canputnext()
-        {
+        if !self.canwrite() {
             return Err(Errno::EAGAIN);
         }
         let mut mp = self
@@ -811,15 +804,20 @@ impl Stream {
             .allocb(bytes.len())
             .ok_or(Errno::ENOMEM)?;
         mp.write(bytes).expect("sized to fit");
-        head.deliver_put(&head.wq, mp);
+        self.head.deliver_put(&self.head.wq, mp);
         Ok(())
+    }
+
+    /// Whether a write would pass flow control now (`canputnext` from the head).
+    pub fn canwrite(&self) -> bool {
+        let _walk = self.head.walk();
+        link(self.head.wq.next.load(Ordering::Acquire)).is_none_or(Queue::canput)
     }
 
     /// Reads the next message at the head (`getmsg`, non-blocking).
     pub fn read(&self) -> ReadResult {
-        let head = self.head_pair();
-        let _walk = head.walk();
-        self.inner.head.read(&head.rq)
+        let _walk = self.head.walk();
+        self.inner.head.read(&self.head.rq)
     }
 
     /// The stream head's state and event log.

@@ -6,7 +6,7 @@
 
 pub(crate) use alloc::sync::{Arc, Weak};
 pub(crate) use core::sync::atomic::{
-    AtomicBool, AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicI32, AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 /// A mutual-exclusion lock for short critical sections.
