@@ -111,36 +111,44 @@ fn hops(c: &mut Criterion) {
         );
         // Baseline: the same pipeline with a thread per stage (what "a pipeline" usually
         // means): per message, through `depth` stage threads to a consumer.
-        g.bench_with_input(BenchmarkId::new("baseline crossbeam threads", depth), &depth, |b, _| {
-            b.iter_custom(|iters| {
-                let chans: Vec<_> = (0..depth + 1).map(|_| crossbeam_channel::bounded::<Mblk>(64)).collect();
-                let start = Instant::now();
-                std::thread::scope(|t| {
-                    for i in 0..depth {
-                        let (rx, tx) = (chans[i].1.clone(), chans[i + 1].0.clone());
+        g.bench_with_input(
+            BenchmarkId::new("baseline crossbeam threads", depth),
+            &depth,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let chans: Vec<_> = (0..depth + 1)
+                        .map(|_| crossbeam_channel::bounded::<Mblk>(64))
+                        .collect();
+                    let start = Instant::now();
+                    std::thread::scope(|t| {
+                        for i in 0..depth {
+                            let (rx, tx) = (chans[i].1.clone(), chans[i + 1].0.clone());
+                            t.spawn(move || {
+                                for m in rx {
+                                    tx.send(m).unwrap();
+                                }
+                            });
+                        }
+                        let last = chans[depth].1.clone();
                         t.spawn(move || {
-                            for m in rx {
-                                tx.send(m).unwrap();
+                            for _ in 0..iters {
+                                drop(last.recv().unwrap());
                             }
                         });
-                    }
-                    let last = chans[depth].1.clone();
-                    t.spawn(move || {
+                        let first = chans[0].0.clone();
+                        drop(chans);
                         for _ in 0..iters {
-                            drop(last.recv().unwrap());
+                            first.send(s.allocb(64).unwrap()).unwrap();
                         }
                     });
-                    let first = chans[0].0.clone();
-                    drop(chans);
-                    for _ in 0..iters {
-                        first.send(s.allocb(64).unwrap()).unwrap();
-                    }
-                });
-                start.elapsed()
-            })
-        });
+                    start.elapsed()
+                })
+            },
+        );
         // The same threaded pipeline, one message at a time (latency: every hop wakes a thread).
-        let chans: Vec<_> = (0..depth + 1).map(|_| crossbeam_channel::bounded::<Mblk>(1)).collect();
+        let chans: Vec<_> = (0..depth + 1)
+            .map(|_| crossbeam_channel::bounded::<Mblk>(1))
+            .collect();
         std::thread::scope(|t| {
             for i in 0..depth {
                 let (rx, tx) = (chans[i].1.clone(), chans[i + 1].0.clone());
@@ -152,12 +160,16 @@ fn hops(c: &mut Criterion) {
             }
             let (first, last) = (chans[0].0.clone(), chans[depth].1.clone());
             drop(chans);
-            g.bench_with_input(BenchmarkId::new("baseline crossbeam threads latency", depth), &depth, |b, _| {
-                b.iter(|| {
-                    first.send(s.allocb(64).unwrap()).unwrap();
-                    drop(last.recv().unwrap());
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new("baseline crossbeam threads latency", depth),
+                &depth,
+                |b, _| {
+                    b.iter(|| {
+                        first.send(s.allocb(64).unwrap()).unwrap();
+                        drop(last.recv().unwrap());
+                    })
+                },
+            );
             drop(first);
         });
     }

@@ -186,10 +186,10 @@ impl Pool {
     pub(crate) fn release(&self, size: usize) {
         self.in_use
             .fetch_sub((1u64 << BYTES_BITS) | size as u64, Ordering::Relaxed);
-        if self.bufcalls_waiting.load(Ordering::Relaxed) {
-            if let Some(s) = self.owner() {
-                s.buffers_returned();
-            }
+        if self.bufcalls_waiting.load(Ordering::Relaxed)
+            && let Some(s) = self.owner()
+        {
+            s.buffers_returned();
         }
     }
 

@@ -724,6 +724,54 @@ impl<'a> Q<'a> {
             None => drop(mp),
         }
     }
+    /// Flow-control test of this queue's nearest service queue forward (`canput`).
+    pub fn canput(&self) -> bool {
+        self.q.canput()
+    }
+    /// Band flow-control test of this queue's nearest service queue forward (`bcanput`).
+    pub fn bcanput(&self, band: u8) -> bool {
+        self.q.bcanput(band)
+    }
+    /// A module's canonical M_FLUSH handling: flush the sides the message names (one band
+    /// with FLUSHBAND), then pass it on.
+    pub fn flush_module(&self, mp: Mblk) {
+        let flags = mp.data().first().copied().unwrap_or(0);
+        let band = (flags & FLUSHBAND != 0)
+            .then(|| mp.data().get(1).copied())
+            .flatten();
+        let flush = |q: &Queue| match band {
+            Some(b) => q.flushband(b, FLUSHDATA),
+            None => q.flushq(FLUSHDATA),
+        };
+        if flags & FLUSHR != 0 {
+            flush(self.q.rd());
+        }
+        if flags & FLUSHW != 0 {
+            flush(self.q.wr());
+        }
+        self.putnext(mp);
+    }
+    /// A driver's canonical M_FLUSH handling in its write put: flush the write side and
+    /// clear FLUSHW; if FLUSHR remains, flush the read side and send the message back up;
+    /// otherwise free it.
+    pub fn flush_driver(&self, mut mp: Mblk) {
+        let flags = mp.data().first().copied().unwrap_or(0);
+        if flags & FLUSHW != 0 {
+            self.q.wr().flushq(FLUSHDATA);
+            if let Some(d) = mp.data_mut() {
+                d[0] &= !FLUSHW;
+            } else if let Some(mut copy) = mp.copyb() {
+                copy.data_mut().expect("fresh copy")[0] &= !FLUSHW;
+                mp = copy;
+            } else {
+                return; // no memory to answer: the read side stays as it is
+            }
+        }
+        if flags & FLUSHR != 0 {
+            self.q.rd().flushq(FLUSHDATA);
+            self.wrq().qreply(mp);
+        }
+    }
     /// Sends `mp` back the other way (`qreply`: putnext on the other queue).
     pub fn qreply(&self, mp: Mblk) {
         self.otherq().putnext(mp)
@@ -783,6 +831,16 @@ impl QueueRef {
     pub fn canputnext(&self) -> bool {
         let _walk = self.pair.walk();
         link(self.next.load(Ordering::Acquire)).is_none_or(Queue::canput)
+    }
+    /// `canput` from outside an entry point.
+    pub fn canput(&self) -> bool {
+        let _walk = self.pair.walk();
+        (**self).canput()
+    }
+    /// `bcanput` from outside an entry point.
+    pub fn bcanput(&self, band: u8) -> bool {
+        let _walk = self.pair.walk();
+        (**self).bcanput(band)
     }
     /// `bcanputnext` from outside an entry point.
     pub fn bcanputnext(&self, band: u8) -> bool {

@@ -4,39 +4,33 @@ use common::*;
 use std::sync::Arc;
 use streams::*;
 
-/// A driver that handles M_FLUSH canonically and queues anything else written to it.
+/// A driver that handles M_FLUSH canonically (the framework's helper) and queues
+/// anything else written to it.
 fn canonical_driver(rec: &Arc<Recorder>) -> Arc<ModuleDef> {
     let rec = rec.clone();
     def(
         "drv",
         D_MP | D_MTQPAIR,
         (false, false),
-        Fns::pass().put(move |q, mut m| {
+        Fns::pass().put(move |q, m| {
             if q.is_read() {
                 return q.putnext(m);
             }
             if m.db_type() != MsgType::M_FLUSH {
                 return q.putq(m);
             }
-            let flags = m.data()[0];
             rec.note(format!(
-                "drv M_FLUSH {flags:#x} noloop={}",
+                "drv M_FLUSH {:#x} noloop={}",
+                m.data()[0],
                 m.flag() & MSGNOLOOP != 0
             ));
-            if flags & FLUSHW != 0 {
-                q.flushq(FLUSHDATA);
-                m.data_mut().unwrap()[0] &= !FLUSHW;
-            }
-            if m.data()[0] & FLUSHR != 0 {
-                q.rdq().flushq(FLUSHDATA);
-                q.qreply(m);
-            }
+            q.flush_driver(m);
         }),
     )
 }
 
 /// A module that queues data (service procedures never run here) and handles M_FLUSH
-/// canonically.
+/// canonically (the framework's helper).
 fn canonical_module() -> Arc<ModuleDef> {
     def(
         "mod",
@@ -44,14 +38,7 @@ fn canonical_module() -> Arc<ModuleDef> {
         (true, true),
         Fns::pass().put(|q, m| {
             if m.db_type() == MsgType::M_FLUSH {
-                let f = m.data()[0];
-                if f & FLUSHR != 0 {
-                    q.rdq().flushq(FLUSHDATA);
-                }
-                if f & FLUSHW != 0 {
-                    q.wrq().flushq(FLUSHDATA);
-                }
-                q.putnext(m);
+                q.flush_module(m);
             } else if m.db_type().is_data() {
                 q.putq(m);
             } else {
