@@ -9,6 +9,26 @@
 //! The core is `no_std` + `alloc`. It runs on a [`Platform`]: feature `std` adds
 //! [`HostPlatform`] (threads); [`DetPlatform`] is a deterministic single-threaded platform
 //! for reproducible tests; the guest brings its own.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use streams::*;
+//!
+//! /// A driver that sends back what is written to it.
+//! struct Echo;
+//! impl Module for Echo {
+//!     fn put(&self, q: Q<'_>, mp: Mblk) {
+//!         if q.is_read() { q.putnext(mp) } else { q.qreply(mp) }
+//!     }
+//! }
+//!
+//! let s = Streams::new(Arc::new(DetPlatform::new()), StreamsConfig::default());
+//! let echo = ModuleDef::builder("echo").flags(D_MP | D_MTQPAIR).build(|| Echo).unwrap();
+//! let stream = Stream::open(&s, &echo).unwrap();
+//! stream.write(b"hi").unwrap();
+//! assert!(matches!(stream.read(), ReadResult::Data(m) if m.data() == b"hi"));
+//! stream.close().unwrap();
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 

@@ -760,6 +760,9 @@ impl Stream {
                 first = r;
             }
         }
+        // Messages deferred at the head hold the head itself: let them go, then the head.
+        drop(self.head.syncq(Side::Read).take_for(|_| true));
+        self.head.rq.flushq(FLUSHALL);
         self.inner.pairs.lock().clear();
         first
     }

@@ -56,3 +56,33 @@ fn threaded_platform_runs_service_procedures() {
     }
     st.close().unwrap();
 }
+
+#[test]
+fn a_closed_stream_and_its_framework_leave_nothing_behind() {
+    let (p, s) = det();
+    let weak = s.downgrade();
+    let st = Stream::open(&s, &sink_driver("d")).unwrap();
+    st.push(&def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (true, true),
+        Fns::pass().put(|q, m| q.putq(m)),
+    ))
+    .unwrap();
+    for i in 0..10u8 {
+        st.write(&[i]).unwrap();
+        st.driver(Side::Read).putnext(data(&s, &[i])).unwrap();
+    }
+    st.close().unwrap();
+    s.run_until_idle();
+    assert_eq!(
+        s.pool_stats().blocks_in_use,
+        0,
+        "every queued message was freed"
+    );
+    drop((s, p));
+    assert!(
+        weak.upgrade().is_none(),
+        "no reference cycle keeps the framework alive"
+    );
+}
