@@ -4,6 +4,12 @@
 //! [`DetPlatform`] here (single-threaded and deterministic, for tests), and the guest's.
 //! Every method that an interrupt handler may reach ([`Platform::kick`], [`Platform::wake_all`])
 //! must neither block nor spin.
+//!
+//! `put` from an interrupt handler never waits for a perimeter (it defers the message
+//! instead), but it does take the core's short internal locks, which are spin locks under
+//! `no_std`. A platform whose interrupt handlers call `put` must therefore not run them
+//! while the interrupted context is inside one of those locks on the same CPU: it defers
+//! the upcall until the context leaves (the guest platform's job).
 
 use crate::sched::Streams;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};

@@ -1,8 +1,10 @@
 //! The synchronisation types the core uses, in one place so that they can be swapped for
 //! `loom`'s when the perimeter core is model-checked.
 //!
-//! Locks are held only across short, non-blocking critical sections (never across a call
-//! into a module); all blocking goes through the platform's futex-like `wait`/`wake_all`.
+//! Locks are held only across short critical sections, never across a call into a module;
+//! all blocking goes through the platform's futex-like `wait`/`wake_all`. The one exception
+//! is the plumbing lock, held while qprocson/qprocsoff wait for the stream's perimeters
+//! to empty (see the theory statement in `perimeter`).
 
 pub(crate) use alloc::sync::{Arc, Weak};
 pub(crate) use core::sync::atomic::{
