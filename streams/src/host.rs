@@ -142,7 +142,17 @@ impl Platform for HostPlatform {
             std::thread::Builder::new()
                 .name("streams-worker".into())
                 .spawn(move || {
-                    shared.worker(weak);
+                    let run = std::panic::AssertUnwindSafe(|| shared.worker(weak));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A routine panicked inside a perimeter it can never leave now: every
+                        // later entry would hang. Fail loudly instead.
+                        use std::io::Write;
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "streams: a module routine panicked in a worker thread; aborting"
+                        );
+                        std::process::abort();
+                    }
                     lock(&shared.workers).threads -= 1;
                 })
                 .expect("spawn a STREAMS worker thread");

@@ -261,6 +261,8 @@ impl Syncq {
 
     /// Defers a message for `to` and tries to deliver what is queued.
     pub(crate) fn defer(&self, s: &Streams, to: QueueRef, mp: Mblk) {
+        // Counted before it can be drained (and uncounted), so the count never goes negative.
+        to.deferred_added(1);
         {
             let mut l = self.lists.lock();
             l.msgs.push_back((to, mp));
@@ -273,6 +275,16 @@ impl Syncq {
     pub(crate) fn defer_many(&self, msgs: Vec<(QueueRef, Mblk)>) {
         if msgs.is_empty() {
             return;
+        }
+        let mut counts: Vec<(QueueRef, usize)> = Vec::new();
+        for (q, _) in &msgs {
+            match counts.iter_mut().find(|(c, _)| c.same(q)) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((q.clone(), 1)),
+            }
+        }
+        for (q, n) in counts {
+            q.deferred_added(n);
         }
         let mut l = self.lists.lock();
         l.msgs.extend(msgs);
@@ -353,7 +365,11 @@ impl Syncq {
                     break;
                 }
                 match self.pop_msg() {
-                    Some((to, mp)) => to.pair.call_put(&to, mp, true),
+                    Some((to, mp)) => {
+                        to.pair.call_put(&to, mp, true);
+                        // Uncounted only after the put returned, so nothing overtakes it.
+                        to.deferred_removed(1);
+                    }
                     None => break,
                 }
             }

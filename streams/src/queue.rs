@@ -9,7 +9,9 @@ use crate::error::Error;
 use crate::msg::{Mblk, MsgType};
 use crate::sched::Streams;
 use crate::stream::QueuePair;
-use crate::sync::{Arc, AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize, Mutex, Ordering};
+use crate::sync::{
+    Arc, AtomicBool, AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize, Mutex, Ordering,
+};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -172,6 +174,10 @@ pub struct Queue {
     pub(crate) next: AtomicPtr<Queue>,
     pub(crate) prev: AtomicPtr<Queue>,
     pub(crate) nfsrv: AtomicPtr<Queue>,
+    /// Messages deferred on a syncq for this queue (`q_syncqmsgs`).
+    deferred: AtomicUsize,
+    /// This queue's deferred messages made its nearest service queue QFULL.
+    sq_full: AtomicBool,
 }
 
 // SAFETY: `pair` points at the QueuePair that contains this queue (set once, before the
@@ -211,6 +217,8 @@ impl Queue {
             next: AtomicPtr::new(core::ptr::null_mut()),
             prev: AtomicPtr::new(core::ptr::null_mut()),
             nfsrv: AtomicPtr::new(core::ptr::null_mut()),
+            deferred: AtomicUsize::new(0),
+            sq_full: AtomicBool::new(false),
         }
     }
 
@@ -586,6 +594,51 @@ impl Queue {
                 return;
             }
             p = link(q.prev.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Messages deferred for this queue, waiting to enter its perimeter.
+    pub fn deferred(&self) -> usize {
+        self.deferred.load(Ordering::SeqCst)
+    }
+
+    /// Counts messages deferred for this queue. Past the framework's `syncq_max`, the
+    /// queue's nearest service queue forward becomes QFULL, so that canputnext fails
+    /// upstream (syncq flow control).
+    pub(crate) fn deferred_added(&self, n: usize) {
+        let now = self.deferred.fetch_add(n, Ordering::SeqCst) + n;
+        if now > self.streams().syncq_max() && !self.sq_full.swap(true, Ordering::SeqCst) {
+            let _walk = self.pair().walk();
+            let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
+            let _l = target.list.lock();
+            target.set_flag(QFULL);
+        }
+    }
+
+    /// Uncounts delivered (or moved, or freed) deferred messages. When none remain, the
+    /// QFULL they caused is re-evaluated with the usual rules (and may back-enable).
+    pub(crate) fn deferred_removed(&self, n: usize) {
+        let now = self.deferred.fetch_sub(n, Ordering::SeqCst) - n;
+        if now != 0 || !self.sq_full.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let _walk = self.pair().walk();
+        let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
+        let backenable = {
+            let l = target.list.lock();
+            let (hi, lo) = (target.hiwat(), target.lowat());
+            if l.mblkcnt == 0 || (l.count < hi && l.mblkcnt < hi) {
+                target.clear_flag(QFULL);
+            }
+            let wanted =
+                target.flags() & QWANTW != 0 && ((l.count < lo && l.mblkcnt < lo) || lo == 0);
+            if wanted {
+                target.clear_flag(QWANTW);
+            }
+            wanted
+        };
+        if backenable {
+            target.backenable(0);
         }
     }
 

@@ -18,6 +18,9 @@ pub struct StreamsConfig {
     pub pool: PoolConfig,
     /// Most bufcall requests outstanding at once; qbufcall returns 0 beyond it.
     pub max_bufcalls: usize,
+    /// Messages deferred for one queue beyond which its nearest service queue becomes
+    /// QFULL (`sq_max_size`).
+    pub syncq_max: usize,
 }
 
 impl Default for StreamsConfig {
@@ -25,6 +28,7 @@ impl Default for StreamsConfig {
         StreamsConfig {
             pool: PoolConfig::default(),
             max_bufcalls: 4096,
+            syncq_max: 10_000,
         }
     }
 }
@@ -95,6 +99,10 @@ impl Streams {
         }));
         s.0.pool.set_owner(s.downgrade());
         s
+    }
+
+    pub(crate) fn syncq_max(&self) -> usize {
+        self.0.config.syncq_max
     }
 
     /// A weak handle.

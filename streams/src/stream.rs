@@ -531,8 +531,12 @@ impl<'a> Q<'a> {
             for sq in pair.distinct_syncqs() {
                 let (msgs, events) = sq.take_for(|q| core::ptr::eq(&*q.pair, pair));
                 drop(events);
+                // Each side's messages go on to the queue that now follows it (a driver's
+                // write side has none: they are freed), in order.
                 let mut moved: [Vec<(QueueRef, Mblk)>; 2] = [Vec::new(), Vec::new()];
+                let mut taken = [0usize; 2];
                 for (q, mp) in msgs {
+                    taken[q.side as usize] += 1;
                     let next = if q.side == Side::Write {
                         &wnext
                     } else {
@@ -542,12 +546,13 @@ impl<'a> Q<'a> {
                         moved[q.side as usize].push((n.clone(), mp));
                     }
                 }
-                for (i, list) in moved.into_iter().enumerate() {
-                    if let Some(n) = if i == Side::Write as usize {
-                        &wnext
-                    } else {
-                        &rnext
-                    } {
+                for side in [Side::Read, Side::Write] {
+                    if taken[side as usize] > 0 {
+                        pair.queue(side).deferred_removed(taken[side as usize]);
+                    }
+                }
+                for (list, next) in moved.into_iter().zip([&rnext, &wnext]) {
+                    if let (false, Some(n)) = (list.is_empty(), next) {
                         let nsq = n.pair.syncq(n.side).clone();
                         nsq.defer_many(list);
                         targets.push(nsq);

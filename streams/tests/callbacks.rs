@@ -204,6 +204,7 @@ fn scenario_54_qbufcall_runs_inside_the_perimeter_when_memory_returns() {
                 max_blocks: 100,
             },
             max_bufcalls: 0,
+            ..Default::default()
         },
     );
     let st = Stream::open(&s, &m).unwrap();

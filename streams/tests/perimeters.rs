@@ -471,3 +471,46 @@ fn scenario_32_perq_open_excludes_read_puts_but_not_write_puts() {
     s.quiesce();
     assert!(has(&rec.log(), "rput:r"));
 }
+
+#[test]
+fn too_many_deferred_messages_make_the_stream_flow_controlled() {
+    let _w = watchdog(60);
+    let s = HostPlatform::streams(StreamsConfig {
+        syncq_max: 10,
+        ..Default::default()
+    });
+    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        recording_put(rec.clone(), gate.clone(), inside.clone(), &[]),
+    );
+    let st = Stream::open(&s, &m).unwrap();
+    let wq = st.driver(Side::Write);
+    thread::scope(|t| {
+        t.spawn(|| wq.put(data(&s, b"hold")).unwrap());
+        inside.wait_for(1);
+        for i in 0..10 {
+            wq.put(data(&s, format!("m{i}").as_bytes())).unwrap();
+        }
+        assert_eq!(wq.deferred(), 10);
+        assert!(st.canwrite(), "at the limit: still writable");
+        wq.put(data(&s, b"m10")).unwrap();
+        assert!(!st.canwrite(), "past the limit: canputnext fails upstream");
+        gate.open();
+    });
+    s.quiesce();
+    assert_eq!(wq.deferred(), 0);
+    assert!(
+        st.canwrite(),
+        "QFULL re-evaluated once the deferred messages drained"
+    );
+    assert_eq!(
+        rec.log()
+            .iter()
+            .filter(|l| l.starts_with("+wput:m"))
+            .count(),
+        11
+    );
+}
