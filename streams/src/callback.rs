@@ -49,6 +49,10 @@ impl CbRec {
         self.state.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn state_is(&self, s: CbState) -> bool {
+        self.state() == s as u32
+    }
+
     pub(crate) fn transition(&self, from: CbState, to: CbState) -> bool {
         self.state
             .compare_exchange(from as u32, to as u32, Ordering::SeqCst, Ordering::SeqCst)

@@ -128,6 +128,8 @@ struct Lists {
 pub(crate) struct Syncq {
     pub(crate) state: AtomicU32,
     lists: Mutex<Lists>,
+    /// Plumbing changes holding BLOCKED (streams sharing a D_MTPERMOD syncq can overlap).
+    blockers: Mutex<u32>,
 }
 
 impl Syncq {
@@ -135,6 +137,7 @@ impl Syncq {
         Syncq {
             state: AtomicU32::new(0),
             lists: Mutex::new(Lists::default()),
+            blockers: Mutex::new(0),
         }
     }
 
@@ -262,7 +265,7 @@ impl Syncq {
     /// Defers a message for `to` and tries to deliver what is queued.
     pub(crate) fn defer(&self, s: &Streams, to: QueueRef, mp: Mblk) {
         // Counted before it can be drained (and uncounted), so the count never goes negative.
-        to.deferred_added(1);
+        to.deferred_added(1, true);
         {
             let mut l = self.lists.lock();
             l.msgs.push_back((to, mp));
@@ -284,7 +287,7 @@ impl Syncq {
             }
         }
         for (q, n) in counts {
-            q.deferred_added(n);
+            q.deferred_added(n, false);
         }
         let mut l = self.lists.lock();
         l.msgs.extend(msgs);
@@ -368,7 +371,7 @@ impl Syncq {
                     Some((to, mp)) => {
                         to.pair.call_put(&to, mp, true);
                         // Uncounted only after the put returned, so nothing overtakes it.
-                        to.deferred_removed(1);
+                        to.deferred_removed(1, true);
                     }
                     None => break,
                 }
@@ -388,6 +391,24 @@ impl Syncq {
             if st & (WANTWAKEUP | WANTEXWAKEUP) != 0 {
                 s.platform().wake_all(&self.state);
             }
+        }
+    }
+
+    /// Holds BLOCKED for one plumbing change.
+    pub(crate) fn block(&self) {
+        let mut n = self.blockers.lock();
+        *n += 1;
+        if *n == 1 {
+            self.set_flags(BLOCKED);
+        }
+    }
+
+    /// Releases one plumbing change's BLOCKED; the caller drains later.
+    pub(crate) fn unblock_nodrain(&self, s: &Streams) {
+        let mut n = self.blockers.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.clear_flags_nodrain(s, BLOCKED);
         }
     }
 

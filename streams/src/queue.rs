@@ -579,6 +579,11 @@ impl Queue {
     /// marking it QBACK (or QB_BACK for `band`).
     pub(crate) fn backenable(&self, band: u8) {
         let _walk = self.pair().walk();
+        self.backenable_walked(band);
+    }
+
+    /// [`Queue::backenable`] for a caller that already may follow the links.
+    fn backenable_walked(&self, band: u8) {
         let mut p = link(self.prev.load(Ordering::SeqCst));
         while let Some(q) = p {
             if q.has_srv {
@@ -605,10 +610,11 @@ impl Queue {
     /// Counts messages deferred for this queue. Past the framework's `syncq_max`, the
     /// queue's nearest service queue forward becomes QFULL, so that canputnext fails
     /// upstream (syncq flow control).
-    pub(crate) fn deferred_added(&self, n: usize) {
+    /// `walk` is false only for the plumbing thread itself, which has the links to itself.
+    pub(crate) fn deferred_added(&self, n: usize, walk: bool) {
         let now = self.deferred.fetch_add(n, Ordering::SeqCst) + n;
         if now > self.streams().syncq_max() && !self.sq_full.swap(true, Ordering::SeqCst) {
-            let _walk = self.pair().walk();
+            let _walk = walk.then(|| self.pair().walk());
             let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
             let _l = target.list.lock();
             target.set_flag(QFULL);
@@ -617,12 +623,12 @@ impl Queue {
 
     /// Uncounts delivered (or moved, or freed) deferred messages. When none remain, the
     /// QFULL they caused is re-evaluated with the usual rules (and may back-enable).
-    pub(crate) fn deferred_removed(&self, n: usize) {
+    pub(crate) fn deferred_removed(&self, n: usize, walk: bool) {
         let now = self.deferred.fetch_sub(n, Ordering::SeqCst) - n;
         if now != 0 || !self.sq_full.swap(false, Ordering::SeqCst) {
             return;
         }
-        let _walk = self.pair().walk();
+        let _walk = walk.then(|| self.pair().walk());
         let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
         let backenable = {
             let l = target.list.lock();
@@ -638,7 +644,7 @@ impl Queue {
             wanted
         };
         if backenable {
-            target.backenable(0);
+            target.backenable_walked(0);
         }
     }
 
@@ -866,6 +872,9 @@ impl QueueRef {
     /// Calls the queue's put procedure through its perimeter (`put`); an error before
     /// qprocson or after qprocsoff. Never blocks.
     pub fn put(&self, mp: Mblk) -> Result<(), Error> {
+        // As a walker, so that qprocsoff cannot remove the pair between the linked test and
+        // the deferral of the message onto its perimeter.
+        let _walk = self.pair.walk();
         self.pair.put_own(self, mp)
     }
     /// `putnext` from outside an entry point.

@@ -55,7 +55,6 @@ pub(crate) struct Inner {
     bufcall_task_queued: AtomicBool,
     pub(crate) callbacks: Mutex<BTreeMap<u64, Arc<CbRec>>>,
     next_id: AtomicU64,
-    pub(crate) plumbing: Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -95,7 +94,6 @@ impl Streams {
             bufcall_task_queued: AtomicBool::new(false),
             callbacks: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
-            plumbing: Mutex::new(()),
         }));
         s.0.pool.set_owner(s.downgrade());
         s
@@ -249,12 +247,13 @@ impl Streams {
     // ---- timers ----
 
     pub(crate) fn add_timer(&self, rec: Arc<CbRec>) {
-        let next = {
-            let mut t = self.0.timers.lock();
-            t.insert((rec.deadline, rec.id), rec);
-            t.keys().next().map(|k| k.0)
-        };
-        self.0.platform.timer_deadline(self, next);
+        // The deadline is published under the timers lock, so that a concurrent
+        // run_timers cannot overwrite it with an older answer.
+        let mut t = self.0.timers.lock();
+        t.insert((rec.deadline, rec.id), rec);
+        self.0
+            .platform
+            .timer_deadline(self, t.keys().next().map(|k| k.0));
     }
 
     /// Removes a pending timer; returns its deadline if it was pending.
@@ -269,18 +268,25 @@ impl Streams {
     /// Fires every timer that is due (the platform calls this when a deadline passes).
     pub fn run_timers(&self) {
         let now = self.now();
-        let (due, next) = {
+        let due = {
             let mut t = self.0.timers.lock();
             let later = t.split_off(&(now + 1, 0));
             let due = core::mem::replace(&mut *t, later);
-            (due, t.keys().next().map(|k| k.0))
+            // Fired under the lock too, so that a canceller never sees a request that is
+            // off the list but still pending.
+            for rec in due.values() {
+                rec.transition(CbState::Pending, CbState::Fired);
+            }
+            self.0
+                .platform
+                .timer_deadline(self, t.keys().next().map(|k| k.0));
+            due
         };
         for rec in due.into_values() {
-            if rec.transition(CbState::Pending, CbState::Fired) {
+            if rec.state_is(CbState::Fired) {
                 self.schedule_callback(rec);
             }
         }
-        self.0.platform.timer_deadline(self, next);
     }
 
     // ---- bufcalls ----
@@ -319,10 +325,13 @@ impl Streams {
             if b.is_empty() {
                 self.0.pool.bufcalls_waiting.store(false, Ordering::SeqCst);
             }
+            for rec in &fire {
+                rec.transition(CbState::Pending, CbState::Fired);
+            }
             fire
         };
         for rec in fire {
-            if rec.transition(CbState::Pending, CbState::Fired) {
+            if rec.state_is(CbState::Fired) {
                 self.schedule_callback(rec);
             }
         }

@@ -6,7 +6,7 @@ use crate::error::{Errno, Error};
 use crate::head::{HeadModule, HeadState, ReadResult};
 use crate::module::{D_MP, D_MTQPAIR, Inner, ModuleDef, OpenHow};
 use crate::msg::Mblk;
-use crate::perimeter::{BLOCKED, Event, Syncq};
+use crate::perimeter::{Event, Syncq};
 use crate::queue::{
     Entry, FLUSHALL, Perim, Q, QENAB, QINSERVICE, QWAITSVC, QWANTW, QWCLOSE, Queue, QueueRef, Side,
     link,
@@ -20,8 +20,11 @@ use alloc::vec::Vec;
 pub(crate) struct StreamShared {
     /// Threads reading links from outside any entry point.
     walkers: AtomicU32,
-    /// A plumbing change waits for walkers to leave.
-    plumbing: AtomicBool,
+    /// 1 while a plumbing change rewrites links: new walkers wait, the change waits for the
+    /// walkers already in (a Dekker handshake with `walkers`).
+    plumbing: AtomicU32,
+    /// Serialises push, pop, insert and close on this stream (`STRPLUMB`).
+    ops: Mutex<()>,
 }
 
 /// A walk of a stream's links from outside an entry point; plumbing waits for it.
@@ -33,7 +36,7 @@ pub(crate) struct Walk<'a> {
 impl Drop for Walk<'_> {
     fn drop(&mut self) {
         self.shared.walkers.fetch_sub(1, Ordering::SeqCst);
-        if self.shared.plumbing.load(Ordering::SeqCst) {
+        if self.shared.plumbing.load(Ordering::SeqCst) != 0 {
             self.streams.platform().wake_all(&self.shared.walkers);
         }
     }
@@ -118,11 +121,22 @@ impl QueuePair {
     }
 
     /// Starts a walk of the stream's links from outside an entry point.
+    /// Waits while a plumbing change is rewriting the links (never inside an entry point:
+    /// the change first waits for every claim in the stream to go).
     pub(crate) fn walk(&self) -> Walk<'_> {
-        self.shared.walkers.fetch_add(1, Ordering::SeqCst);
-        Walk {
-            shared: &self.shared,
-            streams: &self.streams,
+        loop {
+            self.shared.walkers.fetch_add(1, Ordering::SeqCst);
+            if self.shared.plumbing.load(Ordering::SeqCst) == 0 {
+                return Walk {
+                    shared: &self.shared,
+                    streams: &self.streams,
+                };
+            }
+            self.shared.walkers.fetch_sub(1, Ordering::SeqCst);
+            self.streams.platform().wake_all(&self.shared.walkers);
+            self.streams
+                .platform()
+                .wait(&self.streams, &self.shared.plumbing, 1);
         }
     }
 
@@ -271,7 +285,7 @@ impl StreamInner {
             }
         }
         for sq in &sqs {
-            sq.set_flags(BLOCKED);
+            sq.block();
         }
         for sq in &sqs {
             let mine = held
@@ -280,7 +294,7 @@ impl StreamInner {
                 .map_or(0, |(_, n)| *n);
             sq.wait_count(&self.streams, mine);
         }
-        self.shared.plumbing.store(true, Ordering::SeqCst);
+        self.shared.plumbing.store(1, Ordering::SeqCst);
         self.wait_walkers();
         sqs
     }
@@ -298,9 +312,10 @@ impl StreamInner {
     }
 
     fn unblock(&self, sqs: &[Arc<Syncq>]) {
-        self.shared.plumbing.store(false, Ordering::SeqCst);
+        self.shared.plumbing.store(0, Ordering::SeqCst);
+        self.streams.platform().wake_all(&self.shared.plumbing);
         for sq in sqs {
-            sq.clear_flags_nodrain(&self.streams, BLOCKED);
+            sq.unblock_nodrain(&self.streams);
         }
     }
 
@@ -362,7 +377,6 @@ impl StreamInner {
     ) -> Result<Arc<QueuePair>, Error> {
         let pair = QueuePair::new(&self.streams, def.clone(), self);
         {
-            let _plumb = self.streams.0.plumbing.lock();
             let mut pairs = self.pairs.lock();
             let pos = pos.min(pairs.len());
             pairs.insert(pos, pair.clone());
@@ -433,7 +447,6 @@ impl StreamInner {
 
     fn forget(&self, pair: &Arc<QueuePair>) {
         {
-            let _plumb = self.streams.0.plumbing.lock();
             self.pairs.lock().retain(|p| !Arc::ptr_eq(p, pair));
         }
         if let Some(outer) = &pair.def.outer {
@@ -471,7 +484,6 @@ impl<'a> Q<'a> {
         let stream = pair.stream.upgrade().expect("an opening pair has a stream");
         let s = &pair.streams;
         let sqs = {
-            let _plumb = s.0.plumbing.lock();
             let sqs = stream.block(&[(&**pair.syncq(Side::Read), self.held())]);
             pair.linked.store(true, Ordering::SeqCst);
             stream.relink();
@@ -519,8 +531,13 @@ impl<'a> Q<'a> {
         let stream = pair.stream.upgrade().expect("a closing pair has a stream");
         let s = &pair.streams;
         let (sqs, targets) = {
-            let _plumb = s.0.plumbing.lock();
             let sqs = stream.block(&[(&**pair.syncq(Side::Read), self.held())]);
+            // A request registered by a thread that was still inside when close began.
+            let late = pair.outstanding.load(Ordering::SeqCst);
+            if late > 0 {
+                crate::callback::cancel_all(pair, self.entry);
+                r = r.and(Err(Error::CallbacksOutstanding(late)));
+            }
             let next_of = |q: &Queue| {
                 link(q.next.load(Ordering::SeqCst)).map(|n| n.pair().self_ref(n.side()))
             };
@@ -548,7 +565,8 @@ impl<'a> Q<'a> {
                 }
                 for side in [Side::Read, Side::Write] {
                     if taken[side as usize] > 0 {
-                        pair.queue(side).deferred_removed(taken[side as usize]);
+                        pair.queue(side)
+                            .deferred_removed(taken[side as usize], false);
                     }
                 }
                 for (list, next) in moved.into_iter().zip([&rnext, &wnext]) {
@@ -557,6 +575,12 @@ impl<'a> Q<'a> {
                         nsq.defer_many(list);
                         targets.push(nsq);
                     }
+                }
+            }
+            // Nothing may follow this pair's links any more (a kept QueueRef included).
+            for q in [&pair.rq, &pair.wq] {
+                for l in [&q.next, &q.prev, &q.nfsrv] {
+                    l.store(core::ptr::null_mut(), Ordering::SeqCst);
                 }
             }
             stream.unblock(&sqs);
@@ -702,7 +726,8 @@ impl Stream {
             pairs: Mutex::new(Vec::new()),
             shared: Arc::new(StreamShared {
                 walkers: AtomicU32::new(0),
-                plumbing: AtomicBool::new(false),
+                plumbing: AtomicU32::new(0),
+                ops: Mutex::new(()),
             }),
             head: Arc::new(HeadState::default()),
         });
@@ -721,12 +746,14 @@ impl Stream {
 
     /// Pushes an instance of `module` just below the stream head (`I_PUSH`).
     pub fn push(&self, module: &Arc<ModuleDef>) -> Result<(), Error> {
+        let _ops = self.inner.shared.ops.lock();
         self.inner.attach(module, 1, OpenHow::Module).map(|_| ())
     }
 
     /// Inserts an instance of `module` at `pos` (1 = just below the head, the number of
     /// modules + 1 = just above the driver).
     pub fn insert(&self, module: &Arc<ModuleDef>, pos: usize) -> Result<(), Error> {
+        let _ops = self.inner.shared.ops.lock();
         let max = self.inner.pairs.lock().len() - 1;
         self.inner
             .attach(module, pos.clamp(1, max), OpenHow::Module)
@@ -735,6 +762,7 @@ impl Stream {
 
     /// Closes and removes the topmost module (`I_POP`).
     pub fn pop(&self) -> Result<(), Error> {
+        let _ops = self.inner.shared.ops.lock();
         let pairs = self.inner.pairs();
         if pairs.len() <= 2 {
             return Err(Error::NoModule);
@@ -754,6 +782,7 @@ impl Stream {
     }
 
     fn close_all(&self) -> Result<(), Error> {
+        let _ops = self.inner.shared.ops.lock();
         let mut first = Ok(());
         loop {
             let pairs = self.inner.pairs();

@@ -3,8 +3,8 @@
 //!
 //! Locks are held only across short critical sections, never across a call into a module;
 //! all blocking goes through the platform's futex-like `wait`/`wake_all`. The one exception
-//! is the plumbing lock, held while qprocson/qprocsoff wait for the stream's perimeters
-//! to empty (see the theory statement in `perimeter`).
+//! is a stream's operation lock (`STRPLUMB`), held across a push, pop or close, open and
+//! close routines included.
 
 pub(crate) use alloc::sync::{Arc, Weak};
 pub(crate) use core::sync::atomic::{
