@@ -207,6 +207,28 @@ impl Syncq {
         }
     }
 
+    /// Entry by a thread that holds the outer perimeter exclusively (an D_MTOCEXCL open or
+    /// close, a queued qwriter(PERIM_OUTER) callback). Every instance stays away (WRITER)
+    /// and work deferred meanwhile stays deferred until the outer is released, so only
+    /// claims, plumbing and freezing matter here.
+    pub(crate) fn enter_under_outer(&self, s: &Streams, excl: bool) {
+        loop {
+            let st = self.load();
+            if st & (EXCL | BLOCKED | FROZEN) == 0 && (!excl || count(st) == 0) {
+                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+                if self
+                    .state
+                    .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            self.sleep(s, st);
+        }
+    }
+
     /// Sleeps until the word changes from `st` (setting WANTWAKEUP so a leaver wakes us).
     pub(crate) fn sleep(&self, s: &Streams, st: u32) {
         let want = st | WANTWAKEUP;
@@ -417,12 +439,6 @@ impl Syncq {
         self.state.fetch_or(f, Ordering::SeqCst);
     }
 
-    /// Clears STAYAWAY bits, wakes sleepers and drains what was held back.
-    pub(crate) fn clear_flags(&self, s: &Streams, f: u32) {
-        self.clear_flags_nodrain(s, f);
-        self.kick_drain(s);
-    }
-
     /// Clears STAYAWAY bits and wakes sleepers; the caller drains later ([`Syncq::kick_drain`]).
     pub(crate) fn clear_flags_nodrain(&self, s: &Streams, f: u32) {
         let old = self.state.fetch_and(!(f | WANTWAKEUP), Ordering::SeqCst);
@@ -609,9 +625,12 @@ impl Outer {
         }
     }
 
-    /// Releases an exclusive hold: runs queued outer events, clears WRITER on every inner,
-    /// wakes waiters and drains every inner.
-    pub(crate) fn exit(self: &Arc<Self>, s: &Streams) {
+    /// Releases an exclusive hold: runs queued outer events (each with a claim on its
+    /// target's inner perimeter, which `own` names when the caller already holds it), clears
+    /// WRITER on every inner, releases the outer and wakes its waiters, then drains every
+    /// inner. WRITER is cleared before the outer is released, under the lock that
+    /// `add_inner` takes, so that no new holder's WRITER marks are undone.
+    pub(crate) fn exit(self: &Arc<Self>, s: &Streams, own: Option<&Syncq>) {
         loop {
             let ev = {
                 let mut evs = self.events.lock();
@@ -622,22 +641,45 @@ impl Outer {
                 ev
             };
             match ev {
-                Some(ev) if ev.to.flags() & QWCLOSE != 0 => drop(ev),
-                Some(ev) => ev.run(),
+                Some(ev) => Self::run_event(s, ev, own),
                 None => break,
             }
         }
-        let inners = self.inners();
-        let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
-        if old & O_WANT != 0 {
-            s.platform().wake_all(&self.state);
-        }
+        let inners = {
+            let inners = self.inners.lock();
+            for sq in inners.iter() {
+                sq.clear_flags_nodrain(s, WRITER);
+            }
+            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+            if old & O_WANT != 0 {
+                s.platform().wake_all(&self.state);
+            }
+            inners.clone()
+        };
         if self.state.load(Ordering::SeqCst) & O_EVENTS != 0 {
             // An event was queued after the loop: hand it to the background writer.
             s.schedule_outer(self.clone());
         }
         for sq in &inners {
-            sq.clear_flags(s, WRITER);
+            sq.kick_drain(s);
+        }
+    }
+
+    /// Runs a queued outer event inside its target's inner perimeter, unless the target
+    /// is closing (then its message is freed).
+    fn run_event(s: &Streams, ev: Event, own: Option<&Syncq>) {
+        let sq = ev.to.pair.syncq(ev.to.side).clone();
+        let mine = own.is_some_and(|o| core::ptr::eq(o, &*sq));
+        if !mine {
+            sq.enter_under_outer(s, true);
+        }
+        if ev.to.flags() & QWCLOSE != 0 {
+            drop(ev);
+        } else {
+            ev.run();
+        }
+        if !mine {
+            sq.leave(s, true, true);
         }
     }
 
@@ -672,7 +714,7 @@ impl Outer {
             });
             if idle {
                 ev.run();
-                self.exit(s);
+                self.exit(s, Some(caller));
                 return true;
             }
             self.queue_event(ev);
@@ -698,7 +740,7 @@ impl Outer {
     /// queued events.
     pub(crate) fn run_queued(self: &Arc<Self>, s: &Streams) {
         if self.enter_excl(s, &[], true) {
-            self.exit(s);
+            self.exit(s, None);
         }
     }
 }

@@ -239,23 +239,35 @@ impl QueuePair {
         }
     }
 
-    /// Enters for open or close: the read queue's inner perimeter, then the outer one
-    /// exclusively if the module asks for D_MTOCEXCL.
+    /// Enters for open or close: the read queue's inner perimeter; with D_MTOCEXCL the
+    /// outer perimeter first, exclusively (outer before inner, so that two such entries
+    /// cannot each hold an inner the other waits for).
     fn enter_openclose(&self) -> bool {
         let sq = self.syncq(Side::Read);
         let excl = !self.def.oc_shared();
-        sq.enter(&self.streams, excl, &|| false);
-        if let (true, Some(outer)) = (self.def.oc_excl_outer(), &self.def.outer) {
-            outer.enter_excl(&self.streams, &[(sq, 1)], false);
-        }
+        self.enter_inner_and_outer(sq, excl);
         excl
     }
 
-    fn leave_openclose(&self, excl: bool) {
-        if let (true, Some(outer)) = (self.def.oc_excl_outer(), &self.def.outer) {
-            outer.exit(&self.streams);
+    /// The entry of open, close and qwait's return: the outer first when it is held
+    /// exclusively, then the inner.
+    fn enter_inner_and_outer(&self, sq: &Syncq, excl: bool) {
+        match (&self.def.outer, self.def.oc_excl_outer()) {
+            (Some(outer), true) => {
+                outer.enter_excl(&self.streams, &[], false);
+                sq.enter_under_outer(&self.streams, excl);
+            }
+            _ => {
+                sq.enter(&self.streams, excl, &|| false);
+            }
         }
+    }
+
+    fn leave_openclose(&self, excl: bool) {
         self.syncq(Side::Read).leave(&self.streams, excl, true);
+        if let (true, Some(outer)) = (self.def.oc_excl_outer(), &self.def.outer) {
+            outer.exit(&self.streams, None);
+        }
     }
 }
 
@@ -670,13 +682,15 @@ impl<'a> Q<'a> {
         };
         let s = &pair.streams;
         let sq = pair.syncq(self.q.side());
-        if let Some(o) = outer {
-            o.exit(s);
-        }
         if let Some(sig) = sig {
             sig.attach(sq, s);
         }
+        // Inner first (while the outer holds every instance off nothing drains here), then
+        // the outer, whose release drains what was deferred.
         let drained = sq.qwait_release(s, self.excl);
+        if let Some(o) = outer {
+            o.exit(s, None);
+        }
         if !drained {
             sq.qwait_sleep(s, &|| sig.is_some_and(Signal::is_raised));
         }
@@ -684,10 +698,7 @@ impl<'a> Q<'a> {
         if let Some(sig) = sig {
             sig.detach();
         }
-        sq.enter(s, self.excl, &|| false);
-        if let Some(o) = outer {
-            o.enter_excl(s, &[(sq, 1)], false);
-        }
+        pair.enter_inner_and_outer(sq, self.excl);
         Ok(!interrupted)
     }
 }

@@ -180,3 +180,133 @@ fn putshared_puts_share_while_qwriter_and_srv_stay_exclusive() {
     let per_thread_events = (0..PER_THREAD).filter(|n| (n % 256) % 10 == 0).count();
     assert_eq!(events.load(Ordering::SeqCst), THREADS * per_thread_events);
 }
+
+#[test]
+fn qwriter_outer_is_exclusive_across_instances_under_load() {
+    let _w = watchdog(120);
+    let s = host();
+    let rec = Recorder::new();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let fns = Fns::pass().put({
+        let (rec, ran) = (rec.clone(), ran.clone());
+        move |q, m| {
+            let _in = rec.enter("P", &["F"]);
+            if m.data()[0] % 16 == 0 {
+                let (rec, ran) = (rec.clone(), ran.clone());
+                let ev = q.allocb(0).unwrap();
+                q.qwriter(
+                    ev,
+                    move |_q, _m| {
+                        let _in = rec.enter("F", &["P", "F"]);
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    },
+                    Perim::Outer,
+                )
+                .unwrap();
+            }
+        }
+    });
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL,
+        (false, false),
+        fns,
+    );
+    let streams: Vec<Stream> = (0..3)
+        .map(|_| Stream::open(&s, &sink_driver("d")).unwrap())
+        .collect();
+    for st in &streams {
+        st.push(&m).unwrap();
+    }
+    let queues: Vec<QueueRef> = streams
+        .iter()
+        .map(|st| st.queue(1, Side::Write).unwrap())
+        .collect();
+    thread::scope(|t| {
+        for i in 0..THREADS {
+            let (queues, s) = (&queues, &s);
+            t.spawn(move || {
+                for n in 0..500usize {
+                    queues[(i + n) % queues.len()]
+                        .put(data(s, &[(n % 256) as u8]))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    s.quiesce();
+    assert_eq!(
+        rec.overlaps(),
+        0,
+        "a qwriter(PERIM_OUTER) callback overlapped a put in some instance"
+    );
+    let expected = THREADS * (0..500usize).filter(|n| (n % 256) % 16 == 0).count();
+    assert_eq!(ran.load(Ordering::SeqCst), expected);
+}
+
+#[test]
+fn plumbing_on_several_streams_at_once_does_not_deadlock() {
+    let _w = watchdog(120);
+    let s = host();
+    // An OCEXCL module with an outer perimeter and a PERMOD module shared by every stream.
+    let ocexcl = def(
+        "O",
+        D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL,
+        (false, false),
+        Fns::pass(),
+    );
+    let permod = def("P", D_MP | D_MTPERMOD, (false, false), Fns::pass());
+    let streams: Vec<Stream> = (0..2)
+        .map(|_| Stream::open(&s, &sink_driver("d")).unwrap())
+        .collect();
+    thread::scope(|t| {
+        for st in &streams {
+            let (ocexcl, permod, s) = (&ocexcl, &permod, &s);
+            t.spawn(move || {
+                for i in 0..200 {
+                    st.push(if i % 2 == 0 { ocexcl } else { permod }).unwrap();
+                    st.push(permod).unwrap();
+                    let _ = st.write(&[i as u8]); // EAGAIN once the sink is full
+                    st.pop().unwrap();
+                    st.pop().unwrap();
+                    let _ = s;
+                }
+            });
+        }
+        // Meanwhile, a writer on each stream.
+        for st in &streams {
+            t.spawn(move || {
+                for i in 0..2000u32 {
+                    let _ = st.write(&i.to_le_bytes());
+                }
+            });
+        }
+    });
+    s.quiesce();
+    for st in &streams {
+        assert_eq!(st.modules(), 0);
+    }
+}
+
+#[test]
+fn a_kept_queue_handle_is_harmless_after_close() {
+    let (_p, s) = det();
+    let st = Stream::open(&s, &sink_driver("d")).unwrap();
+    st.push(&def("M", D_MP | D_MTQPAIR, (false, false), Fns::pass()))
+        .unwrap();
+    let (m, d) = (st.queue(1, Side::Read).unwrap(), st.driver(Side::Read));
+    st.close().unwrap();
+    s.run_until_idle();
+    assert_eq!(d.put(data(&s, b"late")), Err(Error::NotLinked("put")));
+    assert_eq!(
+        d.putnext(data(&s, b"late")),
+        Err(Error::NotLinked("putnext"))
+    );
+    assert!(
+        d.canputnext() && m.canputnext(),
+        "no neighbour to be flow-controlled by"
+    );
+    m.getq();
+    m.qenable();
+    s.run_until_idle();
+}
