@@ -84,6 +84,7 @@ impl CbRec {
         if let Some(f) = f {
             f(Q {
                 q: &self.target,
+                held: self.target.side,
                 entry: Entry::Callback(self.id),
                 excl,
             });

@@ -111,6 +111,7 @@ impl Event {
     fn run(self) {
         let q = Q {
             q: &self.to,
+            held: self.to.side,
             entry: Entry::Writer,
             excl: true,
         };

@@ -740,6 +740,9 @@ pub struct Q<'a> {
     pub(crate) entry: Entry,
     /// The thread holds the inner perimeter exclusively.
     pub(crate) excl: bool,
+    /// The queue whose inner perimeter the entry holds (the other queue of a D_MTPERQ
+    /// pair has a perimeter of its own, which this thread does not hold).
+    pub(crate) held: Side,
 }
 
 impl<'a> core::ops::Deref for Q<'a> {

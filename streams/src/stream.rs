@@ -156,6 +156,7 @@ impl QueuePair {
         self.module.put(
             Q {
                 q,
+                held: q.side(),
                 entry: Entry::Put,
                 excl,
             },
@@ -192,6 +193,7 @@ impl QueuePair {
             if q.flags() & QWCLOSE == 0 {
                 self.module.srv(Q {
                     q,
+                    held: q.side(),
                     entry: Entry::Srv,
                     excl,
                 });
@@ -402,6 +404,7 @@ impl StreamInner {
         let r = pair.module.open(
             Q {
                 q: &pair.rq,
+                held: Side::Read,
                 entry: Entry::Open,
                 excl,
             },
@@ -415,6 +418,7 @@ impl StreamInner {
         if r.is_err() && pair.is_linked() {
             let _ = Q {
                 q: &pair.rq,
+                held: Side::Read,
                 entry: Entry::Close,
                 excl,
             }
@@ -435,6 +439,7 @@ impl StreamInner {
         let excl = pair.enter_openclose();
         pair.module.close(Q {
             q: &pair.rq,
+            held: Side::Read,
             entry: Entry::Close,
             excl,
         });
@@ -442,6 +447,7 @@ impl StreamInner {
         if pair.rq.flags() & QWCLOSE == 0 {
             let _ = Q {
                 q: &pair.rq,
+                held: Side::Read,
                 entry: Entry::Close,
                 excl,
             }
@@ -483,6 +489,20 @@ impl<'a> Q<'a> {
 
     fn held(&self) -> u32 {
         1
+    }
+
+    /// qwriter and qwait act on this queue's inner perimeter, which the thread must hold:
+    /// not so for the other queue of a D_MTPERQ pair.
+    fn require_held(&self, call: &'static str) -> Result<(), Error> {
+        let pair = self.q.pair();
+        if Arc::ptr_eq(pair.syncq(self.q.side()), pair.syncq(self.held)) {
+            Ok(())
+        } else {
+            Err(Error::WrongContext {
+                call,
+                context: "the other queue of a D_MTPERQ pair (its perimeter is not held)",
+            })
+        }
     }
 
     /// Links the instance into message flow (`qprocson`); open must call it before
@@ -622,6 +642,7 @@ impl<'a> Q<'a> {
                 |e| matches!(e, Entry::Callback(_)),
             ],
         )?;
+        self.require_held("qwriter")?;
         let pair = self.q.pair();
         let ev = Event {
             to: self.to_ref(),
@@ -668,6 +689,7 @@ impl<'a> Q<'a> {
 
     fn qwait_inner(&self, sig: Option<&Signal>) -> Result<bool, Error> {
         self.require("qwait", &[|e| e == Entry::Open, |e| e == Entry::Close])?;
+        self.require_held("qwait")?;
         let pair = self.q.pair();
         if !pair.is_linked() {
             return Err(Error::NotLinked("qwait"));

@@ -322,3 +322,44 @@ fn scenario_50_qwait_releases_the_outer_perimeter() {
     s.quiesce();
     assert!(has(&rec.log(), "wput:y"));
 }
+
+#[test]
+fn qwait_and_qwriter_refuse_the_unheld_queue_of_a_perq_pair() {
+    let (_p, s) = det();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let m = def(
+        "M",
+        D_MP | D_MTPERQ,
+        (false, false),
+        Fns::pass()
+            .open({
+                let results = results.clone();
+                move |q| {
+                    q.qprocson().unwrap();
+                    results.lock().unwrap().push(
+                        q.wrq()
+                            .qwait()
+                            .map_err(|e| matches!(e, Error::WrongContext { .. })),
+                    );
+                    Ok(())
+                }
+            })
+            .put({
+                let results = results.clone();
+                move |q, m| {
+                    let r = q.otherq().qwriter(m, |_q, _m| {}, Perim::Inner);
+                    results.lock().unwrap().push(
+                        r.map(|_| ())
+                            .map_err(|e| matches!(e, Error::WrongContext { .. })),
+                    );
+                }
+            }),
+    );
+    let st = Stream::open(&s, &sink_driver("d")).unwrap();
+    st.push(&m).unwrap();
+    st.queue(1, Side::Read)
+        .unwrap()
+        .put(data(&s, b"x"))
+        .unwrap();
+    assert_eq!(*results.lock().unwrap(), [Err(true), Err(true)]);
+}
