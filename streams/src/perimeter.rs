@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  bit 0 EXCL        a thread holds the perimeter exclusively
-//!  bit 1 BLOCKED     plumbing (qprocson/qprocsoff) in progress: stay away
+//!  bit 1 BLOCKED     plumbing (qprocson/qprocsoff) in progress: stay away (counted in
+//!                    `blockers`: streams sharing a D_MTPERMOD syncq may plumb at once)
 //!  bit 2 FROZEN      freezestr: stay away
 //!  bit 3 WRITER      an outer-perimeter writer is pending or running: stay away
 //!  bit 4 MESSAGES    the message list is non-empty
@@ -39,17 +40,28 @@
 //! **Outer perimeter.** [`Outer`] holds BUSY (a writer holds or is acquiring it) and EVENTS
 //! (queued qwriter(PERIM_OUTER) callbacks). Shared outer entry is implicit; the exclusive
 //! holder sets WRITER on every inner syncq, waits for their counts to drop to the claims it
-//! holds itself, runs; on exit it runs queued outer events, clears WRITER everywhere and
-//! drains every inner.
+//! holds itself, runs. An exclusive outer is always taken *before* an inner (D_MTOCEXCL
+//! open/close and qwait's return take the outer, then their inner ignoring WRITER and the
+//! work deferred behind it), so no thread waits for BUSY while holding an inner that the
+//! holder waits for; a qwriter(PERIM_OUTER) caller that holds its inner never waits for
+//! BUSY, it queues. On exit the holder runs the queued outer events, each inside its
+//! target's inner perimeter, clears WRITER everywhere under the inners lock, releases BUSY,
+//! and only then drains every inner.
 //!
 //! **Invariants.** (1) EXCL implies count ≥ 1 and, for a non-shared perimeter, count = 1.
 //! (2) A message or event is on a list only while MESSAGES/EVENTS is set. (3) When count = 0,
 //! EXCL = 0, STAYAWAY = 0 and QUEUED ≠ 0, the last thread to make it so drains.
 //! (4) Per destination queue, messages are delivered in the order they were put.
 //!
-//! **Lock order.** plumbing lock (Streams) → outer inners/events lock → syncq lists lock →
-//! queue list lock. No lock is held while a module routine runs or while a thread sleeps,
-//! except the plumbing lock across the wait for claims to drain.
+//! **Plumbing.** qprocson/qprocsoff (under the stream's operation lock) set BLOCKED on every
+//! syncq of the stream, wait until only their own claims remain, then raise the stream's
+//! `plumbing` word and wait for walkers (threads following links from outside any entry
+//! point) to leave; a walker that meets the raised word backs off until it drops. Links
+//! change only then, so a thread holding a claim or counted as a walker may follow them.
+//!
+//! **Lock order.** stream operation lock → outer inners/events lock → syncq blockers and
+//! lists locks → queue list lock. No lock but the operation lock is held while a module
+//! routine runs or while a thread sleeps; the operation lock is held across open and close.
 //!
 //! **Who calls what.** put/qwriter/qtimeout/qbufcall paths enter here from any thread; an
 //! interrupt handler may `put` (it never blocks). Blocking entries (open, close, srv,
