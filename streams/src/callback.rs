@@ -85,6 +85,7 @@ impl CbRec {
             f(Q {
                 q: &self.target,
                 held: self.target.side,
+                cb: self.id,
                 entry: Entry::Callback(self.id),
                 excl,
             });
@@ -97,7 +98,7 @@ impl CbRec {
 
     /// Cancels the request. Returns the remaining ticks if it had not fired, 0 if it was
     /// bypassed at the perimeter, -1 if it had finished (or was running and has now finished).
-    fn cancel(&self, s: &Streams, from: Entry) -> i64 {
+    fn cancel(&self, s: &Streams, inside: u64) -> i64 {
         loop {
             match self.state() {
                 x if x == CbState::Pending as u32 => {
@@ -119,7 +120,7 @@ impl CbRec {
                     }
                 }
                 x if x == CbState::Running as u32 => {
-                    if from == Entry::Callback(self.id) {
+                    if inside == self.id {
                         return -1; // from inside the callback itself: do not wait
                     }
                     s.platform().wait(s, &self.state, x);
@@ -131,7 +132,7 @@ impl CbRec {
 }
 
 /// Cancels every outstanding request on `pair` (a close that forgot to).
-pub(crate) fn cancel_all(pair: &QueuePair, from: Entry) {
+pub(crate) fn cancel_all(pair: &QueuePair, inside: u64) {
     let s = &pair.streams;
     let mine: Vec<Arc<CbRec>> =
         s.0.callbacks
@@ -141,7 +142,7 @@ pub(crate) fn cancel_all(pair: &QueuePair, from: Entry) {
             .cloned()
             .collect();
     for rec in mine {
-        rec.cancel(s, from);
+        rec.cancel(s, inside);
     }
 }
 
@@ -210,7 +211,7 @@ impl Q<'_> {
     /// running callback, except from inside that callback.
     pub fn quntimeout(&self, id: CallbackId) -> i64 {
         let s = self.q.streams();
-        find(s, id).map_or(-1, |rec| rec.cancel(s, self.entry))
+        find(s, id).map_or(-1, |rec| rec.cancel(s, self.cb))
     }
 
     /// Runs `f` inside this queue's perimeters when a buffer of `size` bytes is likely
@@ -236,7 +237,7 @@ impl Q<'_> {
     pub fn qunbufcall(&self, id: CallbackId) {
         let s = self.q.streams();
         if let Some(rec) = find(s, id) {
-            rec.cancel(s, self.entry);
+            rec.cancel(s, self.cb);
         }
     }
 }

@@ -114,6 +114,8 @@ pub(crate) type WriterFn = Box<dyn FnOnce(Q<'_>, Mblk) + Send>;
 
 /// A deferred qwriter call.
 pub(crate) struct Event {
+    /// The qtimeout/qbufcall callback this event was queued from, if any (0: none).
+    pub(crate) cb: u64,
     pub(crate) to: QueueRef,
     pub(crate) mp: Mblk,
     pub(crate) func: WriterFn,
@@ -124,6 +126,7 @@ impl Event {
         let q = Q {
             q: &self.to,
             held: self.to.side,
+            cb: self.cb,
             entry: Entry::Writer,
             excl: true,
         };

@@ -743,6 +743,9 @@ pub struct Q<'a> {
     /// The queue whose inner perimeter the entry holds (the other queue of a D_MTPERQ
     /// pair has a perimeter of its own, which this thread does not hold).
     pub(crate) held: Side,
+    /// The qtimeout/qbufcall callback this thread runs in, also inside a qwriter callback
+    /// it ran (0: none): cancelling it from there must not wait for itself.
+    pub(crate) cb: u64,
 }
 
 impl<'a> core::ops::Deref for Q<'a> {

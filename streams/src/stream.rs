@@ -157,6 +157,7 @@ impl QueuePair {
             Q {
                 q,
                 held: q.side(),
+                cb: 0,
                 entry: Entry::Put,
                 excl,
             },
@@ -194,6 +195,7 @@ impl QueuePair {
                 self.module.srv(Q {
                     q,
                     held: q.side(),
+                    cb: 0,
                     entry: Entry::Srv,
                     excl,
                 });
@@ -405,6 +407,7 @@ impl StreamInner {
             Q {
                 q: &pair.rq,
                 held: Side::Read,
+                cb: 0,
                 entry: Entry::Open,
                 excl,
             },
@@ -419,6 +422,7 @@ impl StreamInner {
             let _ = Q {
                 q: &pair.rq,
                 held: Side::Read,
+                cb: 0,
                 entry: Entry::Close,
                 excl,
             }
@@ -440,6 +444,7 @@ impl StreamInner {
         pair.module.close(Q {
             q: &pair.rq,
             held: Side::Read,
+            cb: 0,
             entry: Entry::Close,
             excl,
         });
@@ -448,6 +453,7 @@ impl StreamInner {
             let _ = Q {
                 q: &pair.rq,
                 held: Side::Read,
+                cb: 0,
                 entry: Entry::Close,
                 excl,
             }
@@ -554,7 +560,7 @@ impl<'a> Q<'a> {
         let outstanding = pair.outstanding.load(Ordering::SeqCst);
         let mut r = Ok(());
         if outstanding > 0 {
-            crate::callback::cancel_all(pair, self.entry);
+            crate::callback::cancel_all(pair, self.cb);
             r = Err(Error::CallbacksOutstanding(outstanding));
         }
         if !pair.is_linked() {
@@ -567,7 +573,7 @@ impl<'a> Q<'a> {
             // A request registered by a thread that was still inside when close began.
             let late = pair.outstanding.load(Ordering::SeqCst);
             if late > 0 {
-                crate::callback::cancel_all(pair, self.entry);
+                crate::callback::cancel_all(pair, self.cb);
                 r = r.and(Err(Error::CallbacksOutstanding(late)));
             }
             let next_of = |q: &Queue| {
@@ -645,6 +651,7 @@ impl<'a> Q<'a> {
         self.require_held("qwriter")?;
         let pair = self.q.pair();
         let ev = Event {
+            cb: self.cb,
             to: self.to_ref(),
             mp,
             func: Box::new(f),

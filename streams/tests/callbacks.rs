@@ -383,3 +383,41 @@ fn a_close_that_blocks_or_unlinks_with_callbacks_outstanding_is_reported() {
         "the forgotten timeout was cancelled, never run on a removed queue"
     );
 }
+
+#[test]
+fn cancelling_a_timeout_from_a_qwriter_inside_it_does_not_wait_for_itself() {
+    let (p, s) = det();
+    let (id, rets): (Slot, Results<i64>) = (Arc::default(), Arc::default());
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put({
+            let (id, rets) = (id.clone(), rets.clone());
+            move |q, _m| {
+                let (id2, rets) = (id.clone(), rets.clone());
+                *id.lock().unwrap() = Some(
+                    q.qtimeout(1, move |q| {
+                        let mp = q.allocb(0).unwrap();
+                        let (id3, rets) = (id2.clone(), rets.clone());
+                        q.qwriter(
+                            mp,
+                            move |q, _m| {
+                                rets.lock()
+                                    .unwrap()
+                                    .push(q.quntimeout(id3.lock().unwrap().unwrap()))
+                            },
+                            Perim::Inner,
+                        )
+                        .unwrap();
+                    })
+                    .unwrap(),
+                );
+            }
+        }),
+    );
+    let st = Stream::open(&s, &m).unwrap();
+    st.driver(Side::Write).put(data(&s, b"arm")).unwrap();
+    p.advance(&s, 5);
+    assert_eq!(*rets.lock().unwrap(), [-1]);
+}
