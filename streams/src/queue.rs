@@ -176,8 +176,10 @@ pub struct Queue {
     pub(crate) nfsrv: AtomicPtr<Queue>,
     /// Messages deferred on a syncq for this queue (`q_syncqmsgs`).
     deferred: AtomicUsize,
-    /// This queue's deferred messages made its nearest service queue QFULL.
+    /// This queue's deferred messages made a service queue QFULL (a hint for the fast
+    /// path; `sq_full_target` names the queue).
     sq_full: AtomicBool,
+    sq_full_target: Mutex<Option<QueueRef>>,
 }
 
 // SAFETY: `pair` points at the QueuePair that contains this queue (set once, before the
@@ -219,6 +221,7 @@ impl Queue {
             nfsrv: AtomicPtr::new(core::ptr::null_mut()),
             deferred: AtomicUsize::new(0),
             sq_full: AtomicBool::new(false),
+            sq_full_target: Mutex::new(None),
         }
     }
 
@@ -613,23 +616,36 @@ impl Queue {
     /// `walk` is false only for the plumbing thread itself, which has the links to itself.
     pub(crate) fn deferred_added(&self, n: usize, walk: bool) {
         let now = self.deferred.fetch_add(n, Ordering::SeqCst) + n;
-        if now > self.streams().syncq_max() && !self.sq_full.swap(true, Ordering::SeqCst) {
+        if now <= self.streams().syncq_max() || self.sq_full.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut made_full = self.sq_full_target.lock();
+        if made_full.is_none() {
             let _walk = walk.then(|| self.pair().walk());
             let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
-            let _l = target.list.lock();
-            target.set_flag(QFULL);
+            {
+                let _l = target.list.lock();
+                target.set_flag(QFULL);
+            }
+            // Remembered, so the same queue is re-evaluated even if plumbing moves q_nfsrv.
+            *made_full = Some(target.pair().self_ref(target.side()));
+            self.sq_full.store(true, Ordering::SeqCst);
         }
     }
 
     /// Uncounts delivered (or moved, or freed) deferred messages. When none remain, the
     /// QFULL they caused is re-evaluated with the usual rules (and may back-enable).
+    /// A message is counted before it is queued and uncounted after its put returned, so
+    /// the count reaches 0 only after every overflow it saw was recorded.
     pub(crate) fn deferred_removed(&self, n: usize, walk: bool) {
         let now = self.deferred.fetch_sub(n, Ordering::SeqCst) - n;
-        if now != 0 || !self.sq_full.swap(false, Ordering::SeqCst) {
+        if now != 0 || !self.sq_full.load(Ordering::SeqCst) {
             return;
         }
-        let _walk = walk.then(|| self.pair().walk());
-        let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
+        let Some(target) = self.sq_full_target.lock().take() else {
+            return;
+        };
+        self.sq_full.store(false, Ordering::SeqCst);
         let backenable = {
             let l = target.list.lock();
             let (hi, lo) = (target.hiwat(), target.lowat());
@@ -644,8 +660,19 @@ impl Queue {
             wanted
         };
         if backenable {
-            target.backenable_walked(0);
+            if walk {
+                target.backenable(0);
+            } else {
+                target.backenable_walked(0);
+            }
         }
+    }
+
+    /// Forgets deferred messages that were dropped unseen (a closing stream head).
+    pub(crate) fn deferred_forget(&self) {
+        self.deferred.store(0, Ordering::SeqCst);
+        self.sq_full.store(false, Ordering::SeqCst);
+        drop(self.sq_full_target.lock().take());
     }
 
     /// Clears QBACK and every QB_BACK (at the end of a service run).

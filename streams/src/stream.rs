@@ -836,6 +836,8 @@ impl Stream {
         }
         // Messages deferred at the head hold the head itself: let them go, then the head.
         drop(self.head.syncq(Side::Read).take_for(|_| true));
+        self.head.rq.deferred_forget();
+        self.head.wq.deferred_forget();
         self.head.rq.flushq(FLUSHALL);
         self.inner.pairs.lock().clear();
         first
