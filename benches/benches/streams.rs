@@ -49,6 +49,24 @@ fn allocb(c: &mut Criterion) {
     g.finish();
 }
 
+type Chan = (
+    crossbeam_channel::Sender<Mblk>,
+    crossbeam_channel::Receiver<Mblk>,
+);
+
+/// One thread per pipeline stage, forwarding from channel i to channel i + 1 until the
+/// senders are gone.
+fn spawn_stages<'s>(t: &'s std::thread::Scope<'s, '_>, chans: &[Chan]) {
+    for pair in chans.windows(2) {
+        let (rx, tx) = (pair[0].1.clone(), pair[1].0.clone());
+        t.spawn(move || {
+            for m in rx {
+                tx.send(m).unwrap();
+            }
+        });
+    }
+}
+
 /// A message through N modules: per message, allocb + head + N modules + driver.
 fn hops(c: &mut Criterion) {
     let mut g = c.benchmark_group("hop");
@@ -121,14 +139,7 @@ fn hops(c: &mut Criterion) {
                         .collect();
                     let start = Instant::now();
                     std::thread::scope(|t| {
-                        for i in 0..depth {
-                            let (rx, tx) = (chans[i].1.clone(), chans[i + 1].0.clone());
-                            t.spawn(move || {
-                                for m in rx {
-                                    tx.send(m).unwrap();
-                                }
-                            });
-                        }
+                        spawn_stages(t, &chans);
                         let last = chans[depth].1.clone();
                         t.spawn(move || {
                             for _ in 0..iters {
@@ -150,14 +161,7 @@ fn hops(c: &mut Criterion) {
             .map(|_| crossbeam_channel::bounded::<Mblk>(1))
             .collect();
         std::thread::scope(|t| {
-            for i in 0..depth {
-                let (rx, tx) = (chans[i].1.clone(), chans[i + 1].0.clone());
-                t.spawn(move || {
-                    for m in rx {
-                        tx.send(m).unwrap();
-                    }
-                });
-            }
+            spawn_stages(t, &chans);
             let (first, last) = (chans[0].0.clone(), chans[depth].1.clone());
             drop(chans);
             g.bench_with_input(

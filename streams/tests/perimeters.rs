@@ -34,88 +34,96 @@ fn recording_put(
     })
 }
 
+/// A driver `M` whose put records "{r,w}put:{data}" and holds "hold*" messages at `gate`.
+struct Held {
+    s: Streams,
+    st: Stream,
+    rec: Arc<Recorder>,
+    gate: Arc<Latch>,
+    inside: Arc<Counter>,
+}
+
+impl Held {
+    fn new(s: Streams, flags: u32, excl: &'static [&'static str]) -> Held {
+        let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
+        let m = def(
+            "M",
+            flags,
+            (false, false),
+            recording_put(rec.clone(), gate.clone(), inside.clone(), excl),
+        );
+        let st = Stream::open(&s, &m).unwrap();
+        Held {
+            s,
+            st,
+            rec,
+            gate,
+            inside,
+        }
+    }
+    /// Puts `bytes` to the driver's queue on `side` (returns at once unless "hold").
+    fn put(&self, side: Side, bytes: &[u8]) {
+        self.st.driver(side).put(data(&self.s, bytes)).unwrap();
+    }
+    fn log(&self) -> Vec<String> {
+        self.rec.log()
+    }
+}
+
 #[test]
 fn scenario_21_qpair_defers_a_put_while_the_pair_is_busy() {
     let _w = watchdog(60);
-    let s = host();
-    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def(
-        "M",
-        D_MP | D_MTQPAIR,
-        (false, false),
-        recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]),
-    );
-    let st = Stream::open(&s, &m).unwrap();
+    let h = Held::new(host(), D_MP | D_MTQPAIR, &["rput", "wput"]);
     thread::scope(|t| {
-        t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
-        inside.wait_for(1);
-        st.driver(Side::Read).put(data(&s, b"r1")).unwrap(); // returns at once
+        t.spawn(|| h.put(Side::Write, b"hold"));
+        h.inside.wait_for(1);
+        h.put(Side::Read, b"r1"); // returns at once
         assert!(
-            !has(&rec.log(), "+rput:r1"),
+            !has(&h.log(), "+rput:r1"),
             "rput has not run while wput is inside"
         );
-        gate.open();
+        h.gate.open();
     });
-    s.quiesce();
-    let log = rec.log();
+    h.s.quiesce();
+    let log = h.log();
     assert!(before(&log, "-wput:hold", "+rput:r1"), "{log:?}");
-    assert_eq!(rec.overlaps(), 0);
+    assert_eq!(h.rec.overlaps(), 0);
 }
 
 #[test]
 fn scenario_22_deferred_puts_are_delivered_in_order_and_never_block() {
     let _w = watchdog(60);
-    let s = host();
-    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def(
-        "M",
-        D_MP | D_MTQPAIR,
-        (false, false),
-        recording_put(rec.clone(), gate.clone(), inside.clone(), &["rput", "wput"]),
-    );
-    let st = Stream::open(&s, &m).unwrap();
+    let h = Held::new(host(), D_MP | D_MTQPAIR, &["rput", "wput"]);
     thread::scope(|t| {
-        t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
-        inside.wait_for(1);
+        t.spawn(|| h.put(Side::Write, b"hold"));
+        h.inside.wait_for(1);
         for x in ["m1", "m2", "m3"] {
-            st.driver(Side::Write).put(data(&s, x.as_bytes())).unwrap(); // T2 is never blocked
+            h.put(Side::Write, x.as_bytes()); // T2 is never blocked
         }
-        assert!(!has(&rec.log(), "+wput:m1"));
-        gate.open();
+        assert!(!has(&h.log(), "+wput:m1"));
+        h.gate.open();
     });
-    s.quiesce();
-    let log: Vec<String> = rec
-        .log()
-        .into_iter()
-        .filter(|l| l.starts_with('+'))
-        .collect();
+    h.s.quiesce();
+    let log: Vec<String> = h.log().into_iter().filter(|l| l.starts_with('+')).collect();
     assert_eq!(log, ["+wput:hold", "+wput:m1", "+wput:m2", "+wput:m3"]);
 }
 
 #[test]
 fn scenario_23_perq_lets_read_and_write_overlap_but_not_two_writes() {
     let _w = watchdog(60);
-    let s = host();
-    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def(
-        "M",
-        D_MP | D_MTPERQ,
-        (false, false),
-        recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput:"]),
-    );
-    let st = Stream::open(&s, &m).unwrap();
+    let h = Held::new(host(), D_MP | D_MTPERQ, &["wput:"]);
     thread::scope(|t| {
-        t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
-        inside.wait_for(1);
-        st.driver(Side::Read).put(data(&s, b"r")).unwrap();
-        assert!(has(&rec.log(), "-rput:r"), "rput ran while wput was inside");
-        st.driver(Side::Write).put(data(&s, b"w2")).unwrap();
-        assert!(!has(&rec.log(), "+wput:w2"), "a second wput waits");
-        gate.open();
+        t.spawn(|| h.put(Side::Write, b"hold"));
+        h.inside.wait_for(1);
+        h.put(Side::Read, b"r");
+        assert!(has(&h.log(), "-rput:r"), "rput ran while wput was inside");
+        h.put(Side::Write, b"w2");
+        assert!(!has(&h.log(), "+wput:w2"), "a second wput waits");
+        h.gate.open();
     });
-    s.quiesce();
-    assert!(before(&rec.log(), "-wput:hold", "+wput:w2"));
-    assert_eq!(rec.overlaps(), 0, "two wputs never overlap");
+    h.s.quiesce();
+    assert!(before(&h.log(), "-wput:hold", "+wput:w2"));
+    assert_eq!(h.rec.overlaps(), 0, "two wputs never overlap");
 }
 
 #[test]
@@ -182,26 +190,15 @@ fn scenario_24_permod_excludes_across_streams() {
 #[test]
 fn scenario_25_d_mp_alone_lets_puts_overlap() {
     let _w = watchdog(60);
-    let s = host();
-    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def(
-        "M",
-        D_MP,
-        (false, false),
-        recording_put(rec.clone(), gate.clone(), inside.clone(), &["wput"]),
-    );
-    let st = Stream::open(&s, &m).unwrap();
+    let h = Held::new(host(), D_MP, &["wput"]);
     thread::scope(|t| {
-        t.spawn(|| st.driver(Side::Write).put(data(&s, b"hold")).unwrap());
-        inside.wait_for(1);
-        st.driver(Side::Write).put(data(&s, b"y")).unwrap();
-        assert!(
-            has(&rec.log(), "-wput:y"),
-            "the second put ran concurrently"
-        );
-        gate.open();
+        t.spawn(|| h.put(Side::Write, b"hold"));
+        h.inside.wait_for(1);
+        h.put(Side::Write, b"y");
+        assert!(has(&h.log(), "-wput:y"), "the second put ran concurrently");
+        h.gate.open();
     });
-    assert_eq!(rec.overlaps(), 1, "the two puts overlapped");
+    assert_eq!(h.rec.overlaps(), 1, "the two puts overlapped");
 }
 
 #[test]
@@ -479,38 +476,31 @@ fn too_many_deferred_messages_make_the_stream_flow_controlled() {
         syncq_max: 10,
         ..Default::default()
     });
-    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
-    let m = def(
-        "M",
-        D_MP | D_MTQPAIR,
-        (false, false),
-        recording_put(rec.clone(), gate.clone(), inside.clone(), &[]),
-    );
-    let st = Stream::open(&s, &m).unwrap();
-    let wq = st.driver(Side::Write);
+    let h = Held::new(s, D_MP | D_MTQPAIR, &[]);
+    let wq = h.st.driver(Side::Write);
     thread::scope(|t| {
-        t.spawn(|| wq.put(data(&s, b"hold")).unwrap());
-        inside.wait_for(1);
+        t.spawn(|| h.put(Side::Write, b"hold"));
+        h.inside.wait_for(1);
         for i in 0..10 {
-            wq.put(data(&s, format!("m{i}").as_bytes())).unwrap();
+            h.put(Side::Write, format!("m{i}").as_bytes());
         }
         assert_eq!(wq.deferred(), 10);
-        assert!(st.canwrite(), "at the limit: still writable");
-        wq.put(data(&s, b"m10")).unwrap();
-        assert!(!st.canwrite(), "past the limit: canputnext fails upstream");
-        gate.open();
+        assert!(h.st.canwrite(), "at the limit: still writable");
+        h.put(Side::Write, b"m10");
+        assert!(
+            !h.st.canwrite(),
+            "past the limit: canputnext fails upstream"
+        );
+        h.gate.open();
     });
-    s.quiesce();
+    h.s.quiesce();
     assert_eq!(wq.deferred(), 0);
     assert!(
-        st.canwrite(),
+        h.st.canwrite(),
         "QFULL re-evaluated once the deferred messages drained"
     );
     assert_eq!(
-        rec.log()
-            .iter()
-            .filter(|l| l.starts_with("+wput:m"))
-            .count(),
+        h.log().iter().filter(|l| l.starts_with("+wput:m")).count(),
         11
     );
 }
