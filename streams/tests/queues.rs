@@ -3,9 +3,15 @@ mod common;
 use common::*;
 use streams::*;
 
-/// head – U (write srv) – D (driver, write srv, limits `info`). Service procedures only
-/// record; nothing runs until the deterministic platform is told to.
-fn u_over_d(s: &Streams, info: ModuleInfo, u_runs: std::sync::Arc<Counter>) -> Stream {
+/// head – U (write srv) – D (driver, write srv, marks `hiwat`/`lowat`, QNOENB). Their
+/// service procedures do nothing; nothing runs until the deterministic platform is told to.
+/// Returns the stream with D's and U's write queues.
+fn u_over_d(s: &Streams, hiwat: usize, lowat: usize) -> (Stream, QueueRef, QueueRef) {
+    let info = ModuleInfo {
+        hiwat,
+        lowat,
+        ..Default::default()
+    };
     let d = def_info(
         "D",
         D_MP | D_MTQPAIR,
@@ -14,17 +20,11 @@ fn u_over_d(s: &Streams, info: ModuleInfo, u_runs: std::sync::Arc<Counter>) -> S
         Fns::pass().put(|q, m| q.putq(m)),
     );
     let st = Stream::open(s, &d).unwrap();
-    let u = def(
-        "U",
-        D_MP | D_MTQPAIR,
-        (false, true),
-        Fns::pass().srv(move |q| {
-            let _ = q;
-            u_runs.add();
-        }),
-    );
-    st.push(&u).unwrap();
-    st
+    st.push(&def("U", D_MP | D_MTQPAIR, (false, true), Fns::pass()))
+        .unwrap();
+    let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
+    d.noenable();
+    (st, d, u)
 }
 
 fn types(q: &QueueRef) -> Vec<(MsgType, u8)> {
@@ -86,14 +86,7 @@ fn scenario_10_high_priority_messages_lose_their_band() {
 fn scenario_11_qfull_at_hiwat_and_backenable_below_lowat_only_when_wanted() {
     for wanted in [false, true] {
         let (_p, s) = det();
-        let info = ModuleInfo {
-            hiwat: 100,
-            lowat: 50,
-            ..Default::default()
-        };
-        let st = u_over_d(&s, info, Counter::new());
-        let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
-        d.noenable();
+        let (_st, d, u) = u_over_d(&s, 100, 50);
         d.putq(data(&s, &[0; 60]));
         assert_eq!(d.flags() & QFULL, 0);
         d.putq(data(&s, &[0; 60]));
@@ -118,14 +111,7 @@ fn scenario_11_qfull_at_hiwat_and_backenable_below_lowat_only_when_wanted() {
 #[test]
 fn scenario_12_zero_length_messages_exert_flow_control() {
     let (_p, s) = det();
-    let info = ModuleInfo {
-        hiwat: 4,
-        lowat: 1,
-        ..Default::default()
-    };
-    let st = u_over_d(&s, info, Counter::new());
-    let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
-    d.noenable();
+    let (_st, d, u) = u_over_d(&s, 4, 1);
     for i in 0..4 {
         assert!(u.canputnext(), "before message {i}");
         d.putq(s.allocb(0).unwrap());
@@ -186,14 +172,7 @@ fn scenario_13_flow_control_skips_queues_without_service_procedures() {
 #[test]
 fn scenario_14_bands_have_their_own_flow_control() {
     let (_p, s) = det();
-    let info = ModuleInfo {
-        hiwat: 10,
-        lowat: 5,
-        ..Default::default()
-    };
-    let st = u_over_d(&s, info, Counter::new());
-    let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
-    d.noenable();
+    let (_st, d, u) = u_over_d(&s, 10, 5);
     assert!(u.bcanputnext(9), "a band never used can");
     d.putq(msg(&s, MsgType::M_DATA, 9, &[0; 10]));
     s.run_until_idle(); // banded putq enables D's srv even with QNOENB; it only records
@@ -212,14 +191,7 @@ fn scenario_14_bands_have_their_own_flow_control() {
 #[test]
 fn scenario_15_flushdata_keeps_control_messages_in_order() {
     let (_p, s) = det();
-    let info = ModuleInfo {
-        hiwat: 2,
-        lowat: 1,
-        ..Default::default()
-    };
-    let st = u_over_d(&s, info, Counter::new());
-    let (d, u) = (st.driver(Side::Write), st.queue(1, Side::Write).unwrap());
-    d.noenable();
+    let (_st, d, u) = u_over_d(&s, 2, 1);
     for (ty, name) in [
         (MsgType::M_CTL, "ctl"),
         (MsgType::M_DATA, "data"),
