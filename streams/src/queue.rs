@@ -903,12 +903,12 @@ impl core::ops::Deref for QueueRef {
 
 impl QueueRef {
     /// Calls the queue's put procedure through its perimeter (`put`); an error before
-    /// qprocson or after qprocsoff. Never blocks.
+    /// qprocson or after qprocsoff. Never blocks: while the stream is being re-plumbed the
+    /// message is parked and put when that ends (freed if the queue was removed meanwhile).
     pub fn put(&self, mp: Mblk) -> Result<(), Error> {
         // As a walker, so that qprocsoff cannot remove the pair between the linked test and
-        // the deferral of the message onto its perimeter.
-        let _walk = self.pair.walk();
-        self.pair.put_own(self, mp)
+        // the deferral of the message onto its perimeter; parked during plumbing.
+        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp)
     }
     /// `putnext` from outside an entry point.
     pub fn putnext(&self, mp: Mblk) -> Result<(), Error> {

@@ -21,8 +21,13 @@ pub(crate) struct StreamShared {
     /// Threads reading links from outside any entry point.
     walkers: AtomicU32,
     /// 1 while a plumbing change rewrites links: new walkers wait, the change waits for the
-    /// walkers already in (a Dekker handshake with `walkers`).
+    /// walkers already in (a Dekker handshake with `walkers`). 2 while the change hands on
+    /// the puts that arrived meanwhile.
     plumbing: AtomicU32,
+    /// Puts from outside any entry point that arrived during a plumbing change: parked
+    /// rather than waited for, so that `QueueRef::put` never blocks; delivered in order
+    /// when the change ends.
+    parked: Mutex<Vec<(QueueRef, Mblk)>>,
     /// Serialises push, pop, insert and close on this stream (`STRPLUMB`).
     ops: Mutex<()>,
 }
@@ -120,13 +125,17 @@ impl QueuePair {
         self.linked.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn shared(&self) -> &StreamShared {
+        &self.shared
+    }
+
     /// Starts a walk of the stream's links from outside an entry point.
     /// Waits while a plumbing change is rewriting the links (never inside an entry point:
     /// the change first waits for every claim in the stream to go).
     pub(crate) fn walk(&self) -> Walk<'_> {
         loop {
             self.shared.walkers.fetch_add(1, Ordering::SeqCst);
-            if self.shared.plumbing.load(Ordering::SeqCst) == 0 {
+            if self.shared.plumbing.load(Ordering::SeqCst) != 1 {
                 return Walk {
                     shared: &self.shared,
                     streams: &self.streams,
@@ -328,11 +337,56 @@ impl StreamInner {
     }
 
     fn unblock(&self, sqs: &[Arc<Syncq>]) {
-        self.shared.plumbing.store(0, Ordering::SeqCst);
-        self.streams.platform().wake_all(&self.shared.plumbing);
         for sq in sqs {
             sq.unblock_nodrain(&self.streams);
         }
+        self.shared.plumbing.store(2, Ordering::SeqCst);
+        self.streams.platform().wake_all(&self.shared.plumbing);
+        // Hand on the parked puts, in order; puts arriving meanwhile park behind them, so
+        // that no source's later message overtakes its parked one.
+        loop {
+            let batch = {
+                let mut parked = self.shared.parked.lock();
+                if parked.is_empty() {
+                    self.shared.plumbing.store(0, Ordering::SeqCst);
+                    break;
+                }
+                core::mem::take(&mut *parked)
+            };
+            for (q, mp) in batch {
+                // A queue removed meanwhile frees the message, as put after qprocsoff would.
+                let _ = q.pair.put_own(&q, mp);
+            }
+        }
+        self.streams.platform().wake_all(&self.shared.plumbing);
+    }
+
+    /// `put(9F)` from outside an entry point: delivered now, or parked while the stream is
+    /// being re-plumbed. Never blocks.
+    pub(crate) fn put_from_outside(
+        shared: &StreamShared,
+        q: &QueueRef,
+        mp: Mblk,
+    ) -> Result<(), Error> {
+        shared.walkers.fetch_add(1, Ordering::SeqCst);
+        if shared.plumbing.load(Ordering::SeqCst) == 0 {
+            let r = q.pair.put_own(q, mp);
+            shared.walkers.fetch_sub(1, Ordering::SeqCst);
+            if shared.plumbing.load(Ordering::SeqCst) != 0 {
+                q.pair.streams.platform().wake_all(&shared.walkers);
+            }
+            return r;
+        }
+        shared.walkers.fetch_sub(1, Ordering::SeqCst);
+        q.pair.streams.platform().wake_all(&shared.walkers);
+        let mut parked = shared.parked.lock();
+        if shared.plumbing.load(Ordering::SeqCst) != 0 {
+            parked.push((q.clone(), mp));
+            return Ok(());
+        }
+        drop(parked);
+        // The change ended in between: links are stable again.
+        Self::put_from_outside(shared, q, mp)
     }
 
     /// Rewrites q_next, q_prev, q_nfsrv and QEND for the linked pairs, head to driver.
@@ -767,6 +821,7 @@ impl Stream {
             shared: Arc::new(StreamShared {
                 walkers: AtomicU32::new(0),
                 plumbing: AtomicU32::new(0),
+                parked: Mutex::new(Vec::new()),
                 ops: Mutex::new(()),
             }),
             head: Arc::new(HeadState::default()),

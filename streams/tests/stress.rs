@@ -310,3 +310,52 @@ fn a_kept_queue_handle_is_harmless_after_close() {
     m.qenable();
     s.run_until_idle();
 }
+
+#[test]
+fn puts_from_outside_during_plumbing_are_parked_in_order_and_never_lost() {
+    let _w = watchdog(120);
+    let s = host();
+    let seen: Arc<Mutex<Vec<Vec<u32>>>> = Arc::new(Mutex::new(vec![Vec::new(); 2]));
+    let drv = def(
+        "drv",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put({
+            let seen = seen.clone();
+            move |q, m| {
+                if q.is_read() {
+                    return q.putnext(m);
+                }
+                let src = m.data()[0] as usize;
+                let n = u32::from_le_bytes(m.data()[1..5].try_into().unwrap());
+                seen.lock().unwrap()[src].push(n);
+            }
+        }),
+    );
+    let st = Stream::open(&s, &drv).unwrap();
+    let m = def("M", D_MP | D_MTQPAIR, (false, false), Fns::pass());
+    let wq = st.driver(Side::Write);
+    const N: u32 = 3000;
+    thread::scope(|t| {
+        t.spawn(|| {
+            for _ in 0..150 {
+                st.push(&m).unwrap();
+                st.pop().unwrap();
+            }
+        });
+        for src in 0..2u8 {
+            let (wq, s) = (&wq, &s);
+            t.spawn(move || {
+                for n in 0..N {
+                    let bytes = [&[src][..], &n.to_le_bytes()[..]].concat();
+                    wq.put(data(s, &bytes)).unwrap();
+                }
+            });
+        }
+    });
+    s.quiesce();
+    for (src, ns) in seen.lock().unwrap().iter().enumerate() {
+        assert_eq!(ns.len(), N as usize, "source {src} lost messages");
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "source {src} reordered");
+    }
+}
