@@ -56,8 +56,10 @@
 //! **Plumbing.** qprocson/qprocsoff (under the stream's operation lock) set BLOCKED on every
 //! syncq of the stream, wait until only their own claims remain, then raise the stream's
 //! `plumbing` word and wait for walkers (threads following links from outside any entry
-//! point) to leave; a walker that meets the raised word backs off until it drops. Links
-//! change only then, so a thread holding a claim or counted as a walker may follow them.
+//! point) to leave; a walker that meets the raised word backs off until it drops, except a
+//! `put` from outside, which parks its message on the stream to be handed on, in order,
+//! when the change ends (so that put never blocks). Links change only then, so a thread
+//! holding a claim or counted as a walker may follow them.
 //!
 //! **Lock order.** stream operation lock → outer inners/events lock → syncq blockers and
 //! lists locks → queue list lock. No lock but the operation lock is held while a module

@@ -5,11 +5,13 @@
 //! Every method that an interrupt handler may reach ([`Platform::kick`], [`Platform::wake_all`])
 //! must neither block nor spin.
 //!
-//! `put` from an interrupt handler never waits for a perimeter (it defers the message
-//! instead), but it does take the core's short internal locks, which are spin locks under
-//! `no_std`. A platform whose interrupt handlers call `put` must therefore not run them
-//! while the interrupted context is inside one of those locks on the same CPU: it defers
-//! the upcall until the context leaves (the guest platform's job).
+//! `put` from an interrupt handler never waits: not for a perimeter (it defers the message)
+//! nor for a plumbing change (it parks the message). It does take the core's short internal
+//! locks, which are spin locks under `no_std`, so a platform whose interrupt handlers call
+//! `put` must not run them while the interrupted context is inside one of those locks on
+//! the same CPU: it defers the upcall until the context leaves (the guest platform's job).
+//! `canputnext` and `putnext` from outside an entry point wait while links are rewritten
+//! (a few microseconds); an interrupt handler should use `put` on its own queue.
 
 use crate::sched::Streams;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
