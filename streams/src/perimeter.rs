@@ -305,7 +305,7 @@ impl Syncq {
     /// Defers a message for `to` and tries to deliver what is queued.
     pub(crate) fn defer(&self, s: &Streams, to: QueueRef, mp: Mblk) {
         // Counted before it can be drained (and uncounted), so the count never goes negative.
-        to.deferred_added(1, true);
+        to.deferred_added(1);
         {
             let mut l = self.lists.lock();
             l.msgs.push_back((to, mp));
@@ -327,7 +327,7 @@ impl Syncq {
             }
         }
         for (q, n) in counts {
-            q.deferred_added(n, false);
+            q.deferred_added(n);
         }
         let mut l = self.lists.lock();
         l.msgs.extend(msgs);
@@ -411,7 +411,7 @@ impl Syncq {
                     Some((to, mp)) => {
                         to.pair.call_put(&to, mp, true);
                         // Uncounted only after the put returned, so nothing overtakes it.
-                        to.deferred_removed(1, true);
+                        to.deferred_removed(1);
                     }
                     None => break,
                 }
@@ -643,12 +643,47 @@ impl Outer {
         }
     }
 
-    /// Releases an exclusive hold: runs queued outer events (each with a claim on its
-    /// target's inner perimeter, which `own` names when the caller already holds it), clears
-    /// WRITER on every inner, releases the outer and wakes its waiters, then drains every
-    /// inner. WRITER is cleared before the outer is released, under the lock that
-    /// `add_inner` takes, so that no new holder's WRITER marks are undone.
-    pub(crate) fn exit(self: &Arc<Self>, s: &Streams, own: Option<&Syncq>) {
+    /// Releases an exclusive hold. With `run_events`, first runs the queued outer events,
+    /// each inside its target's inner perimeter. Then, under the inners lock (which callers
+    /// queueing an event also take), either some event is still queued, and the WRITER marks
+    /// stay for the background writer, or none is, and WRITER is cleared on every inner. The
+    /// outer is released and its waiters woken under that lock too; every inner is drained
+    /// after it.
+    pub(crate) fn exit(self: &Arc<Self>, s: &Streams, run_events: bool) {
+        loop {
+            if run_events {
+                self.run_events(s);
+            }
+            let inners = self.inners.lock();
+            let pending = self.state.load(Ordering::SeqCst) & O_EVENTS != 0;
+            if pending && run_events {
+                continue; // queued while we ran the others: run it too
+            }
+            if !pending {
+                for sq in inners.iter() {
+                    sq.clear_flags_nodrain(s, WRITER);
+                }
+            }
+            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+            if old & O_WANT != 0 {
+                s.platform().wake_all(&self.state);
+            }
+            let list = inners.clone();
+            drop(inners);
+            if pending {
+                // The background writer runs them, holding no claim of its own.
+                s.schedule_outer(self.clone());
+            } else {
+                for sq in &list {
+                    sq.kick_drain(s);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Runs the queued outer events, FIFO.
+    fn run_events(&self, s: &Streams) {
         loop {
             let ev = {
                 let mut evs = self.events.lock();
@@ -659,51 +694,29 @@ impl Outer {
                 ev
             };
             match ev {
-                Some(ev) => Self::run_event(s, ev, own),
-                None => break,
+                Some(ev) => Self::run_event(s, ev),
+                None => return,
             }
-        }
-        let inners = {
-            let inners = self.inners.lock();
-            for sq in inners.iter() {
-                sq.clear_flags_nodrain(s, WRITER);
-            }
-            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
-            if old & O_WANT != 0 {
-                s.platform().wake_all(&self.state);
-            }
-            inners.clone()
-        };
-        if self.state.load(Ordering::SeqCst) & O_EVENTS != 0 {
-            // An event was queued after the loop: hand it to the background writer.
-            s.schedule_outer(self.clone());
-        }
-        for sq in &inners {
-            sq.kick_drain(s);
         }
     }
 
     /// Runs a queued outer event inside its target's inner perimeter, unless the target
     /// is closing (then its message is freed).
-    fn run_event(s: &Streams, ev: Event, own: Option<&Syncq>) {
+    fn run_event(s: &Streams, ev: Event) {
         let sq = ev.to.pair.syncq(ev.to.side).clone();
-        let mine = own.is_some_and(|o| core::ptr::eq(o, &*sq));
-        if !mine {
-            sq.enter_under_outer(s, true);
-        }
+        sq.enter_under_outer(s, true);
         if ev.to.flags() & QWCLOSE != 0 {
             drop(ev);
         } else {
             ev.run();
         }
-        if !mine {
-            sq.leave(s, true, true);
-        }
+        sq.leave(s, true, true);
     }
 
     /// qwriter(PERIM_OUTER) from a thread holding `held` claims on `caller` (its inner).
     /// Runs `ev` before returning when every other instance is idle, else queues it for a
     /// background writer; either way no put or srv enters any instance until it has run.
+    /// The caller never waits here while it holds its claim.
     pub(crate) fn qwriter(
         self: &Arc<Self>,
         s: &Streams,
@@ -732,7 +745,8 @@ impl Outer {
             });
             if idle {
                 ev.run();
-                self.exit(s, Some(caller));
+                // Events others queued meanwhile are left to the background writer.
+                self.exit(s, false);
                 return true;
             }
             self.queue_event(ev);
@@ -741,8 +755,12 @@ impl Outer {
                 s.platform().wake_all(&self.state);
             }
         } else {
+            // Under the inners lock, so that a holder's exit cannot clear this WRITER mark
+            // after it looked for queued events.
+            let inners = self.inners.lock();
             caller.set_flags(WRITER);
             self.queue_event(ev);
+            drop(inners);
         }
         s.schedule_outer(self.clone());
         false
@@ -758,7 +776,7 @@ impl Outer {
     /// queued events.
     pub(crate) fn run_queued(self: &Arc<Self>, s: &Streams) {
         if self.enter_excl(s, &[], true) {
-            self.exit(s, None);
+            self.exit(s, true);
         }
     }
 }

@@ -586,7 +586,7 @@ impl Queue {
     }
 
     /// [`Queue::backenable`] for a caller that already may follow the links.
-    fn backenable_walked(&self, band: u8) {
+    pub(crate) fn backenable_walked(&self, band: u8) {
         let mut p = link(self.prev.load(Ordering::SeqCst));
         while let Some(q) = p {
             if q.has_srv {
@@ -613,15 +613,16 @@ impl Queue {
     /// Counts messages deferred for this queue. Past the framework's `syncq_max`, the
     /// queue's nearest service queue forward becomes QFULL, so that canputnext fails
     /// upstream (syncq flow control).
-    /// `walk` is false only for the plumbing thread itself, which has the links to itself.
-    pub(crate) fn deferred_added(&self, n: usize, walk: bool) {
+    /// Every caller may follow the links already (it holds a claim in the stream, is a
+    /// walker, or is the plumbing thread), so this never starts a walk of its own: walks do
+    /// not nest.
+    pub(crate) fn deferred_added(&self, n: usize) {
         let now = self.deferred.fetch_add(n, Ordering::SeqCst) + n;
         if now <= self.streams().syncq_max() || self.sq_full.load(Ordering::SeqCst) {
             return;
         }
         let mut made_full = self.sq_full_target.lock();
         if made_full.is_none() {
-            let _walk = walk.then(|| self.pair().walk());
             let target = link(self.nfsrv.load(Ordering::SeqCst)).unwrap_or(self);
             {
                 let _l = target.list.lock();
@@ -637,7 +638,7 @@ impl Queue {
     /// QFULL they caused is re-evaluated with the usual rules (and may back-enable).
     /// A message is counted before it is queued and uncounted after its put returned, so
     /// the count reaches 0 only after every overflow it saw was recorded.
-    pub(crate) fn deferred_removed(&self, n: usize, walk: bool) {
+    pub(crate) fn deferred_removed(&self, n: usize) {
         let now = self.deferred.fetch_sub(n, Ordering::SeqCst) - n;
         if now != 0 || !self.sq_full.load(Ordering::SeqCst) {
             return;
@@ -660,11 +661,31 @@ impl Queue {
             wanted
         };
         if backenable {
-            if walk {
-                target.backenable(0);
-            } else {
-                target.backenable_walked(0);
+            target.backenable_walked(0);
+        }
+    }
+
+    /// A queue leaving the stream back-enables the writers that wait for it (QWANTW,
+    /// QB_WANTW): they retry against the queue that follows them now. Called by the plumbing
+    /// thread while this queue's old links still name its neighbours.
+    pub(crate) fn backenable_waiting_writers(&self) {
+        let bands: Vec<u8> = {
+            let mut l = self.list.lock();
+            let mut bands = Vec::new();
+            if self.flags() & QWANTW != 0 {
+                self.clear_flag(QWANTW);
+                bands.push(0);
             }
+            for (i, b) in l.bands.iter_mut().enumerate() {
+                if b.flags & QB_WANTW != 0 {
+                    b.flags &= !QB_WANTW;
+                    bands.push(i as u8 + 1);
+                }
+            }
+            bands
+        };
+        for band in bands {
+            self.backenable_walked(band);
         }
     }
 
@@ -908,19 +929,12 @@ impl QueueRef {
     pub fn put(&self, mp: Mblk) -> Result<(), Error> {
         // As a walker, so that qprocsoff cannot remove the pair between the linked test and
         // the deferral of the message onto its perimeter; parked during plumbing.
-        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp)
+        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp, false)
     }
     /// `putnext` from outside an entry point.
+    /// Never blocks: parked like [`QueueRef::put`] during a plumbing change.
     pub fn putnext(&self, mp: Mblk) -> Result<(), Error> {
-        let _walk = self.pair.walk();
-        if !self.pair.is_linked() {
-            return Err(Error::NotLinked("putnext"));
-        }
-        match link(self.next.load(Ordering::Acquire)) {
-            Some(next) => next.pair().deliver_put(next, mp),
-            None => drop(mp),
-        }
-        Ok(())
+        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp, true)
     }
     /// `canputnext` from outside an entry point.
     pub fn canputnext(&self) -> bool {

@@ -27,7 +27,7 @@ pub(crate) struct StreamShared {
     /// Puts from outside any entry point that arrived during a plumbing change: parked
     /// rather than waited for, so that `QueueRef::put` never blocks; delivered in order
     /// when the change ends.
-    parked: Mutex<Vec<(QueueRef, Mblk)>>,
+    parked: Mutex<Vec<(QueueRef, Mblk, bool)>>,
     /// Serialises push, pop, insert and close on this stream (`STRPLUMB`).
     ops: Mutex<()>,
 }
@@ -130,8 +130,8 @@ impl QueuePair {
     }
 
     /// Starts a walk of the stream's links from outside an entry point.
-    /// Waits while a plumbing change is rewriting the links (never inside an entry point:
-    /// the change first waits for every claim in the stream to go).
+    /// Waits while a plumbing change is rewriting the links. Walks do not nest: a thread that
+    /// walks, or holds a claim, follows links without starting another walk.
     pub(crate) fn walk(&self) -> Walk<'_> {
         loop {
             self.shared.walkers.fetch_add(1, Ordering::SeqCst);
@@ -279,7 +279,7 @@ impl QueuePair {
     fn leave_openclose(&self, excl: bool) {
         self.syncq(Side::Read).leave(&self.streams, excl, true);
         if let (true, Some(outer)) = (self.def.oc_excl_outer(), &self.def.outer) {
-            outer.exit(&self.streams, None);
+            outer.exit(&self.streams, true);
         }
     }
 }
@@ -353,24 +353,25 @@ impl StreamInner {
                 }
                 core::mem::take(&mut *parked)
             };
-            for (q, mp) in batch {
+            for (q, mp, next) in batch {
                 // A queue removed meanwhile frees the message, as put after qprocsoff would.
-                let _ = q.pair.put_own(&q, mp);
+                let _ = Self::deliver_outside(&q, mp, next);
             }
         }
         self.streams.platform().wake_all(&self.shared.plumbing);
     }
 
-    /// `put(9F)` from outside an entry point: delivered now, or parked while the stream is
-    /// being re-plumbed. Never blocks.
+    /// `put(9F)` (or, with `next`, `putnext`) from outside an entry point: delivered now, or
+    /// parked while the stream is being re-plumbed and handed on when that ends. Never blocks.
     pub(crate) fn put_from_outside(
         shared: &StreamShared,
         q: &QueueRef,
         mp: Mblk,
+        next: bool,
     ) -> Result<(), Error> {
         shared.walkers.fetch_add(1, Ordering::SeqCst);
         if shared.plumbing.load(Ordering::SeqCst) == 0 {
-            let r = q.pair.put_own(q, mp);
+            let r = Self::deliver_outside(q, mp, next);
             shared.walkers.fetch_sub(1, Ordering::SeqCst);
             if shared.plumbing.load(Ordering::SeqCst) != 0 {
                 q.pair.streams.platform().wake_all(&shared.walkers);
@@ -381,12 +382,26 @@ impl StreamInner {
         q.pair.streams.platform().wake_all(&shared.walkers);
         let mut parked = shared.parked.lock();
         if shared.plumbing.load(Ordering::SeqCst) != 0 {
-            parked.push((q.clone(), mp));
+            parked.push((q.clone(), mp, next));
             return Ok(());
         }
         drop(parked);
         // The change ended in between: links are stable again.
-        Self::put_from_outside(shared, q, mp)
+        Self::put_from_outside(shared, q, mp, next)
+    }
+
+    /// Delivers for a thread that may follow the links (a walker, or the plumbing thread).
+    fn deliver_outside(q: &QueueRef, mp: Mblk, next: bool) -> Result<(), Error> {
+        if !next {
+            return q.pair.put_own(q, mp);
+        }
+        if !q.pair.is_linked() {
+            return Err(Error::NotLinked("putnext"));
+        }
+        if let Some(n) = link(q.next.load(Ordering::Acquire)) {
+            n.pair().deliver_put(n, mp);
+        }
+        Ok(())
     }
 
     /// Rewrites q_next, q_prev, q_nfsrv and QEND for the linked pairs, head to driver.
@@ -588,8 +603,7 @@ impl<'a> Q<'a> {
             if let Some(below) = below {
                 let target = link(below.nfsrv.load(Ordering::SeqCst)).unwrap_or(below);
                 if target.flags() & QWANTW != 0 {
-                    let _walk = pair.walk();
-                    q.backenable(0);
+                    q.backenable_walked(0); // the open's claim keeps the links
                 }
             }
         }
@@ -657,8 +671,7 @@ impl<'a> Q<'a> {
                 }
                 for side in [Side::Read, Side::Write] {
                     if taken[side as usize] > 0 {
-                        pair.queue(side)
-                            .deferred_removed(taken[side as usize], false);
+                        pair.queue(side).deferred_removed(taken[side as usize]);
                     }
                 }
                 for (list, next) in moved.into_iter().zip([&rnext, &wnext]) {
@@ -666,6 +679,24 @@ impl<'a> Q<'a> {
                         let nsq = n.pair.syncq(n.side).clone();
                         nsq.defer_many(list);
                         targets.push(nsq);
+                    }
+                }
+            }
+            for q in [&pair.rq, &pair.wq] {
+                q.backenable_waiting_writers();
+            }
+            // Parked puts to (or putnexts from) this pair go on to the queue that follows
+            // it, like its deferred messages.
+            for entry in stream.shared.parked.lock().iter_mut() {
+                if core::ptr::eq(&*entry.0.pair, pair) {
+                    let next = if entry.0.side == Side::Write {
+                        &wnext
+                    } else {
+                        &rnext
+                    };
+                    if let Some(n) = next {
+                        entry.0 = n.clone();
+                        entry.2 = false;
                     }
                 }
             }
@@ -772,7 +803,7 @@ impl<'a> Q<'a> {
         // the outer, whose release drains what was deferred.
         let drained = sq.qwait_release(s, self.excl);
         if let Some(o) = outer {
-            o.exit(s, None);
+            o.exit(s, true);
         }
         if !drained {
             sq.qwait_sleep(s, &|| sig.is_some_and(Signal::is_raised));
@@ -950,7 +981,7 @@ impl Stream {
 
     /// Reads the next message at the head (`getmsg`, non-blocking).
     pub fn read(&self) -> ReadResult {
-        let _walk = self.head.walk();
+        // Touches only the head's queue; a back-enable walks the links by itself.
         self.inner.head.read(&self.head.rq)
     }
 
