@@ -381,3 +381,36 @@ fn put_before_qprocson_is_an_error() {
         ]
     );
 }
+
+#[test]
+fn popping_a_full_module_backenables_the_writer_waiting_for_it() {
+    let (_p, s) = det();
+    // head – P (read srv, small marks) – D (driver, read srv)
+    let d = def("D", D_MP | D_MTQPAIR, (true, false), Fns::pass());
+    let st = Stream::open(&s, &d).unwrap();
+    let info = ModuleInfo {
+        hiwat: 4,
+        lowat: 1,
+        ..Default::default()
+    };
+    st.push(&def_info(
+        "P",
+        D_MP | D_MTQPAIR,
+        (true, false),
+        info,
+        Fns::pass(),
+    ))
+    .unwrap();
+    let (p_r, d_r) = (st.queue(1, Side::Read).unwrap(), st.driver(Side::Read));
+    p_r.noenable();
+    p_r.putq(data(&s, &[0; 4]));
+    assert!(!d_r.canputnext(), "D is flow-controlled by P");
+    assert_eq!(d_r.flags() & QENAB, 0);
+    st.pop().unwrap();
+    assert_ne!(
+        d_r.flags() & QENAB,
+        0,
+        "D's srv is back-enabled to retry against the head"
+    );
+    assert!(d_r.canputnext());
+}
