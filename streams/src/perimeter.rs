@@ -148,6 +148,10 @@ pub(crate) struct Syncq {
     lists: Mutex<Lists>,
     /// Plumbing changes holding BLOCKED (streams sharing a D_MTPERMOD syncq can overlap).
     blockers: Mutex<u32>,
+    /// Claims held by threads that are themselves plumbing (their open or close): another
+    /// plumbing change does not wait for those, as illumos exempts threads in insertq and
+    /// removeq, or two streams sharing a D_MTPERMOD syncq could wait for each other.
+    plumber_claims: AtomicU32,
 }
 
 impl Syncq {
@@ -156,6 +160,7 @@ impl Syncq {
             state: AtomicU32::new(0),
             lists: Mutex::new(Lists::default()),
             blockers: Mutex::new(0),
+            plumber_claims: AtomicU32::new(0),
         }
     }
 
@@ -468,6 +473,29 @@ impl Syncq {
     /// Drains queued work if the state allows it.
     pub(crate) fn kick_drain(&self, s: &Streams) {
         self.after_change(s, self.load());
+    }
+
+    /// Counts (or uncounts, with a negative `n`) claims of a plumbing thread, waking other
+    /// plumbing changes waiting on this syncq so that they re-check.
+    pub(crate) fn plumber_claims(&self, s: &Streams, n: i32) {
+        if n >= 0 {
+            self.plumber_claims.fetch_add(n as u32, Ordering::SeqCst);
+            self.wake(s);
+        } else {
+            self.plumber_claims
+                .fetch_sub(n.unsigned_abs(), Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every claim left belongs to a plumbing thread (its own included).
+    pub(crate) fn wait_plumbing(&self, s: &Streams) {
+        loop {
+            let st = self.load();
+            if count(st) <= self.plumber_claims.load(Ordering::SeqCst) {
+                return;
+            }
+            self.sleep(s, st);
+        }
     }
 
     /// Waits until the count is `claims` (the claims the caller itself holds).

@@ -312,12 +312,11 @@ impl StreamInner {
         for sq in &sqs {
             sq.block();
         }
+        for (sq, n) in held {
+            sq.plumber_claims(&self.streams, *n as i32);
+        }
         for sq in &sqs {
-            let mine = held
-                .iter()
-                .find(|(h, _)| core::ptr::eq(*h, &**sq))
-                .map_or(0, |(_, n)| *n);
-            sq.wait_count(&self.streams, mine);
+            sq.wait_plumbing(&self.streams);
         }
         self.shared.plumbing.store(1, Ordering::SeqCst);
         self.wait_walkers();
@@ -336,7 +335,10 @@ impl StreamInner {
         }
     }
 
-    fn unblock(&self, sqs: &[Arc<Syncq>]) {
+    fn unblock(&self, sqs: &[Arc<Syncq>], held: &[(&Syncq, u32)]) {
+        for (sq, n) in held {
+            sq.plumber_claims(&self.streams, -(*n as i32));
+        }
         for sq in sqs {
             sq.unblock_nodrain(&self.streams);
         }
@@ -591,10 +593,11 @@ impl<'a> Q<'a> {
         let stream = pair.stream.upgrade().expect("an opening pair has a stream");
         let s = &pair.streams;
         let sqs = {
-            let sqs = stream.block(&[(&**pair.syncq(Side::Read), self.held())]);
+            let held = [(&**pair.syncq(Side::Read), self.held())];
+            let sqs = stream.block(&held);
             pair.linked.store(true, Ordering::SeqCst);
             stream.relink();
-            stream.unblock(&sqs);
+            stream.unblock(&sqs, &held);
             sqs
         };
         // A writer that was blocked on the queue below now retries against ours.
@@ -637,7 +640,8 @@ impl<'a> Q<'a> {
         let stream = pair.stream.upgrade().expect("a closing pair has a stream");
         let s = &pair.streams;
         let (sqs, targets) = {
-            let sqs = stream.block(&[(&**pair.syncq(Side::Read), self.held())]);
+            let held = [(&**pair.syncq(Side::Read), self.held())];
+            let sqs = stream.block(&held);
             // A request registered by a thread that was still inside when close began.
             let late = pair.outstanding.load(Ordering::SeqCst);
             if late > 0 {
@@ -706,7 +710,7 @@ impl<'a> Q<'a> {
                     l.store(core::ptr::null_mut(), Ordering::SeqCst);
                 }
             }
-            stream.unblock(&sqs);
+            stream.unblock(&sqs, &held);
             (sqs, targets)
         };
         for sq in sqs.iter().chain(targets.iter()) {

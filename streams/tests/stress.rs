@@ -359,3 +359,38 @@ fn puts_from_outside_during_plumbing_are_parked_in_order_and_never_lost() {
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "source {src} reordered");
     }
 }
+
+#[test]
+fn two_opens_sharing_a_permod_perimeter_can_both_plumb() {
+    let _w = watchdog(60);
+    let s = host();
+    let entered = Counter::new();
+    // Shared open/close (D_MTOCSHARED) on one perimeter for every instance (D_MTPERMOD):
+    // both opens are inside it when they call qprocson.
+    let m = def(
+        "M",
+        D_MP | D_MTPERMOD | D_MTPUTSHARED | D_MTOCSHARED,
+        (false, false),
+        Fns::pass().open({
+            let entered = entered.clone();
+            move |q| {
+                entered.add();
+                entered.wait_for(2);
+                q.qprocson().unwrap();
+                Ok(())
+            }
+        }),
+    );
+    let (a, b) = (
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+    );
+    thread::scope(|t| {
+        t.spawn(|| a.push(&m).unwrap());
+        t.spawn(|| b.push(&m).unwrap());
+    });
+    a.write(b"a").unwrap();
+    b.write(b"b").unwrap();
+    assert_eq!((a.modules(), b.modules()), (1, 1));
+    assert_eq!(contents(&a.driver(Side::Write)), ["a"]);
+}
