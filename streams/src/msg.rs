@@ -391,14 +391,7 @@ impl Mblk {
         if self.db_ref() >= DBLK_REFMAX {
             return None;
         }
-        Some(Mblk {
-            db: self.db.clone(),
-            rptr: self.rptr,
-            wptr: self.wptr,
-            band: self.band,
-            flag: self.flag,
-            cont: None,
-        })
+        Some(self.dupb_unchecked())
     }
     /// Duplicates every block of the message (`dupmsg`); all or nothing.
     pub fn dupmsg(&self) -> Option<Mblk> {

@@ -804,6 +804,17 @@ impl<'a> core::ops::Deref for Q<'a> {
 }
 
 impl<'a> Q<'a> {
+    /// The entry `entry` into `q`'s own perimeter, outside any callback.
+    pub(crate) fn new(q: &'a Queue, entry: Entry, excl: bool) -> Q<'a> {
+        Q {
+            q,
+            entry,
+            excl,
+            held: q.side(),
+            cb: 0,
+        }
+    }
+
     /// The entry point this thread is in.
     pub fn entry(&self) -> Entry {
         self.entry

@@ -134,13 +134,8 @@ impl Streams {
     /// `base..base + len` must stay valid for reads and writes, and be used by nobody else,
     /// until `free` has been called.
     pub unsafe fn esballoc(&self, base: *mut u8, len: usize, free: FreeRoutine) -> Option<Mblk> {
-        if !self.0.pool.charge(0) {
-            return None;
-        }
         // SAFETY: forwarded from the caller.
-        let mut mp = unsafe { Mblk::external(&self.0.pool, base, len, free, false) };
-        mp.set_ptrs(0, len).expect("whole buffer");
-        Some(mp)
+        unsafe { self.external(base, len, free, false) }
     }
 
     /// Like [`Streams::esballoc`], but `free` runs synchronously in the thread that drops the
@@ -149,11 +144,24 @@ impl Streams {
     /// # Safety
     /// As for [`Streams::esballoc`].
     pub unsafe fn desballoc(&self, base: *mut u8, len: usize, free: FreeRoutine) -> Option<Mblk> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.external(base, len, free, true) }
+    }
+
+    /// # Safety
+    /// As for [`Streams::esballoc`].
+    unsafe fn external(
+        &self,
+        base: *mut u8,
+        len: usize,
+        free: FreeRoutine,
+        free_now: bool,
+    ) -> Option<Mblk> {
         if !self.0.pool.charge(0) {
             return None;
         }
         // SAFETY: forwarded from the caller.
-        let mut mp = unsafe { Mblk::external(&self.0.pool, base, len, free, true) };
+        let mut mp = unsafe { Mblk::external(&self.0.pool, base, len, free, free_now) };
         mp.set_ptrs(0, len).expect("whole buffer");
         Some(mp)
     }

@@ -162,16 +162,7 @@ impl QueuePair {
     }
 
     pub(crate) fn call_put(&self, q: &Queue, mp: Mblk, excl: bool) {
-        self.module.put(
-            Q {
-                q,
-                held: q.side(),
-                cb: 0,
-                entry: Entry::Put,
-                excl,
-            },
-            mp,
-        );
+        self.module.put(Q::new(q, Entry::Put, excl), mp);
     }
 
     /// `put(9F)` on one of this pair's own queues.
@@ -201,13 +192,7 @@ impl QueuePair {
         loop {
             sq.enter(&self.streams, excl, &|| false);
             if q.flags() & QWCLOSE == 0 {
-                self.module.srv(Q {
-                    q,
-                    held: q.side(),
-                    cb: 0,
-                    entry: Entry::Srv,
-                    excl,
-                });
+                self.module.srv(Q::new(q, Entry::Srv, excl));
             }
             sq.leave(&self.streams, excl, true);
             let mut f = q.flags();
@@ -474,30 +459,14 @@ impl StreamInner {
             }
         }
         let excl = pair.enter_openclose();
-        let r = pair.module.open(
-            Q {
-                q: &pair.rq,
-                held: Side::Read,
-                cb: 0,
-                entry: Entry::Open,
-                excl,
-            },
-            how,
-        );
+        let r = pair.module.open(Q::new(&pair.rq, Entry::Open, excl), how);
         let r = match r {
             Ok(()) if !pair.is_linked() => Err(Error::OpenWithoutQprocson(def.name)),
             Ok(()) => Ok(()),
             Err(e) => Err(Error::Errno(e)),
         };
         if r.is_err() && pair.is_linked() {
-            let _ = Q {
-                q: &pair.rq,
-                held: Side::Read,
-                cb: 0,
-                entry: Entry::Close,
-                excl,
-            }
-            .qprocsoff();
+            let _ = Q::new(&pair.rq, Entry::Close, excl).qprocsoff();
         }
         pair.leave_openclose(excl);
         match r {
@@ -512,23 +481,10 @@ impl StreamInner {
     /// Closes an instance and removes it (`qdetach`).
     fn detach(&self, pair: &Arc<QueuePair>) -> Result<(), Error> {
         let excl = pair.enter_openclose();
-        pair.module.close(Q {
-            q: &pair.rq,
-            held: Side::Read,
-            cb: 0,
-            entry: Entry::Close,
-            excl,
-        });
+        pair.module.close(Q::new(&pair.rq, Entry::Close, excl));
         let mut r = Ok(());
         if pair.rq.flags() & QWCLOSE == 0 {
-            let _ = Q {
-                q: &pair.rq,
-                held: Side::Read,
-                cb: 0,
-                entry: Entry::Close,
-                excl,
-            }
-            .qprocsoff();
+            let _ = Q::new(&pair.rq, Entry::Close, excl).qprocsoff();
             r = Err(Error::CloseWithoutQprocsoff(pair.def.name));
         }
         pair.leave_openclose(excl);
