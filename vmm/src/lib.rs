@@ -1,5 +1,27 @@
-//! The KVM virtual machine monitor of perimeter.
+//! perimeter's KVM side: builds a VM, boots a guest image in long mode on 1–8 vCPUs, serves its
+//! MMIO and port I/O, and reports how it ended. The `perimeter` binary is a thin CLI over [`vm`].
 //!
-//! Empty for now: the machine, the vCPU threads and the `perimeter` command arrive with
-//! the VMM issue. It depends on `device-model`, which depends on `streams`.
-#![deny(missing_docs)]
+//! | module | what |
+//! |---|---|
+//! | [`config`] | what to boot, validated |
+//! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
+//! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
+//! | [`vm`] | building, running and tearing down a VM; the event loop |
+//! | [`vcpu`] | vCPU threads and exit dispatch |
+//! | [`bus`] | MMIO and port-I/O address dispatch |
+//! | [`irq`] | GSI routing: irqfds routed as MSI |
+//! | [`devices`] | the debug page and the 8250 UART |
+//! | [`error`] | errors, outcomes and exit statuses |
+
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod irq;
+pub mod loader;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{Kernel, VmConfig};
+pub use error::{Error, Outcome};

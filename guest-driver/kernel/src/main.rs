@@ -1,0 +1,66 @@
+//! perimeter's guest kernel.
+//!
+//! A CPL0 assembly stub ([`stub`]) boots each vCPU and drops to ring 3, where all Rust code runs:
+//! on PVM hosts ring 0 is emulated (slow, no SSE) while ring 3 runs natively, and the same design
+//! runs on hardware KVM. Privileged work goes through `ud2` services ([`svc`]); interrupts arrive
+//! as ring-3 upcalls ([`irq`]). The VMM describes the machine in a [`guest_abi::BootParams`].
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod bootinfo;
+mod clock;
+mod console;
+mod heap;
+mod irq;
+mod mmio;
+mod percpu;
+mod rt;
+mod smp;
+mod stub;
+mod svc;
+mod workload;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::{EXIT_PANIC, IRQ_TEST_VECTOR, WAKE_VECTOR, debug, layout::DEBUG_BASE};
+
+/// Ends the guest with `code` through the debug page's EXIT register.
+pub fn exit(code: u32) -> ! {
+    // The write stops the VM: nothing after it runs.
+    mmio::write_u32(DEBUG_BASE + debug::EXIT, code);
+    let never = AtomicU64::new(0);
+    loop {
+        svc::wait(&never, 0);
+    }
+}
+
+fn on_test_irq(_vector: u8) {
+    percpu::this_cpu().test_irqs.fetch_add(1, Ordering::AcqRel);
+}
+
+fn on_wakeup(_vector: u8) {
+    percpu::this_cpu().wakeups.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where the stub enters ring 3 on every CPU: `params` from `rdi`, `cpu` from `rsi`.
+pub extern "C" fn rust_entry(params: u64, cpu: u64) -> ! {
+    if cpu != 0 {
+        smp::wait_until_released();
+        workload::ap_main(cpu as usize);
+    }
+    bootinfo::init(params);
+    let p = bootinfo::params();
+    clock::init(p.tsc_khz);
+    heap::init(p.mem_size);
+    irq::set_handler(IRQ_TEST_VECTOR, on_test_irq);
+    irq::set_handler(WAKE_VECTOR, on_wakeup);
+    smp::release_aps(p.vcpus);
+    workload::run()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    eprintln!("guest panicked on cpu {}: {}", percpu::cpu_index(), info);
+    exit(EXIT_PANIC)
+}

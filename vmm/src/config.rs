@@ -1,0 +1,156 @@
+//! What a `perimeter run` is asked to boot, checked before anything is created.
+
+use crate::error::Error;
+use guest_abi::{MAX_CMDLINE, MAX_VCPUS, layout};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Smallest RAM we accept before even looking at the image.
+pub const MIN_MEMORY_MIB: u64 = 4;
+/// Largest RAM: it must end below the MMIO hole.
+pub const MAX_MEMORY_MIB: u64 = layout::MMIO_HOLE_START >> 20;
+/// Heap the default guest needs above its image (the loader checks this for every image).
+pub const MIN_HEAP_BYTES: u64 = 1 << 20;
+
+/// Which image to boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The guest built from `guest-driver/` and embedded in the binary.
+    Embedded,
+    /// A 64-bit ELF image from a file.
+    File(PathBuf),
+}
+
+/// A validated VM configuration.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The image.
+    pub kernel: Kernel,
+    /// Number of vCPUs (1..=8).
+    pub vcpus: u32,
+    /// RAM in MiB.
+    pub memory_mib: u64,
+    /// Guest command line.
+    pub cmdline: String,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl VmConfig {
+    /// Checks every field; the error says which one is wrong and why.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.vcpus == 0 || self.vcpus as usize > MAX_VCPUS {
+            return Err(Error::BadInput(format!(
+                "--vcpus {} is out of range: 1 to {MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(Error::BadInput(format!(
+                "--memory {} MiB is out of range: {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB",
+                self.memory_mib
+            )));
+        }
+        if self.cmdline.len() > MAX_CMDLINE {
+            return Err(Error::BadInput(format!(
+                "--cmdline is {} bytes long; at most {MAX_CMDLINE}",
+                self.cmdline.len()
+            )));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(Error::BadInput("--cmdline contains a NUL byte".into()));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::BadInput(
+                "--timeout must be more than 0 seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: Kernel::Embedded,
+            vcpus: 1,
+            memory_mib: 64,
+            cmdline: String::new(),
+            timeout: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(c: VmConfig, needle: &str) {
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+        assert_eq!(e.status(), crate::error::STATUS_BAD_INPUT);
+    }
+
+    #[test]
+    fn default_is_valid() {
+        VmConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        bad(
+            VmConfig {
+                vcpus: 0,
+                ..Default::default()
+            },
+            "--vcpus 0",
+        );
+        bad(
+            VmConfig {
+                vcpus: 9,
+                ..Default::default()
+            },
+            "--vcpus 9",
+        );
+        bad(
+            VmConfig {
+                memory_mib: 1,
+                ..Default::default()
+            },
+            "--memory 1 MiB",
+        );
+        bad(
+            VmConfig {
+                memory_mib: 4096,
+                ..Default::default()
+            },
+            "--memory 4096 MiB",
+        );
+        bad(
+            VmConfig {
+                cmdline: "x".repeat(5000),
+                ..Default::default()
+            },
+            "5000 bytes",
+        );
+        bad(
+            VmConfig {
+                cmdline: "a\0b".into(),
+                ..Default::default()
+            },
+            "NUL",
+        );
+        bad(
+            VmConfig {
+                timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            "--timeout",
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Devices of the VM that are not virtio devices.
+
+pub mod debug;
+pub mod serial;

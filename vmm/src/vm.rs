@@ -1,0 +1,336 @@
+//! Building a VM from a [`VmConfig`], running it to an [`Outcome`], and tearing it down.
+//!
+//! Threads: one per vCPU ([`crate::vcpu`]), one event loop (event-manager) for device work that
+//! arrives on eventfds, and the caller's thread, which waits for the outcome (or the timeout),
+//! then stops and joins every other thread before returning.
+
+use crate::boot;
+use crate::bus::Bus;
+use crate::config::VmConfig;
+use crate::devices::debug::{DebugPage, IrqTestRelay};
+use crate::devices::serial::{COM1_BASE, COM1_SIZE, SerialPort};
+use crate::error::{Error, Outcome};
+use crate::irq::MsiRouter;
+use crate::loader;
+use crate::vcpu::{self, Vcpu};
+use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
+use guest_abi::{BootParams, IRQ_TEST_VECTOR, MmioDevice, MmioKind, debug, layout};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::Killable;
+
+/// Where guest output goes.
+pub struct Output {
+    /// Console output (debug page and COM1).
+    pub out: Box<dyn Write + Send>,
+    /// Console error output (debug page's error register).
+    pub err: Box<dyn Write + Send>,
+    /// COM1's output.
+    pub serial: Box<dyn Write + Send>,
+}
+
+impl Output {
+    /// The process's standard output and error.
+    pub fn stdio() -> Self {
+        Output {
+            out: Box::new(io::stdout()),
+            err: Box::new(io::stderr()),
+            serial: Box::new(io::stdout()),
+        }
+    }
+}
+
+/// Boots `config` with output to the process's stdout/stderr and runs it to its end.
+pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
+    run_with_output(config, Output::stdio())
+}
+
+/// Boots `config`, sending guest output to `output`, and runs it to its end.
+pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Error> {
+    config.validate()?;
+    let (name, image) = loader::image_bytes(&config.kernel)?;
+    let mem_size = config.memory_bytes();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(
+        |e| Error::Host {
+            what: "mapping guest memory",
+            source: io::Error::other(e),
+        },
+    )?;
+    let loaded = loader::load(&mem, &name, &image, mem_size)?;
+    boot::write_entry_tables(&mem)?;
+
+    let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+    let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    register_memory(&vm, &mem)?;
+
+    let (tx, rx) = mpsc::channel();
+    let mut mmio = Bus::new();
+    let page = DebugPage::new(mem.clone(), tx.clone(), output.out, output.err);
+    mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, Arc::new(page))
+        .map_err(Error::BadInput)?;
+    let mut pio = Bus::new();
+    pio.insert(
+        COM1_BASE,
+        COM1_SIZE,
+        Arc::new(SerialPort::new(output.serial)),
+    )
+    .map_err(Error::BadInput)?;
+
+    let router = MsiRouter::new(vm.clone());
+    let mut pairs = Vec::new();
+    for cpu in 0..config.vcpus {
+        let irq = router.add(cpu, IRQ_TEST_VECTOR)?;
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(Error::host("eventfd for IRQ_TEST"))?;
+        vm.register_ioevent(
+            &kick,
+            &IoEventAddress::Mmio(layout::DEBUG_BASE + debug::IRQ_TEST),
+            cpu,
+        )
+        .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+        pairs.push((kick, irq));
+    }
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::new();
+    for cpu in 0..config.vcpus {
+        vcpus.push(create_vcpu(&vm, &cpuid, cpu, loaded.entry)?);
+    }
+    // Some hosts cannot report the TSC rate; the guest's clock then reads 0 kHz and says so.
+    let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0);
+
+    let mut params = BootParams::new();
+    params.vcpus = config.vcpus;
+    params.mem_size = mem_size;
+    params.tsc_khz = tsc_khz.into();
+    params.cmdline_addr = layout::CMDLINE_ADDR;
+    params.cmdline_len = config.cmdline.len() as u64;
+    params.mmio[0] = MmioDevice {
+        base: layout::DEBUG_BASE,
+        size: layout::DEBUG_SIZE,
+        kind: MmioKind::Debug as u32,
+        vector: IRQ_TEST_VECTOR.into(),
+        dest_apic: 0,
+        reserved: 0,
+    };
+    params.mmio_count = 1;
+    boot::write_boot_params(&mem, &params, &config.cmdline)?;
+
+    vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = EventLoop::start(vec![Arc::new(IrqTestRelay { pairs })], stop.clone())?;
+    let (mmio, pio) = (Arc::new(mmio), Arc::new(pio));
+    let mut threads = Vec::new();
+    for (index, fd) in vcpus.into_iter().enumerate() {
+        let v = Vcpu {
+            fd,
+            index: index as u32,
+            mmio: mmio.clone(),
+            pio: pio.clone(),
+            outcome: tx.clone(),
+            stop: stop.clone(),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || v.run());
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                shut_down(&stop, threads, events);
+                return Err(Error::Host {
+                    what: "spawning a vCPU thread",
+                    source: e,
+                });
+            }
+        }
+    }
+    drop(tx);
+
+    let outcome = wait_for_outcome(&rx, &threads, config.timeout);
+    shut_down(&stop, threads, events);
+    Ok(outcome)
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::Host {
+                what: "guest memory host address",
+                source: io::Error::other(e),
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`, which the
+        // caller keeps alive until after the VM fd (and every vCPU thread) is gone.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: u64) -> Result<VcpuFd, Error> {
+    let fd = vm
+        .create_vcpu(cpu.into())
+        .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    let mut cpuid = cpuid.clone();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            // Initial APIC ID in leaf 1, x2APIC ID in the topology leaves.
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (cpu << 24),
+            0xb | 0x1f => e.edx = cpu,
+            _ => {}
+        }
+    }
+    fd.set_cpuid2(&cpuid)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+    fd.set_sregs(&boot::long_mode_sregs(sregs))
+        .map_err(Error::kvm("KVM_SET_SREGS"))?;
+    fd.set_regs(&boot::entry_regs(entry, cpu))
+        .map_err(Error::kvm("KVM_SET_REGS"))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    fd.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
+    if cpu != 0 {
+        // With the in-kernel irqchip, APs wait for INIT/SIPI; ours start in long mode at once.
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+    }
+    Ok(fd)
+}
+
+fn wait_for_outcome(
+    rx: &mpsc::Receiver<Outcome>,
+    threads: &[JoinHandle<()>],
+    timeout: Option<Duration>,
+) -> Outcome {
+    let start = Instant::now();
+    loop {
+        let slice = match timeout {
+            Some(t) => match t.checked_sub(start.elapsed()) {
+                Some(left) => left.min(Duration::from_millis(100)),
+                None => return Outcome::TimedOut(t),
+            },
+            None => Duration::from_millis(100),
+        };
+        match rx.recv_timeout(slice) {
+            Ok(outcome) => return outcome,
+            Err(RecvTimeoutError::Timeout) => {
+                if threads.iter().all(|t| t.is_finished()) {
+                    return rx.try_recv().unwrap_or_else(|_| {
+                        Outcome::Crashed("every vCPU stopped without an exit code".into())
+                    });
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Outcome::Crashed("every vCPU stopped without an exit code".into());
+            }
+        }
+    }
+}
+
+fn shut_down(stop: &AtomicBool, threads: Vec<JoinHandle<()>>, events: EventLoop) {
+    stop.store(true, Ordering::Release);
+    for t in threads {
+        // A vCPU may be halted in KVM_RUN, or may re-enter it just after a kick: keep kicking.
+        while !t.is_finished() {
+            let _ = t.kill(vcpu::kick_signal());
+            thread::sleep(Duration::from_millis(1));
+        }
+        if t.join().is_err() {
+            eprintln!("perimeter: a vCPU thread panicked");
+        }
+    }
+    events.stop();
+}
+
+/// The device event loop thread.
+struct EventLoop {
+    wake: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Wake(EventFd);
+
+impl EventSubscriber for Wake {
+    fn process(&self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+    fn init(&self, ops: &mut EventOps) {
+        ops.add(Events::new(&self.0, EventSet::IN))
+            .expect("a fresh epoll accepts an eventfd");
+    }
+}
+
+type Subscriber = Arc<dyn EventSubscriber + Send + Sync>;
+
+impl EventLoop {
+    fn start(subscribers: Vec<Subscriber>, stop: Arc<AtomicBool>) -> Result<Self, Error> {
+        let mut em = EventManager::<Subscriber>::new().map_err(|e| Error::Host {
+            what: "creating the event loop",
+            source: io::Error::other(format!("{e:?}")),
+        })?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::host("eventfd for the event loop"))?;
+        let waker = wake
+            .try_clone()
+            .map_err(Error::host("eventfd for the event loop"))?;
+        em.add_subscriber(Arc::new(Wake(waker)));
+        for s in subscribers {
+            em.add_subscriber(s);
+        }
+        let thread = thread::Builder::new()
+            .name("event-loop".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(e) = em.run() {
+                        eprintln!("perimeter: event loop failed: {e:?}");
+                        return;
+                    }
+                }
+            })
+            .map_err(Error::host("spawning the event loop thread"))?;
+        Ok(EventLoop {
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        let _ = self.wake.write(1);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("perimeter: the event loop thread panicked");
+        }
+    }
+}

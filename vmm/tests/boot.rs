@@ -1,0 +1,220 @@
+//! Boots real KVM guests through the `perimeter` binary and checks what comes out.
+//!
+//! These need `/dev/kvm`. Where it is missing each test says so on stderr (not captured) and
+//! passes without running; where it is present (CI's runners) they always run.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+fn kvm_present(test: &str) -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: /dev/kvm is missing, so no guest can boot here ***\n"
+    );
+    false
+}
+
+fn perimeter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .output()
+        .expect("perimeter runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn status(o: &Output) -> i32 {
+    o.status
+        .code()
+        .expect("perimeter exits normally, not by a signal")
+}
+
+#[test]
+fn default_guest_boots_and_exits_0() {
+    if !kvm_present("default_guest_boots_and_exits_0") {
+        return;
+    }
+    let o = perimeter(&[]);
+    let out = text(&o.stdout);
+    assert_eq!(status(&o), 0, "stdout: {out}\nstderr: {}", text(&o.stderr));
+    assert!(
+        out.contains("perimeter guest: 1 vCPU(s), 64 MiB RAM"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("boot: ok\n"),
+        "the last line arrives whole: {out:?}"
+    );
+    assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn test_interrupt_reaches_every_vcpu_and_every_vcpu_runs_code() {
+    if !kvm_present("test_interrupt_reaches_every_vcpu_and_every_vcpu_runs_code") {
+        return;
+    }
+    for vcpus in ["2", "4"] {
+        let o = perimeter(&["run", "--vcpus", vcpus, "--timeout", "30"]);
+        let out = text(&o.stdout);
+        assert_eq!(status(&o), 0, "stdout: {out}\nstderr: {}", text(&o.stderr));
+        let n: usize = vcpus.parse().unwrap();
+        assert!(out.contains(&format!("{n} vCPU(s)")), "{out}");
+        // Each line is printed only after that CPU took its MSI-routed test interrupt.
+        for cpu in 0..n {
+            let line = format!("cpu {cpu}: online, x2APIC ID {cpu}, test irq ");
+            assert!(out.contains(&line), "cpu {cpu}: {out}");
+        }
+        assert!(!out.contains(&format!("cpu {n}:")), "{out}");
+    }
+}
+
+#[test]
+fn panicking_guest_exits_101_with_its_message_on_stderr() {
+    if !kvm_present("panicking_guest_exits_101_with_its_message_on_stderr") {
+        return;
+    }
+    let o = perimeter(&["run", "--cmdline", "workload=panic", "--timeout", "30"]);
+    assert_eq!(status(&o), 101);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("guest panicked on cpu 0") && err.contains("panics on purpose"),
+        "{err}"
+    );
+}
+
+#[test]
+fn guest_exit_codes_pass_through_and_out_of_range_ones_do_not() {
+    if !kvm_present("guest_exit_codes_pass_through_and_out_of_range_ones_do_not") {
+        return;
+    }
+    assert_eq!(
+        status(&perimeter(&["run", "--cmdline", "workload=exit:7"])),
+        7
+    );
+    let o = perimeter(&["run", "--cmdline", "workload=exit:200"]);
+    assert_eq!(status(&o), 123);
+    assert!(
+        text(&o.stderr).contains("exited with code 200"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn guest_faults_are_crashes_with_a_one_line_reason() {
+    if !kvm_present("guest_faults_are_crashes_with_a_one_line_reason") {
+        return;
+    }
+    let o = perimeter(&["run", "--cmdline", "workload=fault", "--timeout", "30"]);
+    assert_eq!(status(&o), 122);
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("#PF") && err.contains("faulting address 0x1000000000"),
+        "{err}"
+    );
+
+    let o = perimeter(&[
+        "run",
+        "--cmdline",
+        "workload=ud",
+        "--vcpus",
+        "2",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(status(&o), 122);
+    assert!(
+        text(&o.stderr).contains("#UD (vector 6"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn timeout_stops_a_hung_guest_with_status_124() {
+    if !kvm_present("timeout_stops_a_hung_guest_with_status_124") {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let o = perimeter(&[
+        "run",
+        "--cmdline",
+        "workload=hang",
+        "--vcpus",
+        "2",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(status(&o), 124);
+    assert!(
+        text(&o.stderr).contains("did not exit within 0.5 s"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        t.elapsed().as_secs() < 20,
+        "every thread was stopped and joined promptly"
+    );
+}
+
+#[test]
+fn bad_input_gives_status_120_and_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("perimeter-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("not-elf");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let script = script.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["run", "--kernel", "/nonexistent/kernel"],
+            "cannot read kernel /nonexistent/kernel",
+        ),
+        (&["run", "--kernel", script], "not an ELF file"),
+        (&["run", "--memory", "2"], "--memory 2 MiB is out of range"),
+        (&["run", "--vcpus", "0"], "--vcpus 0 is out of range"),
+        (
+            &["run", "--timeout", "-1"],
+            "-1 must be more than 0 seconds",
+        ),
+        (&["run", "--bogus"], "unexpected argument '--bogus'"),
+        (&["fly"], "unrecognized subcommand 'fly'"),
+    ];
+    for (args, needle) in cases {
+        let o = perimeter(args);
+        let err = text(&o.stderr);
+        assert_eq!(status(&o), 120, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_explains_every_flag_of_run() {
+    let o = perimeter(&["run", "--help"]);
+    assert_eq!(status(&o), 0);
+    let out = text(&o.stdout);
+    for flag in ["--kernel", "--vcpus", "--memory", "--cmdline", "--timeout"] {
+        assert!(out.contains(flag), "{flag}: {out}");
+    }
+}
+
+#[test]
+fn port_io_reaches_the_8250_and_the_debug_exit_port() {
+    if !kvm_present("port_io_reaches_the_8250_and_the_debug_exit_port") {
+        return;
+    }
+    let o = perimeter(&["run", "--cmdline", "workload=uart", "--timeout", "30"]);
+    assert_eq!(status(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello from COM1\n");
+    assert_eq!(
+        status(&perimeter(&["run", "--cmdline", "workload=pio-exit:5"])),
+        5
+    );
+}
