@@ -1,5 +1,9 @@
-//! The virtio-console device model of perimeter.
+//! The device model of perimeter: the generic virtio-mmio transport now, the virtio-console
+//! device built from STREAMS next (issue 4).
 //!
-//! Empty for now: the device, its MMIO transport and its backends arrive with the
-//! console-device issue. It depends on [`streams`] only, never on KVM.
+//! Nothing here needs KVM: the transport runs against any [`virtio::VirtioDevice`] and plain
+//! guest memory (`vm-memory`), so everything is tested with mock devices and mock rings.
 #![deny(missing_docs)]
+
+pub mod rng;
+pub mod virtio;

@@ -9,10 +9,12 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::devices::debug::{DebugPage, IrqTestRelay};
 use crate::devices::serial::{COM1_BASE, COM1_SIZE, SerialPort};
+use crate::devices::virtio_mmio;
 use crate::error::{Error, Outcome};
 use crate::irq::MsiRouter;
 use crate::loader;
 use crate::vcpu::{self, Vcpu};
+use device_model::rng::{Rng, RngEvents};
 use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
 use guest_abi::{BootParams, IRQ_TEST_VECTOR, MmioDevice, MmioKind, debug, layout};
 use kvm_bindings::{
@@ -21,9 +23,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::io::{self, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use vm_memory::{
@@ -108,6 +110,20 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         pairs.push((kick, irq));
     }
 
+    // Every VM gets a virtio-rng in slot 0: it exercises the transport on every boot.
+    let rng = Arc::new(Mutex::new(Rng::new(Box::new(
+        std::fs::File::open("/dev/urandom").map_err(Error::host("opening /dev/urandom"))?,
+    ))));
+    let (rng_entry, rng_transport) =
+        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 0, rng.clone())?;
+    let rng_notify = rng_transport
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .queue_events()[0]
+        .try_clone()
+        .map_err(Error::host("eventfd for virtio-rng"))?;
+
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -132,12 +148,20 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         dest_apic: 0,
         reserved: 0,
     };
-    params.mmio_count = 1;
+    params.mmio[1] = rng_entry;
+    params.mmio_count = 2;
     boot::write_boot_params(&mem, &params, &config.cmdline)?;
 
     vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let events = EventLoop::start(vec![Arc::new(IrqTestRelay { pairs })], stop.clone())?;
+    let subscribers: Vec<Subscriber> = vec![
+        Arc::new(IrqTestRelay { pairs }),
+        Arc::new(RngEvents {
+            device: rng,
+            notify: rng_notify,
+        }),
+    ];
+    let events = EventLoop::start(subscribers, stop.clone())?;
     let (mmio, pio) = (Arc::new(mmio), Arc::new(pio));
     let mut threads = Vec::new();
     for (index, fd) in vcpus.into_iter().enumerate() {

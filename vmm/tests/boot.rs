@@ -50,6 +50,10 @@ fn default_guest_boots_and_exits_0() {
         out.ends_with("boot: ok\n"),
         "the last line arrives whole: {out:?}"
     );
+    // The guest drove the virtio-rng through the virtio-mmio transport: ioeventfd notify,
+    // used ring, MSI through an irqfd.
+    assert!(out.contains("virtio-rng: 64 bytes (not all zero)"), "{out}");
+    assert!(out.contains("2 MMIO device(s)"), "{out}");
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
 }
 

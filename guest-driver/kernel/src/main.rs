@@ -20,6 +20,7 @@ mod rt;
 mod smp;
 mod stub;
 mod svc;
+mod virtio_rng;
 mod workload;
 
 use core::sync::atomic::{AtomicU64, Ordering};

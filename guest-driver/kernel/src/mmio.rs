@@ -26,3 +26,14 @@ pub fn write_u64(addr: u64, value: u64, uses: *const u8) {
             in("r11") uses, options(nostack, preserves_flags));
     }
 }
+
+/// Reads a 32-bit register at `addr`.
+pub fn read_u32(addr: u64) -> u32 {
+    let v: u32;
+    // SAFETY: as for `write_u32`; a device register read has no effect on guest memory.
+    unsafe {
+        core::arch::asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) v,
+            options(nostack, preserves_flags));
+    }
+    v
+}

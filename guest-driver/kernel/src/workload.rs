@@ -1,7 +1,8 @@
 //! What the guest does once booted, chosen by `workload=NAME[:ARG]` on the command line.
 //!
 //! * `boot` (the default): every vCPU comes online and takes a test interrupt routed through an
-//!   irqfd as MSI; the bootstrap processor prints a summary and exits 0.
+//!   irqfd as MSI; the bootstrap processor reads 64 bytes from the virtio-rng over virtio-mmio,
+//!   prints a summary and exits 0.
 //! * `exit:N`: exits with code N.
 //! * `panic`: panics (the guest exits with [`EXIT_PANIC`](guest_abi::EXIT_PANIC)).
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
@@ -105,6 +106,20 @@ fn boot() -> ! {
             IRQ_LATENCY_NS[cpu].load(Ordering::Acquire) / 1000,
             pc.irqs.load(Ordering::Relaxed)
         );
+    }
+    match crate::virtio_rng::probe() {
+        Ok(r) => println!(
+            "virtio-rng: {} bytes ({}), notify to interrupt {} us, MSI vector {:#x}",
+            r.len,
+            if r.nonzero {
+                "not all zero"
+            } else {
+                "ALL ZERO"
+            },
+            r.round_trip_ns / 1000,
+            r.vector
+        ),
+        Err(e) => panic!("virtio-rng probe failed: {e}"),
     }
     println!("boot: ok");
     crate::exit(0)

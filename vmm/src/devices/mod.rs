@@ -2,3 +2,4 @@
 
 pub mod debug;
 pub mod serial;
+pub mod virtio_mmio;
