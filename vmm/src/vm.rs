@@ -63,6 +63,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
 /// Boots `config`, sending guest output to `output`, and runs it to its end.
 pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Error> {
+    let mut phases = Phases::from_env();
     config.validate()?;
     let (name, image) = loader::image_bytes(&config.kernel)?;
     let mem_size = config.memory_bytes();
@@ -74,6 +75,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
     )?;
     let loaded = loader::load(&mem, &name, &image, mem_size)?;
     boot::write_entry_tables(&mem)?;
+    phases.mark("memory mapped, image loaded");
 
     let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
@@ -82,6 +84,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
     vm.create_irq_chip()
         .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
     register_memory(&vm, &mem)?;
+    phases.mark("VM, irqchip and memory slot created");
 
     let (tx, rx) = mpsc::channel();
     let mut mmio = Bus::new();
@@ -151,6 +154,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
     params.mmio[1] = rng_entry;
     params.mmio_count = 2;
     boot::write_boot_params(&mem, &params, &config.cmdline)?;
+    phases.mark("devices and vCPUs created");
 
     vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -189,8 +193,15 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
     }
     drop(tx);
 
+    phases.mark("threads started");
     let outcome = wait_for_outcome(&rx, &threads, config.timeout);
+    phases.mark("guest ended the run");
     shut_down(&stop, threads, events);
+    phases.mark("threads joined");
+    drop((router, vm));
+    phases.mark("VM closed");
+    drop(mem);
+    phases.mark("guest memory unmapped");
     Ok(outcome)
 }
 
@@ -355,6 +366,28 @@ impl EventLoop {
             && t.join().is_err()
         {
             eprintln!("perimeter: the event loop thread panicked");
+        }
+    }
+}
+
+/// Phase timings printed to stderr when `PERIMETER_TIMING` is set (for boot-time work).
+struct Phases(Option<(Instant, Instant)>);
+
+impl Phases {
+    fn from_env() -> Self {
+        let now = Instant::now();
+        Phases(std::env::var_os("PERIMETER_TIMING").map(|_| (now, now)))
+    }
+
+    fn mark(&mut self, what: &str) {
+        if let Some((start, last)) = &mut self.0 {
+            let now = Instant::now();
+            eprintln!(
+                "perimeter: {:8.3} ms  (+{:7.3})  {what}",
+                (now - *start).as_secs_f64() * 1e3,
+                (now - *last).as_secs_f64() * 1e3
+            );
+            *last = now;
         }
     }
 }

@@ -88,9 +88,7 @@ pub fn run() -> ! {
 fn boot() -> ! {
     let p = bootinfo::params();
     let vcpus = p.vcpus as usize;
-    APIC_ID[0].store(svc::rdmsr(X2APIC_ID), Ordering::Relaxed);
-    IRQ_LATENCY_NS[0].store(test_interrupt(0), Ordering::Release);
-    smp::wait_for_online(vcpus as u64 - 1);
+    // First output as early as possible: the boot benchmark times it.
     println!(
         "perimeter guest: {} vCPU(s), {} MiB RAM, TSC {} kHz, {} MMIO device(s)",
         vcpus,
@@ -99,6 +97,9 @@ fn boot() -> ! {
         p.mmio_count
     );
     println!("cmdline: {}", bootinfo::cmdline());
+    APIC_ID[0].store(svc::rdmsr(X2APIC_ID), Ordering::Relaxed);
+    IRQ_LATENCY_NS[0].store(test_interrupt(0), Ordering::Release);
+    smp::wait_for_online(vcpus as u64 - 1);
     for (cpu, pc) in PERCPU.iter().enumerate().take(vcpus) {
         println!(
             "cpu {cpu}: online, x2APIC ID {}, test irq {} us, irqs {}",
