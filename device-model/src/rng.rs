@@ -9,6 +9,7 @@ use crate::virtio::features::{EVENT_IDX, INDIRECT_DESC};
 use crate::virtio::{ActivateError, Activation, Signals, VirtioDevice};
 use event_manager::{EventOps, EventSubscriber, Events};
 use std::io::Read;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -37,6 +38,9 @@ pub struct RngCounters {
     pub bytes: u64,
     /// Requests with a bad buffer (outside memory, no writable descriptor), completed empty.
     pub bad_requests: u64,
+    /// Times the ring itself was broken (avail index or a head out of range): the device stops
+    /// and asks the driver for a reset.
+    pub broken_rings: u64,
 }
 
 /// The entropy device.
@@ -61,16 +65,41 @@ impl Rng {
         self.counters
     }
 
+    /// Stops serving a ring the guest broke and asks for a reset.
+    fn broken_ring(&mut self) {
+        self.counters.broken_rings += 1;
+        if let Some(a) = self.active.take() {
+            let _ = a.signals.request_reset();
+        }
+    }
+
     /// Serves every available request; interrupts the driver if the ring says so.
+    ///
+    /// Every pass of the inner loop either completes a request or stops: a guest that publishes
+    /// an avail index more than a queue size ahead, or a head the device cannot read, gets
+    /// DEVICE_NEEDS_RESET instead of a device that spins.
     pub fn process_queue(&mut self) {
-        let Some(a) = self.active.as_mut() else {
-            return;
-        };
         let mut served = false;
         loop {
+            let Some(a) = self.active.as_mut() else {
+                return;
+            };
             // Disable notifications while draining, re-enable, and drain again if more came.
             let _ = a.queue.disable_notification(&a.mem);
-            while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+            loop {
+                let pending = match a.queue.avail_idx(&a.mem, Ordering::Acquire) {
+                    Ok(avail) => avail.0.wrapping_sub(a.queue.next_avail()),
+                    Err(_) => return self.broken_ring(),
+                };
+                if pending == 0 {
+                    break;
+                }
+                if pending > a.queue.size() {
+                    return self.broken_ring();
+                }
+                let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) else {
+                    return self.broken_ring();
+                };
                 let head = chain.head_index();
                 let mut written = 0u32;
                 let mut bad = true;
@@ -94,20 +123,20 @@ impl Rng {
                     written = 0;
                 }
                 if a.queue.add_used(&a.mem, head, written).is_err() {
-                    // The used ring itself is unusable: only a reset helps.
-                    let _ = a.signals.request_reset();
-                    return;
+                    return self.broken_ring();
                 }
                 self.counters.requests += 1;
                 self.counters.bytes += u64::from(written);
                 served = true;
             }
-            match a.queue.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                _ => break,
+            if !matches!(a.queue.enable_notification(&a.mem), Ok(true)) {
+                break;
             }
         }
-        if served && a.queue.needs_notification(&a.mem).unwrap_or(true) {
+        if let Some(a) = self.active.as_mut()
+            && served
+            && a.queue.needs_notification(&a.mem).unwrap_or(true)
+        {
             let _ = a.signals.used_buffers();
         }
     }
@@ -223,7 +252,7 @@ mod tests {
             RngCounters {
                 requests: 2,
                 bytes: 24,
-                bad_requests: 0
+                ..Default::default()
             }
         );
         assert_eq!(irqs.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -260,8 +289,42 @@ mod tests {
             RngCounters {
                 requests: 1,
                 bytes: 0,
-                bad_requests: 1
+                bad_requests: 1,
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn an_avail_index_far_ahead_needs_reset_instead_of_spinning() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let descs = [RawDescriptor::from(Descriptor::new(0x8000, 16, 2, 0))];
+        mock.add_desc_chains(&descs, 0).unwrap();
+        mock.avail().idx().store(0x8000); // 0x8000 requests in a 16-entry ring
+        let mut rng = Rng::new(Box::new(std::io::repeat(1)));
+        let (signals, irqs) = counted_signals();
+        rng.activate(Activation {
+            mem: mem.clone(),
+            acked_features: 0,
+            queues: vec![ActiveQueue {
+                index: 0,
+                queue: mock.create_queue().unwrap(),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            }],
+            signals: signals.clone(),
+        })
+        .unwrap();
+        rng.process_queue();
+        assert_eq!(rng.counters().broken_rings, 1);
+        assert_eq!(rng.counters().requests, 0);
+        assert!(signals.needs_reset());
+        assert_eq!(
+            irqs.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "a config interrupt"
+        );
+        rng.process_queue(); // stopped: a further kick does nothing
+        assert_eq!(rng.counters().broken_rings, 1);
     }
 }

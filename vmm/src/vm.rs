@@ -179,7 +179,14 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         };
         let spawned = thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || v.run());
+            .spawn(move || {
+                // A panic here is a perimeter bug; it must still end the run, not hang it.
+                let (outcome, index) = (v.outcome.clone(), v.index);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.run())).is_err() {
+                    let why = format!("internal error: the vCPU {index} thread panicked");
+                    let _ = outcome.send(Outcome::Crashed(why));
+                }
+            });
         match spawned {
             Ok(h) => threads.push(h),
             Err(e) => {
@@ -294,19 +301,26 @@ fn wait_for_outcome(
     }
 }
 
+/// How long shutting down may wait for a thread before leaving it behind (a perimeter bug: a
+/// thread stuck on a lock or a blocked write); the process then exits without it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 fn shut_down(stop: &AtomicBool, threads: Vec<JoinHandle<()>>, events: EventLoop) {
     stop.store(true, Ordering::Release);
-    for t in threads {
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    for (index, t) in threads.into_iter().enumerate() {
         // A vCPU may be halted in KVM_RUN, or may re-enter it just after a kick: keep kicking.
-        while !t.is_finished() {
+        while !t.is_finished() && Instant::now() < deadline {
             let _ = t.kill(vcpu::kick_signal());
             thread::sleep(Duration::from_millis(1));
         }
-        if t.join().is_err() {
-            eprintln!("perimeter: a vCPU thread panicked");
+        if !t.is_finished() {
+            eprintln!("perimeter: vCPU {index} did not stop; leaving it behind");
+        } else if t.join().is_err() {
+            eprintln!("perimeter: the vCPU {index} thread panicked");
         }
     }
-    events.stop();
+    events.stop(deadline);
 }
 
 /// The device event loop thread.
@@ -360,11 +374,15 @@ impl EventLoop {
         })
     }
 
-    fn stop(mut self) {
+    fn stop(mut self, deadline: Instant) {
         let _ = self.wake.write(1);
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
+        let Some(t) = self.thread.take() else { return };
+        while !t.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        if !t.is_finished() {
+            eprintln!("perimeter: the event loop did not stop; leaving it behind");
+        } else if t.join().is_err() {
             eprintln!("perimeter: the event loop thread panicked");
         }
     }

@@ -267,6 +267,8 @@ impl MmioTransport {
     }
 
     fn set_status(&mut self, new: u32) {
+        // Drivers write back what they read plus a bit; DEVICE_NEEDS_RESET is ours, not theirs.
+        let new = new & !DEVICE_NEEDS_RESET;
         if new == 0 {
             return self.reset();
         }

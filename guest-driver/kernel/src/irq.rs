@@ -6,6 +6,11 @@
 //! [`wait_while`] runs them. Handlers run with interrupts enabled on the interrupted thread's
 //! stack, so they must not block or take a lock that the interrupted code may hold; later issues'
 //! STREAMS platform defers real work onto perimeters from here.
+//!
+//! Known limit: an interrupt that lands on the return path of an upcall (after `in_upcall` is
+//! cleared, before `ret 128`) starts a nested upcall about 1 KiB deeper on the same stack. Each
+//! one finishes, but a sustained interrupt storm could deepen the chain; user stacks are 64 KiB
+//! and have no guard page.
 
 use crate::percpu::{PerCpu, this_cpu};
 use crate::svc;

@@ -165,6 +165,7 @@ isr_\n:
     isr_stub %vec
     .set vec, vec + 1
 .endr
+.noaltmacro
 
 isr_common:
     cmp qword ptr [rsp], 32
@@ -355,11 +356,13 @@ gdt_ptr:
 .endm
 .balign 16
 idt:
+.altmacro
 .set vec, 0
 .rept 256
     idt_gate %vec
     .set vec, vec + 1
 .endr
+.noaltmacro
 idt_end:
 .balign 8
     .short 0, 0, 0

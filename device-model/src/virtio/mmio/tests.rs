@@ -211,7 +211,7 @@ fn status_only_moves_one_step_at_a_time() {
     r.status(ACKNOWLEDGE | DRIVER);
     r.status(ACKNOWLEDGE | DRIVER | DRIVER_OK); // skips FEATURES_OK
     r.status(ACKNOWLEDGE); // clearing bits is not allowed either
-    r.status(ACKNOWLEDGE | DRIVER | DEVICE_NEEDS_RESET); // the driver cannot set it
+    r.status(ACKNOWLEDGE | DEVICE_NEEDS_RESET); // the driver cannot set it (nor skip ahead)
     assert_eq!(r.t.status(), ACKNOWLEDGE | DRIVER);
     assert_eq!(r.t.counters().refused_transitions, 6);
     assert!(r.dev.lock().unwrap().activations.is_empty());
@@ -295,6 +295,9 @@ fn failed_activation_needs_reset_and_reset_recovers() {
     r.bring_up();
     assert_eq!(r.t.status(), Rig::ALL | DEVICE_NEEDS_RESET);
     r.wr(VIRTIO_MMIO_QUEUE_NOTIFY, 0); // still allowed, harmless
+    // Linux's virtio_add_status writes back what it read, plus FAILED.
+    r.status(Rig::ALL | DEVICE_NEEDS_RESET | FAILED);
+    assert_eq!(r.t.status(), Rig::ALL | DEVICE_NEEDS_RESET | FAILED);
     r.status(0);
     assert_eq!(r.t.status(), 0);
     assert_eq!(r.rd(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
