@@ -217,19 +217,15 @@ mod tests {
         (Arc::new(s), n)
     }
 
-    #[test]
-    fn fills_writable_buffers_and_interrupts() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let mock = MockSplitQueue::new(&mem, 16);
-        let descs = [
-            RawDescriptor::from(Descriptor::new(0x8000, 16, 2 /* WRITE */, 0)),
-            RawDescriptor::from(Descriptor::new(0x9000, 8, 2, 0)),
-        ];
-        mock.add_desc_chains(&descs, 0).unwrap();
-        let queue: Queue = mock.create_queue().unwrap();
-
-        let mut rng = Rng::new(Box::new(std::io::repeat(0xab)));
+    /// A device over `mock`'s queue that hands out `byte`s, activated, with counted interrupts.
+    fn active_rng(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+        byte: u8,
+    ) -> (Rng, Arc<Signals>, Arc<std::sync::atomic::AtomicUsize>) {
+        let mut rng = Rng::new(Box::new(std::io::repeat(byte)));
         let (signals, irqs) = counted_signals();
+        let queue: Queue = mock.create_queue().unwrap();
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
         rng.activate(Activation {
             mem: mem.clone(),
@@ -242,6 +238,19 @@ mod tests {
             signals: signals.clone(),
         })
         .unwrap();
+        (rng, signals, irqs)
+    }
+
+    #[test]
+    fn fills_writable_buffers_and_interrupts() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(Descriptor::new(0x8000, 16, 2 /* WRITE */, 0)),
+            RawDescriptor::from(Descriptor::new(0x9000, 8, 2, 0)),
+        ];
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let (mut rng, signals, irqs) = active_rng(&mem, &mock, 0xab);
         rng.process_queue();
 
         let mut got = [0u8; 16];
@@ -270,19 +279,7 @@ mod tests {
         let mock = MockSplitQueue::new(&mem, 16);
         let descs = [RawDescriptor::from(Descriptor::new(0xff_fff0, 64, 2, 0))];
         mock.add_desc_chains(&descs, 0).unwrap();
-        let mut rng = Rng::new(Box::new(std::io::repeat(1)));
-        let (signals, _) = counted_signals();
-        rng.activate(Activation {
-            mem: mem.clone(),
-            acked_features: 0,
-            queues: vec![ActiveQueue {
-                index: 0,
-                queue: mock.create_queue().unwrap(),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }],
-            signals,
-        })
-        .unwrap();
+        let (mut rng, _, _) = active_rng(&mem, &mock, 1);
         rng.process_queue();
         assert_eq!(
             rng.counters(),
@@ -302,19 +299,7 @@ mod tests {
         let descs = [RawDescriptor::from(Descriptor::new(0x8000, 16, 2, 0))];
         mock.add_desc_chains(&descs, 0).unwrap();
         mock.avail().idx().store(0x8000); // 0x8000 requests in a 16-entry ring
-        let mut rng = Rng::new(Box::new(std::io::repeat(1)));
-        let (signals, irqs) = counted_signals();
-        rng.activate(Activation {
-            mem: mem.clone(),
-            acked_features: 0,
-            queues: vec![ActiveQueue {
-                index: 0,
-                queue: mock.create_queue().unwrap(),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }],
-            signals: signals.clone(),
-        })
-        .unwrap();
+        let (mut rng, signals, irqs) = active_rng(&mem, &mock, 1);
         rng.process_queue();
         assert_eq!(rng.counters().broken_rings, 1);
         assert_eq!(rng.counters().requests, 0);
