@@ -124,6 +124,7 @@ pub struct HeadState {
     /// the write path takes no lock.
     write_block: AtomicI32,
     notify: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    writable: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl HeadState {
@@ -143,6 +144,12 @@ impl HeadState {
     /// Calls `f` whenever a message is queued for reading at the head.
     pub fn set_notify(&self, f: impl Fn() + Send + Sync + 'static) {
         *self.notify.lock() = Some(Box::new(f));
+    }
+
+    /// Calls `f` when the stream below the head drains after a write found it flow
+    /// controlled (the back-enable of the head's write queue, which wakes blocked writers).
+    pub fn set_writable(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.writable.lock() = Some(Box::new(f));
     }
 
     fn log(&self, e: HeadEvent) {
@@ -187,6 +194,15 @@ impl Module for HeadModule {
             strrput(q, &self.0, mp);
         } else {
             q.putnext(mp);
+        }
+    }
+    /// The write queue's service procedure runs only when it is back-enabled: the stream
+    /// below drained after a write was refused, so writers may go on (`strwsrv`).
+    fn srv(&self, q: Q<'_>) {
+        if !q.is_read()
+            && let Some(f) = &*self.0.writable.lock()
+        {
+            f();
         }
     }
 }

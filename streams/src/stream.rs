@@ -799,6 +799,7 @@ fn head_def(state: Arc<HeadState>) -> Arc<ModuleDef> {
             lowat: 0,
             ..Default::default()
         })
+        .srv(false, true)
         .build(move || HeadModule(state.clone()))
         .expect("valid flags")
 }
@@ -943,6 +944,23 @@ impl Stream {
     pub fn read(&self) -> ReadResult {
         // Touches only the head's queue; a back-enable walks the links by itself.
         self.inner.head.read(&self.head.rq)
+    }
+
+    /// Runs `f` when a buffer of `size` bytes is likely available (the stream head's
+    /// `bufcall`, for a writer whose allocation failed). `f` runs inside the head's perimeter
+    /// and must not block. Fails with [`Error::NoBuffer`] when the request cannot be kept.
+    pub fn bufcall(
+        &self,
+        size: usize,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<crate::CallbackId, Error> {
+        let q = Q::new(&self.head.wq, Entry::Put, false);
+        q.qbufcall(size, move |_| f())
+    }
+
+    /// Cancels a [`Stream::bufcall`] that has not run (unknown ids are ignored).
+    pub fn unbufcall(&self, id: crate::CallbackId) {
+        Q::new(&self.head.wq, Entry::Put, false).qunbufcall(id)
     }
 
     /// The stream head's state and event log.

@@ -270,3 +270,69 @@ fn writes_stop_at_the_flow_control_limit() {
     assert_eq!(st.write(&[0; 8]), Ok(()));
     assert_eq!(st.write(b"x"), Err(Errno::EAGAIN));
 }
+
+/// A driver whose write queue keeps what it gets until told to drain (hiwat 100 bytes).
+fn holding_driver(drain: Arc<std::sync::atomic::AtomicBool>) -> Arc<ModuleDef> {
+    def_info(
+        "hold",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        ModuleInfo {
+            hiwat: 100,
+            lowat: 10,
+            ..Default::default()
+        },
+        Fns::pass()
+            .put(|q, m| {
+                if q.is_read() {
+                    q.putnext(m)
+                } else {
+                    q.putq(m)
+                }
+            })
+            .srv(move |q| {
+                if drain.load(std::sync::atomic::Ordering::SeqCst) {
+                    while q.getq().is_some() {}
+                }
+            }),
+    )
+}
+
+#[test]
+fn a_refused_writer_is_told_when_the_stream_drains() {
+    let (_p, s) = det();
+    let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = Stream::open(&s, &holding_driver(drain.clone())).unwrap();
+    let woken = Counter::new();
+    let w = woken.clone();
+    st.head().set_writable(move || w.add());
+    st.write(&[0; 150]).unwrap();
+    s.run_until_idle();
+    assert_eq!(st.write(b"x"), Err(Errno::EAGAIN));
+    assert_eq!(woken.get(), 0);
+    drain.store(true, std::sync::atomic::Ordering::SeqCst);
+    st.driver(Side::Write).qenable();
+    s.run_until_idle();
+    assert_eq!(woken.get(), 1, "the back-enable reaches the head's writer");
+    st.write(b"x").unwrap();
+}
+
+#[test]
+fn a_head_bufcall_runs_when_buffers_return() {
+    let (_p, s) = det();
+    let st = Stream::open(&s, &sink_driver("sink")).unwrap();
+    s.set_faults(vec![FaultPolicy::EveryNth(1)]);
+    assert_eq!(st.write(b"x"), Err(Errno::ENOMEM));
+    let ran = Counter::new();
+    let r = ran.clone();
+    st.bufcall(1, move || r.add()).unwrap();
+    s.set_faults(vec![]);
+    s.run_until_idle();
+    assert_eq!(ran.get(), 1);
+    st.write(b"x").unwrap();
+    let r = ran.clone();
+    let id = st.bufcall(1, move || r.add()).unwrap();
+    st.unbufcall(id);
+    s.run_until_idle();
+    assert_eq!(ran.get(), 1, "a cancelled bufcall never runs");
+}
