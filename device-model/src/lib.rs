@@ -1,9 +1,12 @@
-//! The device model of perimeter: the generic virtio-mmio transport now, the virtio-console
-//! device built from STREAMS next (issue 4).
+//! The device model of perimeter: the virtio-mmio transport, the virtio-console device built
+//! from STREAMS, and a virtio-rng.
 //!
 //! Nothing here needs KVM: the transport runs against any [`virtio::VirtioDevice`] and plain
 //! guest memory (`vm-memory`), so everything is tested with mock devices and mock rings.
 #![deny(missing_docs)]
 
+pub mod console;
 pub mod rng;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod virtio;

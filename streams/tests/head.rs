@@ -283,13 +283,7 @@ fn holding_driver(drain: Arc<std::sync::atomic::AtomicBool>) -> Arc<ModuleDef> {
             ..Default::default()
         },
         Fns::pass()
-            .put(|q, m| {
-                if q.is_read() {
-                    q.putnext(m)
-                } else {
-                    q.putq(m)
-                }
-            })
+            .put(|q, m| if q.is_read() { q.putnext(m) } else { q.putq(m) })
             .srv(move |q| {
                 if drain.load(std::sync::atomic::Ordering::SeqCst) {
                     while q.getq().is_some() {}

@@ -175,8 +175,7 @@ impl MmioTransport {
             // No shared memory regions: their length reads as all ones (virtio 1.2 §4.2.2).
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
             VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
-            // No device changes its configuration in pieces yet, so it never moves.
-            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.signals.config_generation(),
             _ => return self.refuse(),
         };
         data.copy_from_slice(&value.to_le_bytes());
@@ -185,7 +184,9 @@ impl MmioTransport {
     /// Handles a write at `offset` from the transport's base.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            if !self.has(DRIVER, FAILED) {
+            // Any time but after FAILED: a console's emergency write may come before the
+            // driver has even acknowledged the device (virtio 1.2 §5.3.6.1).
+            if self.status() & FAILED != 0 {
                 return self.refuse();
             }
             let at = offset - u64::from(VIRTIO_MMIO_CONFIG);

@@ -13,6 +13,7 @@ pub type Trigger = Box<dyn Fn() -> io::Result<()> + Send + Sync>;
 pub struct Signals {
     status: AtomicU32,
     needs_reset: AtomicBool,
+    generation: AtomicU32,
     trigger: Trigger,
 }
 
@@ -22,6 +23,7 @@ impl Signals {
         Signals {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
             trigger,
         }
     }
@@ -36,9 +38,15 @@ impl Signals {
         self.raise(VIRTIO_MMIO_INT_VRING)
     }
 
-    /// The device's configuration space changed.
+    /// The device's configuration space changed: a new generation, and an interrupt.
     pub fn config_changed(&self) -> io::Result<()> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.raise(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    /// The ConfigGeneration register: changes whenever the configuration space may have.
+    pub fn config_generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The device cannot go on until the driver resets it (sets DEVICE_NEEDS_RESET and raises a

@@ -341,18 +341,23 @@ fn a_device_that_requests_reset_shows_it_in_status() {
 }
 
 #[test]
-fn config_space_passes_through_after_driver_is_set() {
+fn config_space_passes_through_unless_failed() {
     let mut r = rig();
-    r.t.write(0x100, &[1, 2]); // before DRIVER
+    r.t.write(0x100, &[1, 2]); // before ACKNOWLEDGE: the device decides
     let mut b = [0u8; 2];
     r.t.read(0x100, &mut b);
-    assert_eq!(b, [0, 0]);
+    assert_eq!(b, [1, 2]);
+    r.status(FAILED);
+    r.t.write(0x100, &[3, 4]);
+    r.t.read(0x100, &mut b);
+    assert_eq!(b, [1, 2], "refused after FAILED");
+    r.status(0);
     r.status(ACKNOWLEDGE);
     r.status(ACKNOWLEDGE | DRIVER);
     r.t.write(0x101, &[7, 8]);
     let mut b = [0u8; 4];
     r.t.read(0x100, &mut b);
-    assert_eq!(b, [0, 7, 8, 0]);
+    assert_eq!(b, [1, 7, 8, 0]);
     r.t.read(0x106, &mut b);
     assert_eq!(b, [0, 0, 0, 0], "bytes past the config space read as zero");
 }

@@ -1,0 +1,255 @@
+//! The control plane (MULTIPORT): the handshake and port events, run exclusively in the
+//! driver's outer perimeter. Anything may ask for control work by setting a bit in
+//! [`Shared::pending`] and enabling the control stream; its service procedure enters the
+//! outer perimeter with qwriter(PERIM_OUTER) and this module runs there.
+
+use super::Shared;
+use super::defs::{Control, event, resize_payload};
+use super::port::lock;
+use super::ring::{Pop, Ring};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use streams::{Mblk, Q};
+use vm_memory::{Bytes, GuestAddress};
+
+/// The control transmitq has buffers from the driver.
+pub(crate) const KICK_TX: u32 = 1 << 0;
+/// The control receiveq has new buffers.
+pub(crate) const KICK_RX: u32 = 1 << 1;
+/// A port's host side changed (open state or size).
+pub(crate) const HOST_EVENT: u32 = 1 << 2;
+/// The device was activated or reset: take the staged rings.
+pub(crate) const RECONFIGURE: u32 = 1 << 3;
+
+/// The largest control message the device reads (header plus a short payload).
+const MAX_CONTROL_IN: usize = 64;
+
+/// What the control queues hand over at activation (`None` rings without MULTIPORT).
+pub(crate) struct Staged {
+    pub rx: Option<Ring>,
+    pub tx: Option<Ring>,
+    pub multiport: bool,
+}
+
+/// Device-wide state, touched only inside the outer perimeter.
+#[derive(Default)]
+pub(crate) struct CtlState {
+    rx: Option<Ring>,
+    tx: Option<Ring>,
+    multiport: bool,
+    /// The driver sent DEVICE_READY.
+    device_ready: bool,
+    /// Ports the driver said PORT_READY for.
+    ready: Vec<bool>,
+    /// Messages for the driver waiting for control receive buffers.
+    out: VecDeque<Vec<u8>>,
+}
+
+/// Runs all pending control work (a qwriter(PERIM_OUTER) callback).
+pub(crate) fn run(s: &Arc<Shared>, _q: Q<'_>, token: Mblk) {
+    *lock(&s.token) = Some(token);
+    loop {
+        let bits = s.pending.swap(0, Ordering::AcqRel);
+        if bits == 0 {
+            return;
+        }
+        let mut st = lock(&s.ctl);
+        if bits & RECONFIGURE != 0 {
+            reconfigure(s, &mut st);
+        }
+        if bits & KICK_TX != 0 {
+            from_driver(s, &mut st);
+        }
+        if bits & HOST_EVENT != 0 {
+            host_events(s, &mut st);
+        }
+        to_driver(s, &mut st);
+    }
+}
+
+fn reconfigure(s: &Shared, st: &mut CtlState) {
+    let staged = lock(&s.staged).take();
+    *st = CtlState {
+        ready: vec![false; s.ports.len()],
+        ..Default::default()
+    };
+    if let Some(staged) = staged {
+        st.rx = staged.rx;
+        st.tx = staged.tx;
+        st.multiport = staged.multiport;
+    }
+}
+
+fn send(s: &Shared, st: &mut CtlState, c: Control, payload: &[u8]) {
+    let mut m = c.encode().to_vec();
+    m.extend_from_slice(payload);
+    st.out.push_back(m);
+    s.control_out.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads the driver's control messages and acts on them.
+fn from_driver(s: &Shared, st: &mut CtlState) {
+    loop {
+        let Some(tx) = st.tx.as_mut() else { return };
+        let (head, descs) = match tx.pop(true) {
+            Pop::Chain(c) => {
+                let head = c.head_index();
+                let d: Vec<(GuestAddress, u32)> =
+                    c.readable().map(|d| (d.addr(), d.len())).collect();
+                (head, d)
+            }
+            Pop::Empty | Pop::Broken => return,
+        };
+        let mut bytes = Vec::with_capacity(16);
+        for (addr, len) in descs {
+            let take = (len as usize).min(MAX_CONTROL_IN - bytes.len());
+            let mut b = vec![0u8; take];
+            if tx.mem.read_slice(&mut b, addr).is_err() {
+                break;
+            }
+            bytes.extend_from_slice(&b);
+        }
+        tx.complete(head, 0);
+        s.control_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = Control::decode(&bytes) {
+            handle(s, st, c);
+        }
+        if let Some(tx) = st.tx.as_mut() {
+            tx.notify(&s.ctl_counters);
+        }
+    }
+}
+
+/// One message from the driver. Unknown ports and events are ignored (and counted).
+fn handle(s: &Shared, st: &mut CtlState, c: Control) {
+    let port = s.ports.get(c.id as usize);
+    match (c.event, port) {
+        (event::DEVICE_READY, _) if c.value == 1 => {
+            st.device_ready = true;
+            for p in 0..s.ports.len() as u32 {
+                let add = Control {
+                    id: p,
+                    event: event::DEVICE_ADD,
+                    value: 1,
+                };
+                send(s, st, add, &[]);
+            }
+        }
+        (event::DEVICE_READY, _) => st.device_ready = false,
+        (event::PORT_READY, Some(p)) => {
+            st.ready[p.id as usize] = c.value == 1;
+            if c.value != 1 {
+                return;
+            }
+            if p.config.console {
+                let console = Control {
+                    id: p.id,
+                    event: event::CONSOLE_PORT,
+                    value: 1,
+                };
+                send(s, st, console, &[]);
+                let (cols, rows) = p.size();
+                if cols != 0 {
+                    let resize = Control {
+                        id: p.id,
+                        event: event::RESIZE,
+                        value: 0,
+                    };
+                    send(s, st, resize, &resize_payload(cols, rows));
+                }
+            }
+            let name = Control {
+                id: p.id,
+                event: event::PORT_NAME,
+                value: 1,
+            };
+            send(s, st, name, p.config.name.as_bytes());
+            if p.host_open() {
+                let open = Control {
+                    id: p.id,
+                    event: event::PORT_OPEN,
+                    value: 1,
+                };
+                send(s, st, open, &[]);
+            }
+        }
+        (event::PORT_OPEN, Some(p)) => {
+            p.guest_open.store(c.value != 0, Ordering::Release);
+            if c.value != 0 {
+                p.kick_rx(); // deliver what the host sent while the port was closed
+            }
+        }
+        _ => {
+            s.control_ignored.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Host-side changes of each port, as PORT_OPEN and RESIZE (or a config change without
+/// MULTIPORT, where the size lives in the configuration space).
+fn host_events(s: &Shared, st: &mut CtlState) {
+    for p in &s.ports {
+        if !p.host_event.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        if !st.multiport {
+            if p.id == 0
+                && let Some(sig) = &*lock(&s.signals)
+            {
+                let _ = sig.config_changed();
+            }
+            continue;
+        }
+        if !st.ready.get(p.id as usize).copied().unwrap_or(false) {
+            continue; // PORT_READY will tell the driver everything
+        }
+        let open = Control {
+            id: p.id,
+            event: event::PORT_OPEN,
+            value: u16::from(p.host_open()),
+        };
+        send(s, st, open, &[]);
+        let (cols, rows) = p.size();
+        if p.config.console && cols != 0 {
+            let resize = Control {
+                id: p.id,
+                event: event::RESIZE,
+                value: 0,
+            };
+            send(s, st, resize, &resize_payload(cols, rows));
+        }
+    }
+}
+
+/// Writes waiting messages into the driver's control receive buffers; the rest wait for
+/// more buffers (nothing is dropped).
+fn to_driver(s: &Shared, st: &mut CtlState) {
+    let Some(rx) = st.rx.as_mut() else { return };
+    let mut used = false;
+    while let Some(m) = st.out.front() {
+        let (head, descs) = match rx.pop(true) {
+            Pop::Chain(c) => {
+                let head = c.head_index();
+                let d: Vec<(GuestAddress, u32)> =
+                    c.writable().map(|d| (d.addr(), d.len())).collect();
+                (head, d)
+            }
+            Pop::Empty | Pop::Broken => break,
+        };
+        let mut off = 0usize;
+        for (addr, len) in descs {
+            let n = (len as usize).min(m.len() - off);
+            if n == 0 || rx.mem.write_slice(&m[off..off + n], addr).is_err() {
+                break;
+            }
+            off += n;
+        }
+        rx.complete(head, off as u32);
+        used = true;
+        st.out.pop_front();
+    }
+    if used {
+        rx.notify(&s.ctl_counters);
+    }
+}

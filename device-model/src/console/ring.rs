@@ -1,0 +1,119 @@
+//! One virtqueue as the console uses it: the queue, guest memory, the interrupt line, and the
+//! device generation it belongs to, with the checks that keep a broken ring from hurting us.
+
+use super::stats::PortCounters;
+use crate::virtio::Signals;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// A ring the device is using.
+pub(crate) struct Ring {
+    pub queue: Queue,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub signals: Arc<Signals>,
+    /// The activation this ring belongs to: a completion from an older one is dropped.
+    pub epoch: u64,
+    /// The guest broke the ring; it is not touched again until a reset.
+    pub broken: bool,
+}
+
+/// What [`Ring::pop`] found.
+pub(crate) enum Pop<'a> {
+    /// A descriptor chain.
+    Chain(DescriptorChain<&'a GuestMemoryMmap>),
+    /// Nothing available (notifications are enabled again).
+    Empty,
+    /// The ring is broken (or was before): the device asked for a reset.
+    Broken,
+}
+
+impl Ring {
+    pub fn new(queue: Queue, mem: Arc<GuestMemoryMmap>, signals: Arc<Signals>, epoch: u64) -> Self {
+        Ring {
+            queue,
+            mem,
+            signals,
+            epoch,
+            broken: false,
+        }
+    }
+
+    /// Marks the ring broken and asks the driver for a reset (DEVICE_NEEDS_RESET).
+    pub fn break_ring(&mut self) {
+        if !self.broken {
+            self.broken = true;
+            let _ = self.signals.request_reset();
+        }
+    }
+
+    /// The next available chain. With `rearm`, an empty ring enables notifications and looks
+    /// again, so that a buffer made available meanwhile is not missed (EVENT_IDX or not).
+    pub fn pop(&mut self, rearm: bool) -> Pop<'_> {
+        if self.broken {
+            return Pop::Broken;
+        }
+        loop {
+            let pending = match self.queue.avail_idx(&*self.mem, Ordering::Acquire) {
+                Ok(avail) => avail.0.wrapping_sub(self.queue.next_avail()),
+                Err(_) => {
+                    self.break_ring();
+                    return Pop::Broken;
+                }
+            };
+            if pending > self.queue.size() {
+                self.break_ring();
+                return Pop::Broken;
+            }
+            if pending > 0 {
+                break;
+            }
+            if !rearm || !matches!(self.queue.enable_notification(&*self.mem), Ok(true)) {
+                return Pop::Empty;
+            }
+        }
+        let _ = self.queue.disable_notification(&*self.mem);
+        let Ring {
+            queue,
+            mem,
+            signals,
+            broken,
+            ..
+        } = self;
+        match queue.pop_descriptor_chain(&**mem) {
+            Some(c) => Pop::Chain(c),
+            None => {
+                // A head index out of range.
+                *broken = true;
+                let _ = signals.request_reset();
+                Pop::Broken
+            }
+        }
+    }
+
+    /// Returns chain `head` with `len` bytes written; a failure breaks the ring.
+    pub fn complete(&mut self, head: u16, len: u32) {
+        if self.broken {
+            return;
+        }
+        if self.queue.add_used(&*self.mem, head, len).is_err() {
+            self.break_ring();
+        }
+    }
+
+    /// Interrupts the driver if the ring asks for it (counting sent and suppressed).
+    pub fn notify(&mut self, counters: &PortCounters) {
+        if self.broken {
+            return;
+        }
+        if self.queue.needs_notification(&*self.mem).unwrap_or(true) {
+            let _ = self.signals.used_buffers();
+            counters.interrupts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters
+                .interrupts_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
