@@ -5,7 +5,7 @@
 //! the same driver carries the control queues. See [`driver`] for the data paths and
 //! [`control`] for the handshake.
 
-// pub mod backend;
+pub mod backend;
 mod control;
 pub mod defs;
 mod driver;
@@ -13,6 +13,7 @@ mod events;
 pub mod modules;
 mod port;
 mod ring;
+mod runtime;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ mod tests;
 pub use driver::{HEAD_HIWAT, HEAD_LOWAT};
 pub use events::ConsoleEvents;
 pub use port::{PortConfig, PortShared};
+pub use runtime::ConsoleRuntime;
 pub use stats::{ConsoleStats, PortCounters, PortStats};
 
 use crate::virtio::features::{EVENT_IDX, INDIRECT_DESC};
@@ -121,6 +123,13 @@ impl ConsoleHandle {
             }
             QueueRole::CtrlRx => self.0.control(KICK_RX),
             QueueRole::CtrlTx => self.0.control(KICK_TX),
+        }
+    }
+
+    /// Runs every port's transmit path once more (to take what the guest left in its rings).
+    pub fn flush_tx(&self) {
+        for p in &self.0.ports {
+            p.kick_tx();
         }
     }
 

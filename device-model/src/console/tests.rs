@@ -13,6 +13,8 @@ use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG_GENERATION;
 const ALL: u64 = VERSION_1 | EVENT_IDX | INDIRECT_DESC | F_SIZE | F_MULTIPORT | F_EMERG_WRITE;
 
 struct Rig {
+    /// Background work runs in host threads (a [`ConsoleRuntime`]); wait instead of running it.
+    host: bool,
     g: FakeGuest,
     h: ConsoleHandle,
     s: Streams,
@@ -45,11 +47,44 @@ fn rig_with(ports: &[(&str, bool)], config: StreamsConfig) -> Rig {
         Box::new(move |q| h2.queue_notified(q)),
     );
     Rig {
+        host: false,
         g,
         h,
         s,
         console,
         bufs: HashMap::new(),
+    }
+}
+
+/// A rig over a running console with backends (host threads).
+fn runtime_rig(rt: &ConsoleRuntime) -> Rig {
+    let h = rt.handle();
+    let h2 = h.clone();
+    let console = rt.device();
+    let g = FakeGuest::new(
+        console.clone(),
+        64 << 20,
+        Box::new(move |q| h2.queue_notified(q)),
+    );
+    Rig {
+        host: true,
+        g,
+        h,
+        s: rt.streams().clone(),
+        console,
+        bufs: HashMap::new(),
+    }
+}
+
+/// Polls `f` until it holds or 10 s pass.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -69,7 +104,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 impl Rig {
     fn run(&self) {
-        self.s.run_until_idle();
+        if self.host {
+            self.s.quiesce();
+        } else {
+            self.s.run_until_idle();
+        }
     }
 
     fn stream(&self, port: u32) -> Arc<Stream> {
@@ -578,4 +617,249 @@ fn event_idx_suppresses_kicks_and_interrupts() {
         "the guest asked only for the next one"
     );
     let _ = r.g.used(q);
+}
+
+mod backends {
+    //! The backends with real threads, sockets, files and ptys.
+    use super::*;
+    use crate::console::backend::{PortSpec, pattern_byte};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    fn spec(name: &str, backend: &str) -> PortSpec {
+        PortSpec::parse(&format!("name={name},backend={backend}")).unwrap()
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("perimeter-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    impl Rig {
+        /// Posts receive buffers until `n` bytes arrived on `port`.
+        fn guest_recv_n(&mut self, port: u32, n: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            eventually("guest receive", || {
+                while self.g.free_descriptors(rx_queue(port)) > 0 {
+                    self.post(rx_queue(port), 4096, true, false);
+                }
+                self.g.kick(rx_queue(port));
+                got.extend(self.guest_recv(port));
+                got.len() >= n
+            });
+            got
+        }
+        /// Sends `data` as the ring allows, reclaiming used buffers.
+        fn guest_send_all(&mut self, port: u32, data: &[u8], chunk: usize) {
+            let q = tx_queue(port);
+            for c in data.chunks(chunk) {
+                eventually("transmit ring space", || {
+                    self.g.used(q);
+                    self.g.free_descriptors(q) > 0
+                });
+                let a = self.g.alloc(c.len() as u64);
+                self.g.write(a, c);
+                self.g
+                    .post(q, &[(a, c.len() as u32, false)], false)
+                    .unwrap();
+                self.g.kick(q);
+            }
+        }
+    }
+
+    #[test]
+    fn a_socket_keeps_output_until_a_client_comes_and_serves_the_next_one() {
+        let path = tmp("sock");
+        let rt = ConsoleRuntime::start(&[spec("s", &format!("socket:{}", path.display()))], &[])
+            .unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        let out = pattern(300_000, 4);
+        r.guest_send(0, &out, 4096, false);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            r.h.port(0)
+                .unwrap()
+                .counters
+                .out_bytes
+                .load(Ordering::Relaxed),
+            0
+        );
+        let mut c = UnixStream::connect(&path).unwrap();
+        let mut got = vec![0u8; out.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(crc(&got), crc(&out), "kept while nobody listened");
+        // Host to guest through the client.
+        let inp = pattern(100_000, 8);
+        c.write_all(&inp).unwrap();
+        assert_eq!(crc(&r.guest_recv_n(0, inp.len())), crc(&inp));
+        // The client leaves; the guest hears PORT_OPEN 0; the next client gets new output.
+        drop(c);
+        eventually("host close", || !r.h.port(0).unwrap().host_open());
+        r.guest_send(0, b"second", 64, false);
+        let mut c2 = UnixStream::connect(&path).unwrap();
+        let mut b = [0u8; 6];
+        c2.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"second");
+        let seen = r.ctl_recv();
+        assert!(
+            seen.iter()
+                .any(|(c, _)| c.event == event::PORT_OPEN && c.value == 0)
+        );
+        let st = rt.finish(Duration::from_secs(2));
+        assert_eq!(st.ports[0].connects, 2);
+        assert_eq!(st.ports[0].drops, 0);
+        assert!(!path.exists(), "the socket file is removed at the end");
+    }
+
+    #[test]
+    fn null_and_pattern_count_checksum_and_generate() {
+        let rt = ConsoleRuntime::start(&[spec("n", "null"), spec("p", "pattern")], &[]).unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        let out = pattern(1 << 20, 6);
+        r.guest_send_all(0, &out, 65536);
+        eventually("null output", || {
+            r.h.port(0)
+                .unwrap()
+                .counters
+                .out_bytes
+                .load(Ordering::Relaxed)
+                == out.len() as u64
+        });
+        let got = r.guest_recv_n(1, 200_000);
+        for (i, &b) in got.iter().enumerate() {
+            assert_eq!(b, pattern_byte(i as u64), "pattern byte {i}");
+        }
+        let st = rt.finish(Duration::from_secs(2));
+        assert_eq!(st.ports[0].out_crc32, Some(crc(&out)));
+        assert_eq!(st.ports[0].drops + st.ports[1].drops, 0);
+    }
+
+    #[test]
+    fn files_take_output_and_give_input() {
+        let (o, i) = (tmp("out"), tmp("in"));
+        let inp = pattern(70_000, 2);
+        std::fs::write(&i, &inp).unwrap();
+        let rt = ConsoleRuntime::start(
+            &[spec("f", &format!("file:{}:{}", o.display(), i.display()))],
+            &[],
+        )
+        .unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        assert_eq!(crc(&r.guest_recv_n(0, inp.len())), crc(&inp));
+        let out = pattern(123_456, 3);
+        r.guest_send_all(0, &out, 4000);
+        let st = rt.finish(Duration::from_secs(2));
+        assert_eq!(
+            std::fs::read(&o).unwrap(),
+            out,
+            "everything written before the end"
+        );
+        assert_eq!(st.ports[0].out_crc32, Some(crc(&out)));
+    }
+
+    #[test]
+    fn a_pty_carries_bytes_and_window_sizes() {
+        let rt = ConsoleRuntime::start(
+            &[PortSpec::parse("name=t,backend=pty,console").unwrap()],
+            &[],
+        )
+        .unwrap();
+        let slave_path = rt.paths()[0].1.clone();
+        let mut slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&slave_path)
+            .unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        slave.write_all(b"typed").unwrap();
+        assert_eq!(r.guest_recv_n(0, 5), b"typed");
+        r.guest_send(0, b"shown", 64, false);
+        let mut b = [0u8; 5];
+        slave.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"shown");
+        let ws = libc::winsize {
+            ws_row: 33,
+            ws_col: 111,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+        assert_eq!(
+            unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&slave),
+                    libc::TIOCSWINSZ,
+                    &ws,
+                )
+            },
+            0
+        );
+        let mut seen = Vec::new();
+        eventually("a RESIZE", || {
+            seen.extend(r.ctl_recv());
+            seen.iter()
+                .any(|(c, p)| c.event == event::RESIZE && p == &resize_payload(111, 33))
+        });
+        rt.finish(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn host_side_fault_injection_keeps_every_byte() {
+        use crate::console::backend::parse_fault;
+        for f in [
+            "allocb=rate:0.1:1",
+            "allocb=rate:0.5:2",
+            "allocb=rate:0.9:3",
+            "allocb=every:2",
+            "pool=65536",
+        ] {
+            let rt = ConsoleRuntime::start(
+                &[spec("n", "null"), spec("p", "pattern")],
+                &[parse_fault(f).unwrap()],
+            )
+            .unwrap();
+            let mut r = runtime_rig(&rt);
+            r.up(ALL);
+            r.handshake();
+            let out = pattern(512 * 1024, 1);
+            r.guest_send_all(0, &out, 8192);
+            let got = r.guest_recv_n(1, 256 * 1024);
+            assert!(
+                got.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == pattern_byte(i as u64)),
+                "{f}"
+            );
+            eventually("null output", || {
+                r.h.port(0)
+                    .unwrap()
+                    .counters
+                    .out_bytes
+                    .load(Ordering::Relaxed)
+                    == out.len() as u64
+            });
+            let st = rt.finish(Duration::from_secs(2));
+            assert_eq!(st.ports[0].out_crc32, Some(crc(&out)), "{f}");
+            if f.starts_with("allocb") {
+                assert!(
+                    st.ports.iter().map(|p| p.allocb_failures).sum::<u64>() > 0,
+                    "{f}"
+                );
+                assert!(
+                    st.ports.iter().map(|p| p.bufcall_retries).sum::<u64>() > 0,
+                    "{f}"
+                );
+            }
+        }
+    }
 }

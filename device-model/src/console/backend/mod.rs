@@ -1,0 +1,547 @@
+//! Port backends: the host side of each port, run by two threads per port (output: the
+//! stream head to the sink; input: the source into the stream head). Each thread blocks only
+//! on its own port, so a stuck backend never stalls another port, the event loop or a vCPU.
+//! Output waits at the stream head while nobody can take it: flow control throttles the
+//! guest instead of dropping bytes.
+
+pub mod pty;
+mod spec;
+
+pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault};
+
+use super::port::lock;
+use super::{ConsoleHandle, PortShared};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use streams::{Mblk, ReadResult, Stream};
+
+/// Bytes read from a backend in one go.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// The pattern backend's period: byte `i` of its stream is `i % PATTERN_PERIOD`.
+pub const PATTERN_PERIOD: usize = 251;
+/// The pattern backend's message size: small enough that its source block leaves room in a
+/// small `--fault pool=` for the rest of the device.
+pub const PATTERN_CHUNK: usize = 16 * 1024;
+
+/// The pattern backend's byte at stream offset `i` (the guest checks it the same way).
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % PATTERN_PERIOD as u64) as u8
+}
+
+/// A wake-up flag with a condition variable.
+#[derive(Default)]
+struct Wake {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn notify(&self) {
+        *lock(&self.flag) = true;
+        self.cv.notify_all();
+    }
+    /// Waits until notified or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let g = lock(&self.flag);
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |f| !*f)
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
+    }
+}
+
+/// What one port's threads share.
+struct IoState {
+    stream: Arc<Stream>,
+    port: Arc<PortShared>,
+    console: ConsoleHandle,
+    out_wake: Wake,
+    in_wake: Wake,
+    accept_wake: Wake,
+    /// Output: write what is left, then end.
+    stop: AtomicBool,
+    /// Input and accepting: end now.
+    stop_in: AtomicBool,
+    crc: Mutex<crc32fast::Hasher>,
+    /// The attached client of a socket backend.
+    client: Mutex<Option<Arc<UnixStream>>>,
+}
+
+impl IoState {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn stopping_input(&self) -> bool {
+        self.stop_in.load(Ordering::Acquire)
+    }
+
+    fn set_client(&self, c: Option<Arc<UnixStream>>) {
+        let open = c.is_some();
+        *lock(&self.client) = c;
+        self.console.set_host_open(self.port.id, open);
+        self.out_wake.notify();
+        self.in_wake.notify();
+        self.accept_wake.notify();
+    }
+
+    /// Forgets client `c` if it is still the attached one.
+    fn drop_client(&self, c: &Arc<UnixStream>) {
+        let same = lock(&self.client)
+            .as_ref()
+            .is_some_and(|x| Arc::ptr_eq(x, c));
+        if same {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            self.set_client(None);
+        }
+    }
+
+    fn client(&self) -> Option<Arc<UnixStream>> {
+        lock(&self.client).clone()
+    }
+}
+
+/// Where output goes.
+enum Sink {
+    /// Discarded after counting and checksumming.
+    Discard,
+    /// A file, stdout or a pty master.
+    Writer(File),
+    /// The socket's attached client.
+    Client,
+}
+
+/// Where input comes from.
+enum Source {
+    None,
+    /// A file or stdin (ends at end of file).
+    Reader(File),
+    /// A pty master (window size changes polled too).
+    Pty(File),
+    /// The socket's attached client.
+    Client,
+    /// The endless pattern.
+    Pattern,
+}
+
+/// A running backend of one port.
+pub struct PortIo {
+    state: Arc<IoState>,
+    threads: Vec<JoinHandle<()>>,
+    output: Option<JoinHandle<()>>,
+    /// The pty's slave path, or the socket's path.
+    pub path: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    /// Whether the output is checksummed (`null`, `pattern`, `file`).
+    checksummed: bool,
+}
+
+impl PortIo {
+    /// Starts `kind` on port `id` of `console`, whose stream is `stream`.
+    pub fn start(
+        console: &ConsoleHandle,
+        stream: Arc<Stream>,
+        id: u32,
+        kind: &BackendKind,
+    ) -> Result<PortIo, String> {
+        let port = console.port(id).ok_or("no such port")?.clone();
+        let name = port.config.name.clone();
+        let state = Arc::new(IoState {
+            stream,
+            port,
+            console: console.clone(),
+            out_wake: Wake::default(),
+            in_wake: Wake::default(),
+            accept_wake: Wake::default(),
+            stop: AtomicBool::new(false),
+            stop_in: AtomicBool::new(false),
+            crc: Mutex::new(crc32fast::Hasher::new()),
+            client: Mutex::new(None),
+        });
+        let s = state.clone();
+        state.stream.head().set_notify(move || s.out_wake.notify());
+        let s = state.clone();
+        state.stream.head().set_writable(move || s.in_wake.notify());
+        let err = |what: &str, p: &PathBuf, e: io::Error| {
+            format!("port {name}: {what} {}: {e}", p.display())
+        };
+        let mut path = None;
+        let mut socket = None;
+        let mut threads = Vec::new();
+        let (sink, source) = match kind {
+            BackendKind::Null => (Sink::Discard, Source::None),
+            BackendKind::Pattern => (Sink::Discard, Source::Pattern),
+            BackendKind::Stdio => {
+                let dup = |f: std::os::fd::BorrowedFd<'_>| {
+                    f.try_clone_to_owned()
+                        .map(File::from)
+                        .map_err(|e| format!("port {name}: stdio: {e}"))
+                };
+                use std::os::fd::AsFd;
+                let out = dup(io::stdout().as_fd())?;
+                let inp = dup(io::stdin().as_fd())?;
+                (Sink::Writer(out), Source::Reader(inp))
+            }
+            BackendKind::File { out, input } => {
+                let o = File::create(out).map_err(|e| err("cannot create", out, e))?;
+                let i = match input {
+                    Some(p) => Source::Reader(File::open(p).map_err(|e| err("cannot open", p, e))?),
+                    None => Source::None,
+                };
+                (Sink::Writer(o), i)
+            }
+            BackendKind::Pty => {
+                let (master, slave) =
+                    pty::open().map_err(|e| format!("port {name}: cannot open a pty: {e}"))?;
+                let out = master
+                    .try_clone()
+                    .map_err(|e| format!("port {name}: pty: {e}"))?;
+                path = Some(slave);
+                (Sink::Writer(out), Source::Pty(master))
+            }
+            BackendKind::Connect(p) => {
+                let c = UnixStream::connect(p).map_err(|e| err("cannot connect to", p, e))?;
+                state.set_client(Some(Arc::new(c)));
+                (Sink::Client, Source::Client)
+            }
+            BackendKind::Socket(p) => {
+                let l = listen(p).map_err(|e| err("cannot listen on", p, e))?;
+                let s = state.clone();
+                threads.push(spawn(&name, "accept", move || accept_loop(&s, l))?);
+                socket = Some(p.clone());
+                path = Some(p.clone());
+                (Sink::Client, Source::Client)
+            }
+        };
+        if !matches!(kind, BackendKind::Socket(_) | BackendKind::Connect(_)) {
+            console.set_host_open(id, true);
+        }
+        let checksummed = matches!(
+            kind,
+            BackendKind::Null | BackendKind::Pattern | BackendKind::File { .. }
+        );
+        let s = state.clone();
+        let output = Some(spawn(&name, "out", move || output_loop(&s, sink))?);
+        if !matches!(source, Source::None) {
+            let s = state.clone();
+            threads.push(spawn(&name, "in", move || input_loop(&s, source))?);
+        }
+        Ok(PortIo {
+            state,
+            threads,
+            output,
+            path,
+            socket,
+            checksummed,
+        })
+    }
+
+    /// CRC-32 of everything written out so far (for checksummed backends).
+    pub fn out_crc(&self) -> Option<u32> {
+        self.checksummed
+            .then(|| lock(&self.state.crc).clone().finalize())
+    }
+
+    /// Bytes waiting at the stream head for this backend.
+    pub fn pending(&self) -> u64 {
+        self.state
+            .stream
+            .queue(0, streams::Side::Read)
+            .map_or(0, |q| q.count() as u64)
+    }
+
+    /// Stops reading input and accepting clients.
+    pub fn stop_input(&self) {
+        self.state.stop_in.store(true, Ordering::Release);
+        self.state.in_wake.notify();
+        self.state.accept_wake.notify();
+    }
+
+    /// Stops the backend: output already in the stream is written out until `deadline` (if
+    /// anyone can take it); then the threads end. Returns the bytes left undelivered and the
+    /// output's checksum.
+    pub fn finish(mut self, deadline: Instant) -> (u64, Option<u32>) {
+        self.stop_input();
+        self.state.stop.store(true, Ordering::Release);
+        self.state.out_wake.notify();
+        self.state.in_wake.notify();
+        self.state.accept_wake.notify();
+        if let Some(o) = self.output.take() {
+            while !o.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if !o.is_finished()
+                && let Some(c) = self.state.client()
+            {
+                let _ = c.shutdown(std::net::Shutdown::Both); // unblock a stuck write
+            }
+            if o.is_finished() {
+                let _ = o.join();
+            }
+        }
+        for t in self.threads.drain(..) {
+            let until = Instant::now() + Duration::from_millis(500);
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
+        }
+        (self.pending(), self.out_crc())
+    }
+}
+
+fn spawn(
+    port: &str,
+    what: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(format!("port-{port}-{what}"))
+        .spawn(f)
+        .map_err(|e| format!("port {port}: cannot start a thread: {e}"))
+}
+
+/// Listens on `p`, replacing a stale socket file (never anything else).
+fn listen(p: &PathBuf) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        if !m.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ));
+        }
+        std::fs::remove_file(p)?;
+    }
+    UnixListener::bind(p)
+}
+
+fn accept_loop(st: &IoState, l: UnixListener) {
+    while !st.stopping_input() {
+        if st.client().is_some() {
+            st.accept_wake.wait(Duration::from_millis(100));
+            continue;
+        }
+        if !pty::readable(&l, 100) {
+            continue;
+        }
+        if let Ok((c, _)) = l.accept() {
+            st.port.counters.connects.fetch_add(1, Ordering::Relaxed);
+            st.set_client(Some(Arc::new(c)));
+        }
+    }
+}
+
+/// Writes the message's remaining bytes; on failure the unwritten part stays in `m`.
+fn write_msg(w: &mut impl Write, m: &mut Mblk) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut b = Some(m);
+    while let Some(blk) = b {
+        while !blk.is_empty() {
+            let n = match w.write(blk.data()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let (r, wp) = (blk.rptr(), blk.wptr());
+            blk.set_ptrs(r + n, wp).expect("within the block");
+            total += n as u64;
+        }
+        b = blk.cont_mut();
+    }
+    Ok(total)
+}
+
+fn output_loop(st: &IoState, mut sink: Sink) {
+    let c = &st.port.counters;
+    let mut held: Option<Mblk> = None;
+    loop {
+        if held.is_none() {
+            match st.stream.read() {
+                ReadResult::Data(m) => {
+                    if !matches!(sink, Sink::Client) {
+                        let mut crc = lock(&st.crc);
+                        for b in m.blocks() {
+                            crc.update(b.data());
+                        }
+                    }
+                    held = Some(m)
+                }
+                ReadResult::WouldBlock if st.stopping() => return,
+                ReadResult::WouldBlock => {
+                    st.out_wake.wait(Duration::from_millis(100));
+                    continue;
+                }
+                ReadResult::Eof | ReadResult::Error(_) => return,
+            }
+        }
+        let m = held.as_mut().expect("just read");
+        let result = match &mut sink {
+            Sink::Discard => Ok(m.msgdsize() as u64),
+            Sink::Writer(f) => write_msg(f, m),
+            Sink::Client => match st.client() {
+                None if st.stopping() => return, // nobody to take it: left in the stream
+                None => {
+                    st.out_wake.wait(Duration::from_millis(100));
+                    continue;
+                }
+                Some(client) => {
+                    let r = write_msg(&mut &*client, m);
+                    if r.is_err() {
+                        st.drop_client(&client);
+                        continue; // the rest goes to the next client
+                    }
+                    r
+                }
+            },
+        };
+        match result {
+            Ok(n) => {
+                c.out_bytes.fetch_add(n, Ordering::Relaxed);
+                held = None; // freeing returns the guest's buffers
+            }
+            Err(_) => {
+                // A file or terminal that fails: keep the bytes and try again later.
+                if st.stopping() {
+                    return;
+                }
+                st.out_wake.wait(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn input_loop(st: &Arc<IoState>, mut source: Source) {
+    let c = &st.port.counters;
+    let streams = &st.console.0.streams;
+    let mut pattern: Option<Mblk> = None;
+    let mut offset = 0u64;
+    let mut last_size = None;
+    while !st.stopping_input() {
+        if let Source::Pty(f) = &source {
+            let ws = pty::window_size(f);
+            if let Some((cols, rows)) = ws
+                && ws != last_size
+            {
+                last_size = ws;
+                st.console.set_size(st.port.id, cols, rows);
+            }
+        }
+        if !st.stream.canwrite() {
+            st.in_wake.wait(Duration::from_millis(100));
+            continue;
+        }
+        if let Source::Pattern = source {
+            let master = match &pattern {
+                Some(m) => m,
+                None => {
+                    let Some(m) = pattern_master(streams) else {
+                        allocation_failed(st, PATTERN_CHUNK + PATTERN_PERIOD);
+                        continue;
+                    };
+                    pattern.insert(m)
+                }
+            };
+            let Some(mut m) = master.dupb() else {
+                allocation_failed(st, 0);
+                continue;
+            };
+            let at = (offset % PATTERN_PERIOD as u64) as usize;
+            m.set_ptrs(at, at + PATTERN_CHUNK)
+                .expect("the master is long enough");
+            offset += PATTERN_CHUNK as u64;
+            c.in_bytes
+                .fetch_add(PATTERN_CHUNK as u64, Ordering::Relaxed);
+            let _ = st.stream.putmsg(m);
+            continue;
+        }
+        let Some(mut m) = streams.allocb(READ_CHUNK) else {
+            allocation_failed(st, READ_CHUNK);
+            continue;
+        };
+        let cap = m.capacity();
+        m.set_ptrs(0, cap).expect("whole buffer");
+        let client = match &source {
+            Source::Client => match st.client() {
+                Some(cl) => Some(cl),
+                None => {
+                    st.in_wake.wait(Duration::from_millis(100));
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let fd_ready = match (&source, &client) {
+            (_, Some(cl)) => pty::readable(&**cl, 100),
+            (Source::Reader(f) | Source::Pty(f), _) => pty::readable(f, 100),
+            _ => false,
+        };
+        if !fd_ready {
+            continue;
+        }
+        let buf = m.data_mut().expect("a fresh block");
+        let r = match (&mut source, &client) {
+            (_, Some(cl)) => (&**cl).read(buf),
+            (Source::Reader(f) | Source::Pty(f), _) => f.read(buf),
+            _ => Ok(0),
+        };
+        match r {
+            Ok(0) => match (&source, client) {
+                (_, Some(cl)) => st.drop_client(&cl),
+                (Source::Pty(_), _) => std::thread::sleep(Duration::from_millis(100)),
+                _ => return, // end of file
+            },
+            Ok(n) => {
+                m.set_ptrs(0, n).expect("within the block");
+                c.in_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let _ = st.stream.putmsg(m);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => match (&source, client) {
+                (_, Some(cl)) => st.drop_client(&cl),
+                // A pty without a slave open reads EIO: wait for one.
+                (Source::Pty(_), _) => std::thread::sleep(Duration::from_millis(100)),
+                _ => return,
+            },
+        }
+    }
+}
+
+/// The pattern backend's source block: the pattern long enough for any window.
+fn pattern_master(streams: &streams::Streams) -> Option<Mblk> {
+    let len = PATTERN_CHUNK + PATTERN_PERIOD;
+    let mut m = streams.allocb(len)?;
+    let bytes: Vec<u8> = (0..len as u64).map(pattern_byte).collect();
+    m.write(&bytes).ok()?;
+    Some(m)
+}
+
+/// Counts a failed allocation and waits for the bufcall it registers (or 100 ms).
+fn allocation_failed(st: &Arc<IoState>, size: usize) {
+    st.port
+        .counters
+        .allocb_failures
+        .fetch_add(1, Ordering::Relaxed);
+    let s = st.clone();
+    let _ = st.stream.bufcall(size, move || {
+        s.port
+            .counters
+            .bufcall_retries
+            .fetch_add(1, Ordering::Relaxed);
+        s.in_wake.notify();
+    });
+    st.in_wake.wait(Duration::from_millis(100));
+}
