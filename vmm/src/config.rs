@@ -1,6 +1,7 @@
 //! What a `perimeter run` is asked to boot, checked before anything is created.
 
 use crate::error::Error;
+use device_model::console::backend::{FaultSpec, PortSpec, check_ports};
 use guest_abi::{MAX_CMDLINE, MAX_VCPUS, layout};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// The console's ports, port 0 first (default: one console port on stdio).
+    pub ports: Vec<PortSpec>,
+    /// Host-side buffer faults for the console's STREAMS pool.
+    pub faults: Vec<FaultSpec>,
 }
 
 impl VmConfig {
@@ -65,6 +70,7 @@ impl VmConfig {
                 "--timeout must be more than 0 seconds".into(),
             ));
         }
+        check_ports(&self.ports).map_err(|e| Error::BadInput(format!("--port: {e}")))?;
         Ok(())
     }
 
@@ -82,6 +88,8 @@ impl Default for VmConfig {
             memory_mib: 64,
             cmdline: String::new(),
             timeout: None,
+            ports: vec![PortSpec::default_console()],
+            faults: Vec::new(),
         }
     }
 }
@@ -151,6 +159,13 @@ mod tests {
                 ..Default::default()
             },
             "--timeout",
+        );
+        bad(
+            VmConfig {
+                ports: Vec::new(),
+                ..Default::default()
+            },
+            "--port: give 1 to 31 ports",
         );
     }
 }

@@ -4,6 +4,7 @@
 //! failure (no KVM, ...); 122 guest crash; 123 guest exit code above 119; 124 timeout.
 
 use clap::{Args, Parser, Subcommand};
+use device_model::console::backend::{FaultSpec, PortSpec, parse_fault};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +55,32 @@ struct RunArgs {
     /// Stop the guest after SECS seconds (fractions allowed) and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     timeout: Option<Duration>,
+
+    /// A virtio-console port, repeatable; the first is port 0. Without any, port 0 is the
+    /// console on stdio. KIND: stdio | socket:PATH (listen; clients may come and go) |
+    /// connect:PATH | pty (its path is printed; window size reaches the guest) |
+    /// file:OUT[:IN] | null (discard, count, checksum) | pattern (deterministic source, for
+    /// benchmarks). `console` marks a console port; `modules=a+b` pushes STREAMS modules
+    /// (pass, crlf) from the head down.
+    #[arg(long = "port", value_name = "name=NAME,backend=KIND[,console][,modules=a+b]",
+          value_parser = PortSpec::parse)]
+    ports: Vec<PortSpec>,
+
+    /// Host-side buffer exhaustion in the console's STREAMS pool, repeatable:
+    /// allocb=every:N (every Nth allocation fails), allocb=rate:P[:SEED] (each fails with
+    /// probability P), pool=BYTES (the pool holds at most BYTES). Nothing is lost: the device
+    /// retries through qbufcall.
+    #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
+    faults: Vec<FaultSpec>,
+
+    /// At exit, print per-port console statistics on stderr: bytes and buffers each way,
+    /// allocation failures, bufcall retries, kicks, interrupts sent and suppressed, drops.
+    #[arg(long)]
+    stats: bool,
+
+    /// With --stats: print the statistics as one JSON document on stdout instead.
+    #[arg(long, requires = "stats")]
+    json: bool,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -74,6 +101,12 @@ impl RunArgs {
             memory_mib: self.memory,
             cmdline: self.cmdline,
             timeout: self.timeout,
+            ports: if self.ports.is_empty() {
+                vec![PortSpec::default_console()]
+            } else {
+                self.ports
+            },
+            faults: self.faults,
         }
     }
 }
@@ -86,6 +119,10 @@ impl Default for RunArgs {
             memory: 64,
             cmdline: String::new(),
             timeout: None,
+            ports: Vec::new(),
+            faults: Vec::new(),
+            stats: false,
+            json: false,
         }
     }
 }
@@ -109,12 +146,27 @@ fn main() -> ExitCode {
         }
     };
     let Command::Run(args) = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    let (stats, json) = (args.stats, args.json);
     match vmm::vm::run(&args.config()) {
-        Ok(outcome) => {
-            if let Some(reason) = outcome.reason() {
+        Ok(report) => {
+            let c = &report.console;
+            if stats && json {
+                println!("{}", c.json());
+            } else if stats {
+                eprint!("{}", c.table());
+            }
+            for p in &c.ports {
+                if p.pending_out_bytes > 0 || p.drops > 0 {
+                    eprintln!(
+                        "perimeter: port {}: {} bytes of guest output could not be delivered to {}, {} dropped",
+                        p.name, p.pending_out_bytes, p.backend, p.drops
+                    );
+                }
+            }
+            if let Some(reason) = report.outcome.reason() {
                 eprintln!("perimeter: {reason}");
             }
-            ExitCode::from(outcome.status())
+            ExitCode::from(report.outcome.status())
         }
         Err(e) => {
             eprintln!("perimeter: {e}");

@@ -14,6 +14,7 @@ use crate::error::{Error, Outcome};
 use crate::irq::MsiRouter;
 use crate::loader;
 use crate::vcpu::{self, Vcpu};
+use device_model::console::{ConsoleEvents, ConsoleRuntime, ConsoleStats};
 use device_model::rng::{Rng, RngEvents};
 use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
 use guest_abi::{BootParams, IRQ_TEST_VECTOR, MmioDevice, MmioKind, debug, layout};
@@ -56,13 +57,26 @@ impl Output {
     }
 }
 
+/// How a run ended, and what its console moved.
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the guest ended.
+    pub outcome: Outcome,
+    /// The console's final statistics (every port).
+    pub console: ConsoleStats,
+}
+
+/// How long the console may take, after the guest stopped, to hand the guest's last output to
+/// its backends.
+const CONSOLE_GRACE: Duration = Duration::from_secs(2);
+
 /// Boots `config` with output to the process's stdout/stderr and runs it to its end.
-pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
+pub fn run(config: &VmConfig) -> Result<RunReport, Error> {
     run_with_output(config, Output::stdio())
 }
 
 /// Boots `config`, sending guest output to `output`, and runs it to its end.
-pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Error> {
+pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, Error> {
     let mut phases = Phases::from_env();
     config.validate()?;
     let (name, image) = loader::image_bytes(&config.kernel)?;
@@ -127,6 +141,23 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         .try_clone()
         .map_err(Error::host("eventfd for virtio-rng"))?;
 
+    // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
+    let console = ConsoleRuntime::start(&config.ports, &config.faults).map_err(Error::BadInput)?;
+    let (console_entry, console_transport) =
+        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 1, console.device())?;
+    let console_notify = console_transport
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .queue_events()
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::host("eventfds for virtio-console"))?;
+    for (name, path) in console.paths() {
+        eprintln!("perimeter: port {name}: {}", path.display());
+    }
+
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -152,7 +183,8 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         reserved: 0,
     };
     params.mmio[1] = rng_entry;
-    params.mmio_count = 2;
+    params.mmio[2] = console_entry;
+    params.mmio_count = 3;
     boot::write_boot_params(&mem, &params, &config.cmdline)?;
     phases.mark("devices and vCPUs created");
 
@@ -163,6 +195,10 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
         Arc::new(RngEvents {
             device: rng,
             notify: rng_notify,
+        }),
+        Arc::new(ConsoleEvents {
+            console: console.handle(),
+            notify: console_notify,
         }),
     ];
     let events = EventLoop::start(subscribers, stop.clone())?;
@@ -205,11 +241,13 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<Outcome, Err
     phases.mark("guest ended the run");
     shut_down(&stop, threads, events);
     phases.mark("threads joined");
+    let console = console.finish(CONSOLE_GRACE);
+    phases.mark("console output delivered");
     drop((router, vm));
     phases.mark("VM closed");
     drop(mem);
     phases.mark("guest memory unmapped");
-    Ok(outcome)
+    Ok(RunReport { outcome, console })
 }
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {

@@ -53,7 +53,7 @@ fn default_guest_boots_and_exits_0() {
     // The guest drove the virtio-rng through the virtio-mmio transport: ioeventfd notify,
     // used ring, MSI through an irqfd.
     assert!(out.contains("virtio-rng: 64 bytes (not all zero)"), "{out}");
-    assert!(out.contains("2 MMIO device(s)"), "{out}");
+    assert!(out.contains("3 MMIO device(s)"), "{out}");
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
 }
 
@@ -174,7 +174,7 @@ fn bad_input_gives_status_120_and_one_clear_line() {
     let script = dir.join("not-elf");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     let script = script.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["run", "--kernel", "/nonexistent/kernel"],
             "cannot read kernel /nonexistent/kernel",
@@ -188,6 +188,26 @@ fn bad_input_gives_status_120_and_one_clear_line() {
         ),
         (&["run", "--bogus"], "unexpected argument '--bogus'"),
         (&["fly"], "unrecognized subcommand 'fly'"),
+        (
+            &["run", "--port", "name=a,backend=tcp:1"],
+            "unknown backend",
+        ),
+        (&["run", "--port", "backend=null"], "name=NAME"),
+        (
+            &[
+                "run",
+                "--port",
+                "name=a,backend=null",
+                "--port",
+                "name=a,backend=null",
+            ],
+            "two ports are named \"a\"",
+        ),
+        (&["run", "--fault", "allocb=rate:1.5"], "0 <= P <= 1"),
+        (
+            &["run", "--port", "name=s,backend=socket:/nonexistent/dir/s"],
+            "port s: cannot listen on /nonexistent/dir/s",
+        ),
     ];
     for (args, needle) in cases {
         let o = perimeter(args);
@@ -204,7 +224,17 @@ fn help_explains_every_flag_of_run() {
     let o = perimeter(&["run", "--help"]);
     assert_eq!(status(&o), 0);
     let out = text(&o.stdout);
-    for flag in ["--kernel", "--vcpus", "--memory", "--cmdline", "--timeout"] {
+    for flag in [
+        "--kernel",
+        "--vcpus",
+        "--memory",
+        "--cmdline",
+        "--timeout",
+        "--port",
+        "--fault",
+        "--stats",
+        "--json",
+    ] {
         assert!(out.contains(flag), "{flag}: {out}");
     }
 }

@@ -139,6 +139,11 @@ pub struct ConsoleStats {
 }
 
 impl ConsoleStats {
+    /// The statistics as one line of JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("plain data serializes")
+    }
+
     /// A human-readable table, one row per port.
     pub fn table(&self) -> String {
         let mut s = format!(

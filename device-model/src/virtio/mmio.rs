@@ -278,31 +278,33 @@ impl MmioTransport {
             self.status = new;
             return;
         }
-        let next = match old {
-            0 => ACKNOWLEDGE,
-            ACKNOWLEDGE => DRIVER,
-            s if s == ACKNOWLEDGE | DRIVER => FEATURES_OK,
-            s if s == ACKNOWLEDGE | DRIVER | FEATURES_OK => DRIVER_OK,
-            _ => 0,
-        };
-        if next == 0 || new != old | next || self.signals.needs_reset() {
+        // The initialization steps in order. A write may take several at once (virtio-drivers
+        // sets ACKNOWLEDGE | DRIVER in one write), but only the next ones, none skipped.
+        const STEPS: [u32; 4] = [ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK];
+        let done = STEPS.iter().take_while(|&&b| old & b != 0).count();
+        let prefix = |n: usize| STEPS[..n].iter().fold(0, |m, b| m | b);
+        let target = (done + 1..=STEPS.len()).find(|&n| prefix(n) == new);
+        let Some(target) = target.filter(|_| old == prefix(done) && !self.signals.needs_reset())
+        else {
             self.counters.refused_transitions += 1;
             return;
-        }
-        match next {
-            FEATURES_OK => {
-                let offered = self.with_device(|d| d.features()) | VERSION_1;
-                if self.acked_features & !offered != 0 || self.acked_features & VERSION_1 == 0 {
-                    self.counters.refused_transitions += 1;
-                    return;
+        };
+        for &step in &STEPS[done..target] {
+            match step {
+                FEATURES_OK => {
+                    let offered = self.with_device(|d| d.features()) | VERSION_1;
+                    if self.acked_features & !offered != 0 || self.acked_features & VERSION_1 == 0 {
+                        self.counters.refused_transitions += 1;
+                        return;
+                    }
+                    self.status |= step;
                 }
-                self.status = new;
+                DRIVER_OK => {
+                    self.status |= step;
+                    self.activate();
+                }
+                _ => self.status |= step,
             }
-            DRIVER_OK => {
-                self.status = new;
-                self.activate();
-            }
-            _ => self.status = new,
         }
     }
 

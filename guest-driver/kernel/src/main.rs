@@ -20,6 +20,7 @@ mod rt;
 mod smp;
 mod stub;
 mod svc;
+mod vd_console;
 mod virtio_rng;
 mod workload;
 

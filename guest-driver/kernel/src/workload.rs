@@ -11,6 +11,8 @@
 //! * `pio-exit:N`: exits with code N through port 0xf4 (for port-I/O guests).
 //! * `svc:N`: times N null ring-0 services and prints the median, exits 0.
 //! * `hang`: halts forever (for the VMM's `--timeout`).
+//! * `vd-echo[:BYTES]`: the crates.io `virtio-drivers` console echoes BYTES (default 1 MiB)
+//!   received on port 0 back to the host, then exits 0.
 
 use crate::irq::wait_while;
 use crate::percpu::{PERCPU, this_cpu};
@@ -75,6 +77,12 @@ pub fn run() -> ! {
             panic!("port 0xf4 did not end the run");
         }
         "svc" => svc_cost(arg.parse().unwrap_or(100)),
+        "vd-echo" => crate::vd_console::echo(match arg {
+            "" => 1 << 20,
+            n => n
+                .parse()
+                .unwrap_or_else(|_| panic!("workload vd-echo needs a byte count, got {n:?}")),
+        }),
         "hang" => {
             let never = AtomicU64::new(0);
             loop {
