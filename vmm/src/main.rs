@@ -48,7 +48,8 @@ struct RunArgs {
     memory: u64,
 
     /// Guest command line. The built-in guest reads `workload=NAME[:ARG]`: boot (default),
-    /// exit:N, panic, fault, ud, hang.
+    /// exit:N, panic, fault, ud, hang, uart, svc:N, vd-echo[:BYTES] (the crates.io
+    /// virtio-drivers console echoes BYTES received on port 0).
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
 

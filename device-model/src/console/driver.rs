@@ -5,7 +5,7 @@
 //! port's data paths run in the port's own inner perimeter (D_MTQPAIR).
 //!
 //! - Transmit (guest to host), the read side: the service procedure pops the guest's
-//!   buffers while `canputnext` allows and sends each up as an esballoc'd message over guest
+//!   buffers while `canputnext` allows and sends each up as a desballoc'd message over guest
 //!   memory. Freeing the message returns the buffer to the guest, so a slow backend holds
 //!   the guest's buffers and throttles it; nothing is copied and nothing is dropped.
 //! - Receive (host to guest), the write side: the put procedure queues what the backend
@@ -267,7 +267,11 @@ fn wrap_guest_buffer(
     // token's last block is freed (virtio 1.2 §2.7: the driver does not touch a buffer it
     // made available). A guest that breaks that rule can change bytes under us; the host
     // treats them as opaque data, so it only garbles its own output.
-    unsafe { q.streams_handle().esballoc(ptr, len, free) }.map(Some)
+    //
+    // desballoc: the buffer is completed by the thread that frees the message (the backend's,
+    // usually), without a hand-off to a worker per message. The free routine takes only the
+    // port's transmit-ring lock, briefly, and `transmit` never frees a message while holding it.
+    unsafe { q.streams_handle().desballoc(ptr, len, free) }.map(Some)
 }
 
 /// Asks for the transmit path to run again when memory returns (qbufcall), or in a tick if

@@ -25,9 +25,8 @@ use streams::{Mblk, ReadResult, Stream};
 pub const READ_CHUNK: usize = 64 * 1024;
 /// The pattern backend's period: byte `i` of its stream is `i % PATTERN_PERIOD`.
 pub const PATTERN_PERIOD: usize = 251;
-/// The pattern backend's message size: small enough that its source block leaves room in a
-/// small `--fault pool=` for the rest of the device.
-pub const PATTERN_CHUNK: usize = 16 * 1024;
+/// The pattern backend's message size (a 64 KiB receive buffer takes one message).
+pub const PATTERN_CHUNK: usize = 64 * 1024;
 
 /// The pattern backend's byte at stream offset `i` (the guest checks it the same way).
 pub fn pattern_byte(i: u64) -> u8 {
@@ -520,13 +519,37 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
     }
 }
 
-/// The pattern backend's source block: the pattern long enough for any window.
+/// The pattern's bytes, owned by the message that wraps them (freed with it, or at once if
+/// wrapping fails).
+struct PatternBytes {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for PatternBytes {
+    fn drop(&mut self) {
+        let slice = std::ptr::slice_from_raw_parts_mut(self.addr as *mut u8, self.len);
+        // SAFETY: `addr..addr + len` came from `Box::into_raw` in `pattern_master`, and only
+        // this value, dropped once, gives it back.
+        drop(unsafe { Box::from_raw(slice) });
+    }
+}
+
+/// The pattern backend's source block: the pattern long enough for any window. Like a
+/// device's ROM it lies outside the buffer pool (`esballoc`), so `--fault pool=` limits the
+/// device's buffers, not the benchmark's source; faults of the pool still apply to it.
 fn pattern_master(streams: &streams::Streams) -> Option<Mblk> {
     let len = PATTERN_CHUNK + PATTERN_PERIOD;
-    let mut m = streams.allocb(len)?;
-    let bytes: Vec<u8> = (0..len as u64).map(pattern_byte).collect();
-    m.write(&bytes).ok()?;
-    Some(m)
+    let bytes: Box<[u8]> = (0..len as u64).map(pattern_byte).collect();
+    let addr = Box::into_raw(bytes) as *mut u8;
+    let owner = PatternBytes {
+        addr: addr as usize,
+        len,
+    };
+    // SAFETY: `addr..addr + len` is a live allocation that only `owner` frees, and `owner`
+    // moves into the free routine, which runs after the last reference to the message is
+    // gone (or is dropped at once if the allocation fails).
+    unsafe { streams.esballoc(addr, len, Box::new(move || drop(owner))) }
 }
 
 /// Counts a failed allocation and waits for the bufcall it registers (or 100 ms).
