@@ -5,12 +5,12 @@
 //! These need `/dev/kvm`. Where it is missing each test says so on stderr (not captured) and
 //! passes without running; where it is present (CI's runners) they always run.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn kvm_present(test: &str) -> bool {
     if Path::new("/dev/kvm").exists() {
@@ -30,18 +30,28 @@ fn tmp_dir(test: &str) -> PathBuf {
     d
 }
 
-fn connect(path: &Path, child: &mut Child) -> UnixStream {
-    let t = Instant::now();
+/// Connects to the socket backend once perimeter says it listens (its "port NAME: PATH" line
+/// on stderr, printed after the bind); returns the stream and a thread collecting the rest of
+/// stderr.
+fn connect(path: &Path, child: &mut Child) -> (UnixStream, thread::JoinHandle<String>) {
+    let mut err = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut seen = String::new();
+    let announced = format!("perimeter: port p0: {}", path.display());
     loop {
-        if let Ok(s) = UnixStream::connect(path) {
-            return s;
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("perimeter ended before its socket {path:?} listened; stderr: {seen}");
         }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("perimeter exited ({st}) before its socket {path:?} appeared");
+        seen += &line;
+        if line.trim_end() == announced {
+            break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "no socket {path:?}");
-        thread::sleep(Duration::from_millis(10));
     }
+    let rest = thread::spawn(move || {
+        let _ = err.read_to_string(&mut seen);
+        seen
+    });
+    (UnixStream::connect(path).expect("the socket listens"), rest)
 }
 
 /// Bytes that are not periodic in any small period (so a lost or repeated buffer shows).
@@ -82,7 +92,7 @@ fn echo_through_virtio_drivers(test: &str, total: usize, extra: &[&str]) -> (Str
         .stderr(Stdio::piped())
         .spawn()
         .expect("perimeter starts");
-    let s = connect(&sock, &mut child);
+    let (s, stderr) = connect(&sock, &mut child);
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let sent = data(total);
     let mut w = s.try_clone().unwrap();
@@ -101,7 +111,7 @@ fn echo_through_virtio_drivers(test: &str, total: usize, extra: &[&str]) -> (Str
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr.join().unwrap(),
     );
     assert_eq!(
         out.status.code(),

@@ -728,20 +728,11 @@ mod backends {
         r.handshake();
         let out = pattern(1 << 20, 6);
         r.guest_send_all(0, &out, 65536);
-        eventually("null output", || {
-            r.h.port(0)
-                .unwrap()
-                .counters
-                .out_bytes
-                .load(Ordering::Relaxed)
-                == out.len() as u64
-        });
         let got = r.guest_recv_n(1, 200_000);
         for (i, &b) in got.iter().enumerate() {
             assert_eq!(b, pattern_byte(i as u64), "pattern byte {i}");
         }
-        let st = rt.finish(Duration::from_secs(2));
-        assert_eq!(st.ports[0].out_crc32, Some(crc(&out)));
+        let st = finish_after_null_output(rt, &r, &out);
         assert_eq!(st.ports[0].drops + st.ports[1].drops, 0);
     }
 
@@ -862,16 +853,7 @@ mod backends {
             assert!(after.0 > before.0, "{f}: no allocation failed");
             assert!(after.1 > before.1, "{f}: no bufcall retried");
         }
-        eventually("null output", || {
-            r.h.port(0)
-                .unwrap()
-                .counters
-                .out_bytes
-                .load(Ordering::Relaxed)
-                == sent.len() as u64
-        });
-        let st = rt.finish(Duration::from_secs(2));
-        assert_eq!(st.ports[0].out_crc32, Some(crc(&sent)));
+        let st = finish_after_null_output(rt, &r, &sent);
         assert_eq!(st.ports.iter().map(|p| p.drops).sum::<u64>(), 0);
 
         // A pool too small for the traffic throttles instead of failing.
@@ -889,15 +871,18 @@ mod backends {
                 .enumerate()
                 .all(|(i, &b)| b == pattern_byte(i as u64))
         );
+        finish_after_null_output(rt, &r, &out);
+    }
+
+    /// Waits until port 0's `null` backend took all of `sent`, ends the run and checks the
+    /// backend's checksum.
+    fn finish_after_null_output(rt: ConsoleRuntime, r: &Rig, sent: &[u8]) -> ConsoleStats {
+        let out_bytes = &r.h.port(0).unwrap().counters.out_bytes;
         eventually("null output", || {
-            r.h.port(0)
-                .unwrap()
-                .counters
-                .out_bytes
-                .load(Ordering::Relaxed)
-                == out.len() as u64
+            out_bytes.load(Ordering::Relaxed) == sent.len() as u64
         });
         let st = rt.finish(Duration::from_secs(2));
-        assert_eq!(st.ports[0].out_crc32, Some(crc(&out)));
+        assert_eq!(st.ports[0].out_crc32, Some(crc(sent)));
+        st
     }
 }
