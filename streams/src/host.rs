@@ -174,7 +174,14 @@ impl Platform for HostPlatform {
         }
         self.0.timer_cv.notify_all();
     }
-    fn wait(&self, _streams: &Streams, word: &AtomicU32, expected: u32) {
+    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+        // A worker blocking here (a service procedure waiting for its perimeter) may be the
+        // last one awake while the work that would free the perimeter (an outer writer, a
+        // drain) waits in the task queue behind it: hand that work to another worker, or
+        // every worker can end up asleep with the queue full.
+        if streams.has_queued_tasks() {
+            self.kick(streams);
+        }
         let (m, cv) = self.0.bucket(word);
         let g = lock(m);
         if word.load(Ordering::SeqCst) == expected {

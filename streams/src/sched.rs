@@ -176,6 +176,11 @@ impl Streams {
         self.0.pool.stats()
     }
 
+    /// Whether background work is queued and not yet taken by any thread.
+    pub(crate) fn has_queued_tasks(&self) -> bool {
+        !self.0.tasks.lock().is_empty()
+    }
+
     pub(crate) fn push_task(&self, task: Task) {
         self.0.busy.fetch_add(1, Ordering::SeqCst);
         self.0.tasks.lock().push_back(task);

@@ -394,3 +394,51 @@ fn two_opens_sharing_a_permod_perimeter_can_both_plumb() {
     assert_eq!((a.modules(), b.modules()), (1, 1));
     assert_eq!(contents(&a.driver(Side::Write)), ["a"]);
 }
+
+/// Service procedures of many instances block on their perimeters while a queued
+/// qwriter(PERIM_OUTER) waits in the task queue: the worker pool must still reach that
+/// writer (it once starved: every worker asleep in a service entry, the writer queued behind
+/// them, quiesce forever).
+#[test]
+fn an_outer_writer_queued_behind_blocked_services_still_runs() {
+    const STREAMS: usize = 12;
+    const ROUNDS: usize = 1000;
+    let _w = watchdog(30);
+    let s = host();
+    let writers = Arc::new(AtomicUsize::new(0));
+    let services = Arc::new(AtomicUsize::new(0));
+    let fns = Fns::pass()
+        .put(|q, m| if q.is_read() { q.putnext(m) } else { q.putq(m) })
+        .srv({
+            let (writers, services) = (writers.clone(), services.clone());
+            move |q| {
+                while let Some(m) = q.getq() {
+                    services.fetch_add(1, Ordering::SeqCst);
+                    if m.data().first() == Some(&b'w') {
+                        let writers = writers.clone();
+                        q.qwriter(
+                            m,
+                            move |_q, _m| {
+                                writers.fetch_add(1, Ordering::SeqCst);
+                            },
+                            Perim::Outer,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        });
+    let drv = def("outer", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, true), fns);
+    let streams: Vec<Stream> = (0..STREAMS)
+        .map(|_| Stream::open(&s, &drv).unwrap())
+        .collect();
+    for round in 0..ROUNDS {
+        for (i, st) in streams.iter().enumerate() {
+            st.write(if i == round % STREAMS { b"w" } else { b"s" })
+                .unwrap();
+        }
+        s.quiesce();
+        assert_eq!(writers.load(Ordering::SeqCst), round + 1);
+    }
+    assert_eq!(services.load(Ordering::SeqCst), ROUNDS * STREAMS);
+}

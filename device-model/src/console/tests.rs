@@ -105,12 +105,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 impl Rig {
     fn run(&self) {
         if self.host {
-            // The workers do the work, as in the VMM; this thread only gives them time, and
-            // every check after this polls with `eventually`. Known bug, not yet fixed:
-            // quiesce() here, running STREAMS work in this thread beside the workers, hangs
-            // now and then at activation with WRITER left on the port syncqs and no outer
-            // writer alive (seen 1 run in 5-10 of this file's tests).
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.s.quiesce();
         } else {
             self.s.run_until_idle();
         }
