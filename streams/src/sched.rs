@@ -176,8 +176,9 @@ impl Streams {
         self.0.pool.stats()
     }
 
-    /// Whether background work is queued and not yet taken by any thread.
-    pub(crate) fn has_queued_tasks(&self) -> bool {
+    /// Whether background work is queued and not yet taken by any thread (a platform's idle
+    /// loop asks before it halts).
+    pub fn has_queued_tasks(&self) -> bool {
         !self.0.tasks.lock().is_empty()
     }
 

@@ -12,7 +12,7 @@ use crate::queue::{
     link,
 };
 use crate::sched::Streams;
-use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, OpLock, Ordering, Weak};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -29,7 +29,7 @@ pub(crate) struct StreamShared {
     /// when the change ends.
     parked: Mutex<Vec<(QueueRef, Mblk, bool)>>,
     /// Serialises push, pop, insert and close on this stream (`STRPLUMB`).
-    ops: Mutex<()>,
+    ops: OpLock<()>,
 }
 
 /// A walk of a stream's links from outside an entry point; plumbing waits for it.
@@ -814,7 +814,7 @@ impl Stream {
                 walkers: AtomicU32::new(0),
                 plumbing: AtomicU32::new(0),
                 parked: Mutex::new(Vec::new()),
-                ops: Mutex::new(()),
+                ops: OpLock::new(()),
             }),
             head: Arc::new(HeadState::default()),
         });
@@ -938,6 +938,14 @@ impl Stream {
     pub fn canwrite(&self) -> bool {
         let _walk = self.head.walk();
         link(self.head.wq.next.load(Ordering::Acquire)).is_none_or(Queue::canput)
+    }
+
+    /// Whether [`Stream::read`] would return at once: a message waits, the stream hung up,
+    /// or a read error is set (`poll`'s POLLIN, without taking anything).
+    pub fn readable(&self) -> bool {
+        !self.head.rq.is_empty()
+            || self.inner.head.is_hungup()
+            || self.inner.head.errors().0.is_some()
     }
 
     /// Reads the next message at the head (`getmsg`, non-blocking).

@@ -27,13 +27,79 @@ impl<T> Mutex<T> {
 }
 
 /// A mutual-exclusion lock for short critical sections (spinning; no_std).
+///
+/// Each hold is also a `critical-section` critical section, so that a platform whose
+/// interrupt handlers call into the core (a bare-metal guest) can hold those handlers off
+/// while this CPU is inside one of the core's locks: a handler spinning on a lock that the
+/// code it interrupted holds would never get it. The platform provides the implementation
+/// (`critical_section::set_impl!`); nested holds are fine.
 #[cfg(not(feature = "std"))]
 pub(crate) struct Mutex<T>(spin::Mutex<T>);
+
+/// A held [`Mutex`]: the lock is released before the critical section ends.
+#[cfg(not(feature = "std"))]
+pub(crate) struct MutexGuard<'a, T> {
+    guard: core::mem::ManuallyDrop<spin::MutexGuard<'a, T>>,
+    restore: critical_section::RestoreState,
+}
 
 #[cfg(not(feature = "std"))]
 impl<T> Mutex<T> {
     pub(crate) const fn new(v: T) -> Self {
         Mutex(spin::Mutex::new(v))
+    }
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        // SAFETY: released exactly once, in the guard's drop, after the lock. Guards may be
+        // dropped out of order, so the platform's implementation must count nested holds
+        // rather than restore a saved state (the guest's does).
+        let restore = unsafe { critical_section::acquire() };
+        MutexGuard {
+            guard: core::mem::ManuallyDrop::new(self.0.lock()),
+            restore,
+        }
+    }
+}
+
+#[cfg(not(feature = "std"))]
+impl<T> core::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+#[cfg(not(feature = "std"))]
+impl<T> core::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+#[cfg(not(feature = "std"))]
+impl<T> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped once, here, and not used afterwards.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.guard) };
+        // SAFETY: pairs with the acquire in `Mutex::lock`.
+        unsafe { critical_section::release(self.restore) };
+    }
+}
+
+/// A stream's operation lock (`STRPLUMB`): held across a push, pop or close, module open and
+/// close routines included, so its holder may block (qwait, qprocsoff). Unlike [`Mutex`] it is
+/// not a critical section under `no_std`: interrupt handlers never take it (they only `put`),
+/// and holding off their upcalls across a blocking wait would stop the wait's own wake-up.
+#[cfg(feature = "std")]
+pub(crate) type OpLock<T> = Mutex<T>;
+
+/// A stream's operation lock (`STRPLUMB`); see the `std` version. Contention spins.
+#[cfg(not(feature = "std"))]
+pub(crate) struct OpLock<T>(spin::Mutex<T>);
+
+#[cfg(not(feature = "std"))]
+impl<T> OpLock<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        OpLock(spin::Mutex::new(v))
     }
     pub(crate) fn lock(&self) -> spin::MutexGuard<'_, T> {
         self.0.lock()

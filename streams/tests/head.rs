@@ -153,11 +153,17 @@ fn scenario_60_hangup_fails_writes_and_reads_drain_then_eof() {
     let (_p, s) = det();
     let st = Stream::open(&s, &canonical_driver(&Recorder::new())).unwrap();
     let up = st.driver(Side::Read);
+    assert!(!st.readable(), "nothing to read yet");
     up.putnext(data(&s, b"last words")).unwrap();
+    assert!(st.readable(), "a message waits");
     up.putnext(msg(&s, MsgType::M_HANGUP, 0, &[])).unwrap();
     assert_eq!(st.write(b"x"), Err(Errno::EIO));
     assert!(matches!(st.read(), ReadResult::Data(m) if m.data() == b"last words"));
     assert!(matches!(st.read(), ReadResult::Eof));
+    assert!(
+        st.readable(),
+        "end of file is readable: a read returns at once"
+    );
     assert!(st.head().events().contains(&HeadEvent::Hangup));
 }
 

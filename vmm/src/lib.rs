@@ -11,6 +11,7 @@
 //! | [`bus`] | MMIO and port-I/O address dispatch |
 //! | [`irq`] | GSI routing: irqfds routed as MSI |
 //! | [`devices`] | the debug page and the 8250 UART |
+//! | [`results`] | the guest's `@result` lines: collected, checked, shown |
 //! | [`error`] | errors, outcomes and exit statuses |
 
 pub mod boot;
@@ -20,6 +21,7 @@ pub mod devices;
 pub mod error;
 pub mod irq;
 pub mod loader;
+pub mod results;
 pub mod vcpu;
 pub mod vm;
 

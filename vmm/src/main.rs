@@ -1,7 +1,8 @@
 //! `perimeter`: boot a guest under KVM and exit with its status.
 //!
 //! Exit statuses: the guest's own exit code (0–119); 120 bad command line or input; 121 host
-//! failure (no KVM, ...); 122 guest crash; 123 guest exit code above 119; 124 timeout.
+//! failure (no KVM, ...); 122 guest crash; 123 guest exit code above 119; 124 timeout; 125 the
+//! guest succeeded but a result the host can check (a `tx` checksum) did not match.
 
 use clap::{Args, Parser, Subcommand};
 use device_model::console::backend::{FaultSpec, PortSpec, parse_fault};
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::error::STATUS_BAD_INPUT;
+
+/// Exit status when the guest succeeded but the host's check of its results failed.
+const STATUS_RESULT_MISMATCH: u8 = 125;
 use vmm::{Kernel, VmConfig};
 
 /// perimeter: a KVM virtual machine monitor whose virtio-console device is built from
@@ -16,7 +20,8 @@ use vmm::{Kernel, VmConfig};
 /// boots the built-in guest.
 ///
 /// Exit status: the guest's exit code (0-119); 120 bad arguments or input files; 121 host failure
-/// (for example no /dev/kvm); 122 guest crash; 123 guest exit code above 119; 124 timeout.
+/// (for example no /dev/kvm); 122 guest crash; 123 guest exit code above 119; 124 timeout; 125
+/// the guest succeeded but the host's check of its results failed.
 #[derive(Parser, Debug)]
 #[command(name = "perimeter", version, about, long_about)]
 struct Cli {
@@ -47,21 +52,35 @@ struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     memory: u64,
 
-    /// Guest command line. The built-in guest reads `workload=NAME[:ARG]`: boot (default),
-    /// exit:N, panic, fault, ud, hang, uart, svc:N, vd-echo[:BYTES] (the crates.io
-    /// virtio-drivers console echoes BYTES received on port 0).
+    /// Guest command line, passed as it is (--workload and --guest-fault add to it).
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
+
+    /// What the built-in guest does. Its STREAMS virtio-console driver runs: selftest (the
+    /// default: opens every port; round trips and a stream through `echo`, a checksummed
+    /// stream to `sink`, a checked stream from `source`), echo[:BYTES] (echo every port),
+    /// tx:SIZE:TOTAL[:PORT] (guest to host, CRC checked by the host), rx:SIZE:TOTAL[:PORT]
+    /// (host pattern to guest, checked in the guest), pingpong:SIZE:COUNT[:PORT] (round-trip
+    /// latency). Sizes take K, M, G. Also: boot, exit:N, panic, fault, ud, hang, uart, svc:N,
+    /// vd-echo[:BYTES] (the crates.io virtio-drivers console).
+    #[arg(long, value_name = "NAME[:ARGS]", value_parser = parse_workload)]
+    workload: Option<String>,
+
+    /// Buffer exhaustion inside the guest's STREAMS pool, repeatable: allocb=every:N or
+    /// allocb=rate:P[:SEED]. The guest driver keeps going with fewer buffers and retries
+    /// through qbufcall; nothing is lost.
+    #[arg(long = "guest-fault", value_name = "SPEC", value_parser = parse_guest_fault)]
+    guest_faults: Vec<String>,
 
     /// Stop the guest after SECS seconds (fractions allowed) and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     timeout: Option<Duration>,
 
-    /// A virtio-console port, repeatable; the first is port 0. Without any, port 0 is the
-    /// console on stdio. KIND: stdio | socket:PATH (listen; clients may come and go) |
-    /// connect:PATH | pty (its path is printed; window size reaches the guest) |
-    /// file:OUT[:IN] | null (discard, count, checksum) | pattern (deterministic source, for
-    /// benchmarks). `console` marks a console port; `modules=a+b` pushes STREAMS modules
+    /// A virtio-console port, repeatable; the first is port 0. Without any: console (stdio,
+    /// a console port), echo (echo), sink (null), source (pattern). KIND: stdio |
+    /// socket:PATH (listen; clients may come and go) | connect:PATH | pty (its path is
+    /// printed; window size reaches the guest) | file:OUT[:IN] | null (discard, count,
+    /// checksum) | pattern (deterministic source, for benchmarks) | echo (back to the guest). `console` marks a console port; `modules=a+b` pushes STREAMS modules
     /// (pass, crlf) from the head down.
     #[arg(long = "port", value_name = "name=NAME,backend=KIND[,console][,modules=a+b]",
           value_parser = PortSpec::parse)]
@@ -79,9 +98,39 @@ struct RunArgs {
     #[arg(long)]
     stats: bool,
 
-    /// With --stats: print the statistics as one JSON document on stdout instead.
-    #[arg(long, requires = "stats")]
+    /// Print the guest's results and the console statistics as one JSON document on stdout
+    /// (instead of the results table; --stats then prints no table either).
+    #[arg(long)]
     json: bool,
+}
+
+fn parse_workload(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return Err(format!("{s:?}: a workload is NAME[:ARGS] without spaces"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_guest_fault(s: &str) -> Result<String, String> {
+    if !s.starts_with("allocb=") || s.contains(',') {
+        return Err(format!(
+            "{s:?}: expected allocb=every:N or allocb=rate:P[:SEED]"
+        ));
+    }
+    parse_fault(s)?;
+    Ok(s.to_string())
+}
+
+/// The guest command line: the user's, then `workload=` and `guest-fault=`.
+fn guest_cmdline(base: &str, workload: Option<&str>, faults: &[String]) -> String {
+    let mut words: Vec<String> = base.split_whitespace().map(String::from).collect();
+    if let Some(w) = workload {
+        words.push(format!("workload={w}"));
+    }
+    if !faults.is_empty() {
+        words.push(format!("guest-fault={}", faults.join(",")));
+    }
+    words.join(" ")
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -100,10 +149,10 @@ impl RunArgs {
             kernel: self.kernel.map_or(Kernel::Embedded, Kernel::File),
             vcpus: self.vcpus,
             memory_mib: self.memory,
-            cmdline: self.cmdline,
+            cmdline: guest_cmdline(&self.cmdline, self.workload.as_deref(), &self.guest_faults),
             timeout: self.timeout,
             ports: if self.ports.is_empty() {
-                vec![PortSpec::default_console()]
+                PortSpec::defaults()
             } else {
                 self.ports
             },
@@ -119,6 +168,8 @@ impl Default for RunArgs {
             vcpus: 1,
             memory: 64,
             cmdline: String::new(),
+            workload: None,
+            guest_faults: Vec::new(),
             timeout: None,
             ports: Vec::new(),
             faults: Vec::new(),
@@ -151,10 +202,23 @@ fn main() -> ExitCode {
     match vmm::vm::run(&args.config()) {
         Ok(report) => {
             let c = &report.console;
-            if stats && json {
-                println!("{}", c.json());
-            } else if stats {
-                eprint!("{}", c.table());
+            if json {
+                let results =
+                    serde_json::to_string(&report.results).expect("plain data serializes");
+                let stats = c.json();
+                let body = stats.strip_suffix('}').unwrap_or(&stats);
+                println!("{body},\"results\":{results}}}");
+            } else {
+                if !report.results.is_empty() {
+                    print!("{}", vmm::results::table(&report.results));
+                }
+                if stats {
+                    eprint!("{}", c.table());
+                }
+            }
+            let mismatch = report.results.iter().any(|r| r.host_check == "MISMATCH");
+            if mismatch {
+                eprintln!("perimeter: a guest result does not match what the host received");
             }
             for p in &c.ports {
                 if p.pending_out_bytes > 0 || p.drops > 0 {
@@ -167,7 +231,10 @@ fn main() -> ExitCode {
             if let Some(reason) = report.outcome.reason() {
                 eprintln!("perimeter: {reason}");
             }
-            ExitCode::from(report.outcome.status())
+            match report.outcome.status() {
+                0 if mismatch => ExitCode::from(STATUS_RESULT_MISMATCH),
+                status => ExitCode::from(status),
+            }
         }
         Err(e) => {
             eprintln!("perimeter: {e}");

@@ -13,6 +13,7 @@ use crate::devices::virtio_mmio;
 use crate::error::{Error, Outcome};
 use crate::irq::MsiRouter;
 use crate::loader;
+use crate::results::GuestResult;
 use crate::vcpu::{self, Vcpu};
 use device_model::console::{ConsoleEvents, ConsoleRuntime, ConsoleStats};
 use device_model::rng::{Rng, RngEvents};
@@ -64,6 +65,8 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// The console's final statistics (every port).
     pub console: ConsoleStats,
+    /// The guest's `@result` lines, checked against the host's figures where possible.
+    pub results: Vec<GuestResult>,
 }
 
 /// How long the console may take, after the guest stopped, to hand the guest's last output to
@@ -102,7 +105,14 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
 
     let (tx, rx) = mpsc::channel();
     let mut mmio = Bus::new();
-    let page = DebugPage::new(mem.clone(), tx.clone(), output.out, output.err);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let page = DebugPage::new(
+        mem.clone(),
+        tx.clone(),
+        output.out,
+        output.err,
+        results.clone(),
+    );
     mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, Arc::new(page))
         .map_err(Error::BadInput)?;
     let mut pio = Bus::new();
@@ -132,7 +142,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         std::fs::File::open("/dev/urandom").map_err(Error::host("opening /dev/urandom"))?,
     ))));
     let (rng_entry, rng_transport) =
-        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 0, rng.clone())?;
+        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 0, rng.clone(), 0)?;
     let rng_notify = rng_transport
         .0
         .lock()
@@ -143,8 +153,15 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
 
     // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
     let console = ConsoleRuntime::start(&config.ports, &config.faults).map_err(Error::BadInput)?;
-    let (console_entry, console_transport) =
-        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 1, console.device())?;
+    let (console_entry, console_transport) = virtio_mmio::attach(
+        &vm,
+        &router,
+        &mut mmio,
+        &mem,
+        1,
+        console.device(),
+        config.vcpus - 1,
+    )?;
     let console_notify = console_transport
         .0
         .lock()
@@ -247,7 +264,13 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     phases.mark("VM closed");
     drop(mem);
     phases.mark("guest memory unmapped");
-    Ok(RunReport { outcome, console })
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    crate::results::check(&mut results, &console);
+    Ok(RunReport {
+        outcome,
+        console,
+        results,
+    })
 }
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {

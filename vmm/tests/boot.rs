@@ -39,6 +39,7 @@ fn default_guest_boots_and_exits_0() {
     if !kvm_present("default_guest_boots_and_exits_0") {
         return;
     }
+    // What `cargo run --release` does: the selftest on the default ports.
     let o = perimeter(&[]);
     let out = text(&o.stdout);
     assert_eq!(status(&o), 0, "stdout: {out}\nstderr: {}", text(&o.stderr));
@@ -46,14 +47,26 @@ fn default_guest_boots_and_exits_0() {
         out.contains("perimeter guest: 1 vCPU(s), 64 MiB RAM"),
         "{out}"
     );
-    assert!(
-        out.ends_with("boot: ok\n"),
-        "the last line arrives whole: {out:?}"
-    );
     // The guest drove the virtio-rng through the virtio-mmio transport: ioeventfd notify,
     // used ring, MSI through an irqfd.
     assert!(out.contains("virtio-rng: 64 bytes (not all zero)"), "{out}");
     assert!(out.contains("3 MMIO device(s)"), "{out}");
+    // The STREAMS driver found the default ports (printed through EMERG_WRITE on port 0).
+    assert!(
+        out.contains("virtio-console: 4 port(s): console (console), echo, sink, source"),
+        "{out}"
+    );
+    assert!(out.contains("selftest: ok\n"), "{out}");
+    // The results table, each check passed (tx checked by the host against its CRC).
+    for row in ["pingpong", "echo-stream", "tx", "rx"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row: {out}"));
+        if row != "pingpong" {
+            assert!(line.ends_with("ok"), "{line}");
+        }
+    }
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
 }
 
@@ -63,7 +76,15 @@ fn test_interrupt_reaches_every_vcpu_and_every_vcpu_runs_code() {
         return;
     }
     for vcpus in ["2", "4"] {
-        let o = perimeter(&["run", "--vcpus", vcpus, "--timeout", "30"]);
+        let o = perimeter(&[
+            "run",
+            "--vcpus",
+            vcpus,
+            "--workload",
+            "boot",
+            "--timeout",
+            "30",
+        ]);
         let out = text(&o.stdout);
         assert_eq!(status(&o), 0, "stdout: {out}\nstderr: {}", text(&o.stderr));
         let n: usize = vcpus.parse().unwrap();
@@ -174,7 +195,7 @@ fn bad_input_gives_status_120_and_one_clear_line() {
     let script = dir.join("not-elf");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     let script = script.to_str().unwrap();
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 15] = [
         (
             &["run", "--kernel", "/nonexistent/kernel"],
             "cannot read kernel /nonexistent/kernel",
@@ -205,6 +226,12 @@ fn bad_input_gives_status_120_and_one_clear_line() {
         ),
         (&["run", "--fault", "allocb=rate:1.5"], "0 <= P <= 1"),
         (
+            &["run", "--guest-fault", "pool=100"],
+            "expected allocb=every:N",
+        ),
+        (&["run", "--guest-fault", "allocb=rate:2"], "0 <= P <= 1"),
+        (&["run", "--workload", "tx 1"], "without spaces"),
+        (
             &["run", "--port", "name=s,backend=socket:/nonexistent/dir/s"],
             "port s: cannot listen on /nonexistent/dir/s",
         ),
@@ -229,6 +256,8 @@ fn help_explains_every_flag_of_run() {
         "--vcpus",
         "--memory",
         "--cmdline",
+        "--workload",
+        "--guest-fault",
         "--timeout",
         "--port",
         "--fault",

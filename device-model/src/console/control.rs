@@ -179,6 +179,14 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
             if c.value != 0 {
                 p.kick_rx(); // deliver what the host sent while the port was closed
             }
+            // Answer with the host side's state: a driver may wait for it to know that the
+            // device has seen its open (Linux's driver takes it as a host-side event).
+            let open = Control {
+                id: p.id,
+                event: event::PORT_OPEN,
+                value: u16::from(p.host_open()),
+            };
+            send(s, st, open, &[]);
         }
         _ => {
             s.control_ignored.fetch_add(1, Ordering::Relaxed);

@@ -268,8 +268,21 @@ fn the_multiport_handshake_names_ports_and_marks_the_console() {
         has(1, event::PORT_OPEN, Some(1), b""),
         "the host side of port 1 is open"
     );
-    assert!(!has(0, event::PORT_OPEN, None, b""));
+    assert!(
+        !has(0, event::PORT_OPEN, Some(1), b""),
+        "the host side of port 0 is closed"
+    );
     assert!(r.h.port(0).unwrap().guest_open() && r.h.port(1).unwrap().guest_open());
+    // The guest's PORT_OPEN is answered with the host side's state.
+    r.ctl_send(1, event::PORT_OPEN, 1);
+    r.run();
+    let answer = r.ctl_recv();
+    assert!(
+        answer
+            .iter()
+            .any(|(c, _)| c.id == 1 && c.event == event::PORT_OPEN && c.value == 1),
+        "{answer:?}"
+    );
     // Later host events arrive as messages too.
     r.h.set_host_open(1, false);
     r.h.set_size(0, 100, 40);
@@ -729,6 +742,22 @@ mod backends {
         }
         let st = finish_after_null_output(rt, &r, &out);
         assert_eq!(st.ports[0].drops + st.ports[1].drops, 0);
+    }
+
+    #[test]
+    fn echo_sends_the_guests_output_back_to_it() {
+        let rt = ConsoleRuntime::start(&[spec("e", "echo")], &[]).unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        let out = pattern(300_000, 9);
+        r.guest_send_all(0, &out, 16384);
+        let got = r.guest_recv_n(0, out.len());
+        assert_eq!(got.len(), out.len());
+        assert!(got == out, "the echo differs");
+        let st = rt.finish(Duration::from_secs(2));
+        assert_eq!(st.ports[0].out_bytes, out.len() as u64);
+        assert_eq!((st.ports[0].drops, st.ports[0].pending_out_bytes), (0, 0));
     }
 
     #[test]

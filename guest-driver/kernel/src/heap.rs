@@ -1,9 +1,38 @@
 //! The global allocator: one heap from the 2 MiB boundary after the image to the end of RAM.
 
+use core::alloc::{GlobalAlloc, Layout};
 use linked_list_allocator::LockedHeap;
 
+/// The heap's spin lock, taken with interrupt upcalls held off on this CPU: a handler that
+/// allocates (a STREAMS `put` does) must not spin on the lock the interrupted code holds.
+struct Heap(LockedHeap);
+
+// SAFETY: forwards to `LockedHeap`, which is a correct allocator; the mask only delays
+// interrupt handlers on this CPU.
+unsafe impl GlobalAlloc for Heap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        crate::irq::mask();
+        // SAFETY: forwarded from the caller.
+        let p = unsafe { self.0.alloc(layout) };
+        crate::irq::unmask();
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        crate::irq::mask();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.dealloc(ptr, layout) };
+        crate::irq::unmask();
+    }
+}
+
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: Heap = Heap(LockedHeap::empty());
+static SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes the heap was given.
+pub fn size() -> usize {
+    SIZE.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 unsafe extern "C" {
     static __heap_start: u8;
@@ -22,6 +51,7 @@ pub fn init(mem_size: u64) -> usize {
         });
     // SAFETY: the range lies inside guest RAM (the VMM reports mem_size), above everything the
     // image and the VMM placed in memory, and is handed over once, before any allocation.
-    unsafe { HEAP.lock().init(start as *mut u8, size) };
+    unsafe { HEAP.0.lock().init(start as *mut u8, size) };
+    SIZE.store(size, core::sync::atomic::Ordering::Relaxed);
     size
 }

@@ -78,6 +78,22 @@ pub extern "C" fn upcall() {
     drain(this_cpu());
 }
 
+/// Holds interrupt upcalls off on this CPU until the matching [`unmask`]; nests. Interrupts
+/// still arrive (the stub counts them and leaves them pending), their handlers just wait. This
+/// is what the guest's critical sections (spin locks, the allocator) use instead of `cli`,
+/// which ring 3 cannot execute and a service call would make cost ~50 µs.
+pub fn mask() {
+    // The stub diverts into an upcall only while `in_upcall` is 0: each level adds one.
+    this_cpu().in_upcall.fetch_add(1, Ordering::Acquire);
+}
+
+/// Ends one [`mask`]; the outermost runs the handlers of what arrived meanwhile.
+pub fn unmask() {
+    if this_cpu().in_upcall.fetch_sub(1, Ordering::Release) == 1 {
+        run_pending();
+    }
+}
+
 /// Runs the handlers of interrupts left pending (for example, taken while halted).
 pub fn run_pending() {
     let pc = this_cpu();

@@ -46,7 +46,8 @@ pub const SVC_OUTL: u64 = 3;
 pub const SVC_INB: u64 = 4;
 pub const SVC_WAIT: u64 = 5;
 pub const SVC_NOP: u64 = 6;
-const SVC_COUNT: u64 = 7;
+pub const SVC_WAIT2: u64 = 7;
+const SVC_COUNT: u64 = 8;
 /// The eight bytes at a service call: `ud2` then `nop dword ptr [rax + 0x5653]` ("SV"). A bare
 /// `ud2` (say, from `core::intrinsics::abort`) is reported as a #UD fault instead.
 pub const SVC_SIGNATURE: u64 = 0x0056_5380_1f0f_0b0f;
@@ -261,6 +262,17 @@ svc_wait:
     hlt
     cli
     jmp svc_done
+svc_wait2:
+    /* Halt only while dword [rdi] == esi and qword [rdx] == r8 (interrupts off). */
+    xor eax, eax
+    cmp [rdi], esi
+    jne svc_done
+    cmp [rdx], r8
+    jne svc_done
+    sti
+    hlt
+    cli
+    jmp svc_done
 svc_nop:
     xor eax, eax
     jmp svc_done
@@ -322,7 +334,7 @@ irq_upcall_entry:
 .section .rodata
 .balign 8
 svc_table:
-    .quad svc_wrmsr, svc_rdmsr, svc_outb, svc_outl, svc_inb, svc_wait, svc_nop
+    .quad svc_wrmsr, svc_rdmsr, svc_outb, svc_outl, svc_inb, svc_wait, svc_nop, svc_wait2
 
 .section .data
 .balign 16

@@ -2,8 +2,10 @@
 //!
 //! Each call traps into the emulated stub: about 50 µs on a PVM host, so keep them off fast paths.
 
-use crate::stub::{SVC_INB, SVC_NOP, SVC_OUTB, SVC_OUTL, SVC_RDMSR, SVC_WAIT, SVC_WRMSR};
-use core::sync::atomic::AtomicU64;
+use crate::stub::{
+    SVC_INB, SVC_NOP, SVC_OUTB, SVC_OUTL, SVC_RDMSR, SVC_WAIT, SVC_WAIT2, SVC_WRMSR,
+};
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Calls service `n` with two arguments; returns its `rax`.
 fn call(n: u64, a0: u64, a1: u64) -> u64 {
@@ -55,6 +57,24 @@ pub fn inb(port: u16) -> u8 {
 /// taken during the halt are left pending for [`crate::irq::run_pending`].
 pub fn wait(word: &AtomicU64, value: u64) {
     call(SVC_WAIT, word.as_ptr() as u64, value);
+}
+
+/// Halts this vCPU while `*word == value` and `*gen == seen`, both re-checked with interrupts
+/// off, until an interrupt. Like [`wait`], it may return early; callers loop.
+pub fn wait2(word: &AtomicU32, value: u32, generation: &AtomicU64, seen: u64) {
+    // SAFETY: as in `call`; this service also reads `rdx` and `r8` and preserves them.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            ".byte 0x0f, 0x1f, 0x80, 0x53, 0x56, 0x00, 0x00",
+            inout("rax") SVC_WAIT2 => _,
+            in("rdi") word.as_ptr() as u64,
+            in("rsi") u64::from(value),
+            in("rdx") generation.as_ptr() as u64,
+            in("r8") seen,
+            options(nostack),
+        );
+    }
 }
 
 /// Does nothing at ring 0: measures the cost of a service call.

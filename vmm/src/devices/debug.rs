@@ -3,11 +3,12 @@
 
 use crate::bus::{Action, BusDevice};
 use crate::error::Outcome;
+use crate::results::{GuestResult, LineSplitter};
 use event_manager::{EventOps, EventSubscriber, Events};
 use guest_abi::debug::{self, FAULT_FRAME_SIZE, FaultFrame};
 use std::io::Write;
-use std::sync::Mutex;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -18,6 +19,9 @@ pub struct DebugPage {
     outcome: Sender<Outcome>,
     out: Mutex<Box<dyn Write + Send>>,
     err: Mutex<Box<dyn Write + Send>>,
+    /// Standard output split into text and `@result` lines.
+    split: Mutex<LineSplitter>,
+    results: Arc<Mutex<Vec<GuestResult>>>,
 }
 
 fn word(data: &[u8]) -> u64 {
@@ -28,20 +32,34 @@ fn word(data: &[u8]) -> u64 {
 }
 
 impl DebugPage {
-    /// A debug page that reads console buffers from `mem`, prints to `out`/`err` and reports
-    /// the end of the run on `outcome`.
+    /// A debug page that reads console buffers from `mem`, prints to `out`/`err`, collects
+    /// `@result` lines of standard output into `results` and reports the end of the run on
+    /// `outcome`.
     pub fn new(
         mem: GuestMemoryMmap,
         outcome: Sender<Outcome>,
         out: Box<dyn Write + Send>,
         err: Box<dyn Write + Send>,
+        results: Arc<Mutex<Vec<GuestResult>>>,
     ) -> Self {
         DebugPage {
             mem,
             outcome,
             out: Mutex::new(out),
             err: Mutex::new(err),
+            split: Mutex::new(LineSplitter::default()),
+            results,
         }
+    }
+
+    fn print_out(&self, bytes: &[u8]) {
+        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        split.feed(bytes, &mut |b| self.print(&self.out, b), &mut |r| {
+            self.results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(GuestResult::parse(r))
+        });
     }
 
     fn print(&self, to: &Mutex<Box<dyn Write + Send>>, bytes: &[u8]) {
@@ -54,6 +72,7 @@ impl DebugPage {
         let (addr, len) = debug::console_buffer(value);
         let mut buf = vec![0u8; len];
         match self.mem.read_slice(&mut buf, GuestAddress(addr)) {
+            Ok(()) if std::ptr::eq(to, &self.out) => self.print_out(&buf),
             Ok(()) => self.print(to, &buf),
             Err(_) => self.print(
                 &self.err,
@@ -98,7 +117,7 @@ impl BusDevice for DebugPage {
                 Action::Stop
             }
             (debug::CONSOLE_BYTE, 1) => {
-                self.print(&self.out, data);
+                self.print_out(data);
                 Action::Continue
             }
             (debug::CONSOLE_OUT, 8) => {
@@ -154,7 +173,13 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let (out, err) = (Sink::default(), Sink::default());
         (
-            DebugPage::new(mem, tx, Box::new(out.clone()), Box::new(err.clone())),
+            DebugPage::new(
+                mem,
+                tx,
+                Box::new(out.clone()),
+                Box::new(err.clone()),
+                Arc::default(),
+            ),
             rx,
             out,
             err,
@@ -175,6 +200,19 @@ mod tests {
         let outside = debug::console_word(0xfff0, 100).unwrap();
         p.write(0, debug::CONSOLE_ERR, &outside.to_le_bytes());
         assert!(String::from_utf8_lossy(&err.0.lock().unwrap()).contains("outside RAM"));
+    }
+
+    #[test]
+    fn result_lines_are_collected_not_printed() {
+        let (p, _rx, out, _) = page();
+        let line = b"@result workload=tx bytes=3\nafter\n";
+        p.mem.write_slice(line, GuestAddress(0x100)).unwrap();
+        let w = debug::console_word(0x100, line.len()).unwrap();
+        p.write(0, debug::CONSOLE_OUT, &w.to_le_bytes());
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"after\n");
+        let r = p.results.lock().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].get("bytes"), Some("3"));
     }
 
     #[test]

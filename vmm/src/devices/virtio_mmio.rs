@@ -31,7 +31,8 @@ impl BusDevice for VirtioMmio {
     }
 }
 
-/// Puts `device` in transport slot `slot`; returns its boot-parameter entry and its transport.
+/// Puts `device` in transport slot `slot` with its interrupt sent to x2APIC ID `dest`; returns
+/// its boot-parameter entry and its transport.
 pub fn attach(
     vm: &VmFd,
     router: &MsiRouter,
@@ -39,11 +40,12 @@ pub fn attach(
     mem: &GuestMemoryMmap,
     slot: u32,
     device: Arc<Mutex<dyn VirtioDevice>>,
+    dest: u32,
 ) -> Result<(MmioDevice, Arc<VirtioMmio>), Error> {
     let base = layout::VIRTIO_MMIO_BASE + u64::from(slot) * layout::VIRTIO_MMIO_SIZE;
     let vector = u8::try_from(u32::from(DEVICE_VECTOR_BASE) + slot)
         .map_err(|_| Error::BadInput(format!("no interrupt vector for virtio slot {slot}")))?;
-    let irq = router.add(0, vector)?;
+    let irq = router.add(dest, vector)?;
     let signals = Arc::new(Signals::new(Box::new(move || irq.write(1))));
     let transport =
         MmioTransport::new(device, mem.clone(), signals).map_err(|e: io::Error| Error::Host {
@@ -63,7 +65,7 @@ pub fn attach(
         size: layout::VIRTIO_MMIO_SIZE,
         kind: MmioKind::VirtioMmio as u32,
         vector: vector.into(),
-        dest_apic: 0,
+        dest_apic: dest,
         reserved: 0,
     };
     Ok((entry, dev))

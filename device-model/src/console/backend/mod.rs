@@ -115,6 +115,8 @@ enum Sink {
     Writer(File),
     /// The socket's attached client.
     Client,
+    /// Back into the port: the guest reads what it wrote.
+    Echo,
 }
 
 /// Where input comes from.
@@ -177,6 +179,7 @@ impl PortIo {
         let (sink, source) = match kind {
             BackendKind::Null => (Sink::Discard, Source::None),
             BackendKind::Pattern => (Sink::Discard, Source::Pattern),
+            BackendKind::Echo => (Sink::Echo, Source::None),
             BackendKind::Stdio => {
                 let dup = |f: std::os::fd::BorrowedFd<'_>| {
                     f.try_clone_to_owned()
@@ -387,9 +390,25 @@ fn output_loop(st: &IoState, mut sink: Sink) {
                 ReadResult::Eof | ReadResult::Error(_) => return,
             }
         }
+        if matches!(sink, Sink::Echo) {
+            if !st.stream.canwrite() {
+                if st.stopping() {
+                    return; // the guest stopped reading: left in the stream
+                }
+                st.in_wake.wait(Duration::from_millis(100));
+                continue;
+            }
+            let m = held.take().expect("just read");
+            let n = m.msgdsize() as u64;
+            if st.stream.putmsg(m).is_err() {
+                return; // hung up
+            }
+            c.out_bytes.fetch_add(n, Ordering::Relaxed);
+            continue;
+        }
         let m = held.as_mut().expect("just read");
         let result = match &mut sink {
-            Sink::Discard => Ok(m.msgdsize() as u64),
+            Sink::Discard | Sink::Echo => Ok(m.msgdsize() as u64),
             Sink::Writer(f) => write_msg(f, m),
             Sink::Client => match st.client() {
                 None if st.stopping() => return, // nobody to take it: left in the stream

@@ -25,6 +25,8 @@ pub enum BackendKind {
     Null,
     /// Output discarded (counted, checksummed); input an endless deterministic pattern.
     Pattern,
+    /// Output sent back to the guest as input (round trips without a client).
+    Echo,
 }
 
 /// One `--port` argument.
@@ -100,6 +102,32 @@ impl PortSpec {
     }
 
     /// Port 0 when no `--port` is given: the console on stdio.
+    /// The ports of a VM given no `--port`: `console` (stdio, a console port), `echo` (echo),
+    /// `sink` (null) and `source` (pattern), the ports the guest's selftest looks for.
+    pub fn defaults() -> Vec<PortSpec> {
+        let mut ports = vec![PortSpec::default_console()];
+        for (name, backend) in [
+            ("echo", BackendKind::Echo),
+            ("sink", BackendKind::Null),
+            ("source", BackendKind::Pattern),
+        ] {
+            ports.push(PortSpec {
+                name: name.into(),
+                backend_text: match backend {
+                    BackendKind::Echo => "echo",
+                    BackendKind::Null => "null",
+                    _ => "pattern",
+                }
+                .into(),
+                backend,
+                console: false,
+                modules: Vec::new(),
+            });
+        }
+        ports
+    }
+
+    /// Port 0 alone: a console on stdio.
     pub fn default_console() -> PortSpec {
         PortSpec {
             name: "console".into(),
@@ -138,9 +166,10 @@ fn parse_backend(v: &str) -> Result<BackendKind, String> {
         }
         ("null", None) => BackendKind::Null,
         ("pattern", None) => BackendKind::Pattern,
+        ("echo", None) => BackendKind::Echo,
         _ => {
             return Err(format!(
-                "unknown backend {v:?}: expected stdio, socket:PATH, connect:PATH, pty, file:OUT[:IN], null or pattern"
+                "unknown backend {v:?}: expected stdio, socket:PATH, connect:PATH, pty, file:OUT[:IN], null, pattern or echo"
             ));
         }
     })

@@ -1,8 +1,14 @@
 //! What the guest does once booted, chosen by `workload=NAME[:ARG]` on the command line.
 //!
-//! * `boot` (the default): every vCPU comes online and takes a test interrupt routed through an
+//! * `selftest` (the default): the `boot` checks, then the STREAMS virtio-console driver opens
+//!   every port and, by port name, runs round trips and a stream through `echo`, a
+//!   checksummed stream to `sink` and a checked stream from `source` ([`console::selftest`]);
+//!   exits 0 when everything passed, 1 otherwise.
+//! * `boot`: every vCPU comes online and takes a test interrupt routed through an
 //!   irqfd as MSI; the bootstrap processor reads 64 bytes from the virtio-rng over virtio-mmio,
 //!   prints a summary and exits 0.
+//! * `echo[:BYTES]`, `tx:SIZE:TOTAL[:PORT]`, `rx:SIZE:TOTAL[:PORT]`,
+//!   `pingpong:SIZE:COUNT[:PORT]`: see [`console`]; results as `@result` lines ([`report`]).
 //! * `exit:N`: exits with code N.
 //! * `panic`: panics (the guest exits with [`EXIT_PANIC`](guest_abi::EXIT_PANIC)).
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
@@ -13,6 +19,10 @@
 //! * `hang`: halts forever (for the VMM's `--timeout`).
 //! * `vd-echo[:BYTES]`: the crates.io `virtio-drivers` console echoes BYTES (default 1 MiB)
 //!   received on port 0 back to the host, then exits 0.
+
+mod console;
+mod report;
+mod stream_io;
 
 use crate::irq::wait_while;
 use crate::percpu::{PERCPU, this_cpu};
@@ -44,18 +54,88 @@ pub fn ap_main(cpu: usize) -> ! {
     APIC_ID[cpu].store(svc::rdmsr(X2APIC_ID), Ordering::Relaxed);
     IRQ_LATENCY_NS[cpu].store(test_interrupt(cpu), Ordering::Release);
     smp::report_online();
-    let idle = AtomicU64::new(0);
-    loop {
-        wait_while(&idle, 0);
+    // Interrupts routed here and the STREAMS work they queue run in this CPU's idle loop.
+    crate::platform::idle_forever()
+}
+
+/// Median of `n` test-interrupt round trips on CPU 0: an ioeventfd write, the VMM's relay
+/// thread, an irqfd, the MSI and the ring-3 handler. The floor of any virtio round trip here.
+pub fn doorbell_floor_ns(n: usize) -> u64 {
+    let mut ns: alloc::vec::Vec<u64> = (0..n.max(1)).map(|_| test_interrupt(0)).collect();
+    report::percentiles(&mut ns).0
+}
+
+/// Parses `a:b[:c]` numbers of a workload's argument, with a clear panic when malformed.
+fn num<T: core::str::FromStr>(workload: &str, what: &str, v: Option<&str>) -> T {
+    let v = v.unwrap_or_else(|| panic!("workload {workload} needs {what}"));
+    let v = v.trim();
+    let (digits, mult) = match v.as_bytes().last() {
+        Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("workload {workload}: {what} {v:?} is not a number"));
+    let n = n
+        .checked_mul(mult)
+        .unwrap_or_else(|| panic!("workload {workload}: {what} {v:?} is too large"));
+    alloc::format!("{n}")
+        .parse()
+        .unwrap_or_else(|_| panic!("workload {workload}: {what} {v:?} is out of range"))
+}
+
+/// Runs a console workload and exits 0, or prints why it failed and exits 1.
+fn console_workload(name: &str, arg: &str) -> ! {
+    let mut a = arg.split(':');
+    let (first, second, port) = (a.next().filter(|s| !s.is_empty()), a.next(), a.next());
+    let (s, v) = console::setup();
+    let r = match name {
+        "echo" => console::echo(v, first.map(|b| num(name, "BYTES", Some(b)))),
+        "tx" => console::tx(
+            s,
+            v,
+            num(name, "SIZE", first),
+            num(name, "TOTAL", second),
+            port.unwrap_or("sink"),
+        ),
+        "rx" => console::rx(
+            v,
+            num(name, "SIZE", first),
+            num(name, "TOTAL", second),
+            port.unwrap_or("source"),
+        ),
+        "pingpong" => console::pingpong(
+            s,
+            v,
+            num(name, "SIZE", first),
+            num(name, "COUNT", second),
+            port.unwrap_or("echo"),
+        ),
+        _ => unreachable!("dispatched by name"),
+    };
+    match r {
+        Ok(()) => crate::exit(0),
+        Err(e) => {
+            println!("{name}: {e}");
+            crate::exit(1)
+        }
     }
 }
 
 /// Runs on the bootstrap processor.
 pub fn run() -> ! {
-    let spec = bootinfo::arg("workload").unwrap_or("boot");
+    let spec = bootinfo::arg("workload").unwrap_or("selftest");
     let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
     match name {
-        "boot" => boot(),
+        "selftest" => selftest(),
+        "boot" => {
+            boot_checks();
+            println!("boot: ok");
+            crate::exit(0)
+        }
+        "echo" | "tx" | "rx" | "pingpong" => console_workload(name, arg),
         "exit" => match arg.parse::<u32>() {
             Ok(code) => crate::exit(code),
             Err(_) => panic!("workload exit needs a number, got {arg:?}"),
@@ -93,7 +173,16 @@ pub fn run() -> ! {
     }
 }
 
-fn boot() -> ! {
+fn selftest() -> ! {
+    boot_checks();
+    let (s, v) = console::setup();
+    let ok = console::selftest(s, v);
+    println!("selftest: {}", if ok { "ok" } else { "FAILED" });
+    crate::exit(if ok { 0 } else { 1 })
+}
+
+/// Every vCPU online with a test interrupt, and a virtio-rng request: printed as lines.
+fn boot_checks() {
     let p = bootinfo::params();
     let vcpus = p.vcpus as usize;
     // First output as early as possible: the boot benchmark times it.
@@ -104,7 +193,9 @@ fn boot() -> ! {
         p.tsc_khz,
         p.mmio_count
     );
-    println!("cmdline: {}", bootinfo::cmdline());
+    if !bootinfo::cmdline().is_empty() {
+        println!("cmdline: {}", bootinfo::cmdline());
+    }
     APIC_ID[0].store(svc::rdmsr(X2APIC_ID), Ordering::Relaxed);
     IRQ_LATENCY_NS[0].store(test_interrupt(0), Ordering::Release);
     smp::wait_for_online(vcpus as u64 - 1);
@@ -130,8 +221,6 @@ fn boot() -> ! {
         ),
         Err(e) => panic!("virtio-rng probe failed: {e}"),
     }
-    println!("boot: ok");
-    crate::exit(0)
 }
 
 const X2APIC_ID: u32 = 0x802;

@@ -1,0 +1,226 @@
+//! The guest's STREAMS platform: one thread per vCPU, interrupts as ring-3 upcalls.
+//!
+//! * Background work (service procedures, deferred frees, callbacks) runs at *safe points*:
+//!   the idle loop ([`idle_until`]) and a blocking [`Platform::wait`], never in an interrupt
+//!   handler. `kick` only bumps [`GENERATION`], so a CPU about to halt sees the new work; it
+//!   sends no IPI (a service call costs ~50 µs here) because the CPU that queued the work
+//!   reaches a safe point of its own soon.
+//! * Interrupt handlers only `put` (the core enters the perimeter or defers the message onto
+//!   it, for the thread inside to drain on its way out): they never block or spin on a lock
+//!   held by the code they interrupted, because the core's locks and the allocator hold
+//!   upcalls off while held ([`crate::critical`]).
+//! * A blocking wait halts the vCPU through the stub's check-then-halt service; `wake_all`
+//!   sends an IPI only to a CPU halted on that very word.
+//! * `qtimeout` runs on the x2APIC timer in one-shot mode (1 tick = 1 ms).
+
+use crate::percpu::cpu_index;
+use crate::{clock, irq, svc};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use guest_abi::{MAX_VCPUS, WAKE_VECTOR};
+use streams::{Platform, Streams, StreamsConfig, Ticks};
+
+/// Interrupt vector of the x2APIC timer that fires `qtimeout`s.
+pub const TIMER_VECTOR: u8 = 0xef;
+const X2APIC_LVT_TIMER: u32 = 0x832;
+const X2APIC_TIMER_INITIAL: u32 = 0x838;
+const X2APIC_TIMER_DIVIDE: u32 = 0x83e;
+/// KVM's local APIC timer counts at 1 GHz with divide-by-1 (its default bus cycle is 1 ns).
+const APIC_TIMER_DIVIDE_BY_1: u64 = 0b1011;
+
+/// Bumped whenever work is queued or a waiter should look again; idle CPUs halt on it.
+pub static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The word each CPU is halted on (its address), 0 when running.
+static HALTED_ON: [AtomicUsize; MAX_VCPUS] = [const { AtomicUsize::new(0) }; MAX_VCPUS];
+/// The deadline (ns) the timer is armed for, `u64::MAX` when none.
+static ARMED: AtomicU64 = AtomicU64::new(u64::MAX);
+static STREAMS: spin::Once<Streams> = spin::Once::new();
+
+/// Counters of what the platform did (reported by the workloads).
+pub struct PlatformStats {
+    /// Wake-up IPIs sent by `wake_all` and [`notify`].
+    pub ipis: AtomicU64,
+    /// Halts in a blocking wait.
+    pub wait_halts: AtomicU64,
+    /// Halts in the idle loop.
+    pub idle_halts: AtomicU64,
+    /// Timer interrupts.
+    pub timer_irqs: AtomicU64,
+}
+
+/// The platform's counters.
+pub static STATS: PlatformStats = PlatformStats {
+    ipis: AtomicU64::new(0),
+    wait_halts: AtomicU64::new(0),
+    idle_halts: AtomicU64::new(0),
+    timer_irqs: AtomicU64::new(0),
+};
+
+/// The guest platform (stateless: its state is per CPU and global).
+pub struct GuestPlatform;
+
+/// Creates the guest's STREAMS instance (once, on the bootstrap processor) and installs the
+/// timer handler; later calls return the same instance.
+pub fn init(config: StreamsConfig) -> &'static Streams {
+    STREAMS.call_once(|| {
+        irq::set_handler(TIMER_VECTOR, on_timer);
+        Streams::new(Arc::new(GuestPlatform), config)
+    })
+}
+
+/// The guest's STREAMS instance, if [`init`] ran.
+pub fn streams() -> Option<&'static Streams> {
+    STREAMS.get()
+}
+
+fn on_timer(_vector: u8) {
+    STATS.timer_irqs.fetch_add(1, Ordering::Relaxed);
+    ARMED.store(u64::MAX, Ordering::SeqCst);
+    if let Some(s) = streams() {
+        s.run_timers();
+    }
+}
+
+fn wake(cpu: usize) {
+    STATS.ipis.fetch_add(1, Ordering::Relaxed);
+    svc::send_ipi(cpu as u32, WAKE_VECTOR);
+}
+
+/// Bumps [`GENERATION`] and wakes every other CPU halted on it (new data at a stream head,
+/// a stream became writable): what a thread waits for in [`idle_until`].
+pub fn notify() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    let me = cpu_index();
+    let addr = GENERATION.as_ptr() as usize;
+    for (cpu, h) in HALTED_ON.iter().enumerate() {
+        if cpu != me && h.load(Ordering::SeqCst) == addr {
+            wake(cpu);
+        }
+    }
+}
+
+/// Makes this CPU's x2APIC timer interrupt at `at_ns` (clock time) unless an earlier
+/// deadline is already armed. One-shot; a deadline beyond ~4 s fires early and re-arms.
+fn arm_timer(at_ns: u64) {
+    if ARMED.fetch_min(at_ns, Ordering::SeqCst) <= at_ns {
+        return;
+    }
+    let ns = at_ns.saturating_sub(clock::now_ns());
+    svc::wrmsr(X2APIC_TIMER_DIVIDE, APIC_TIMER_DIVIDE_BY_1);
+    svc::wrmsr(X2APIC_LVT_TIMER, u64::from(TIMER_VECTOR));
+    svc::wrmsr(X2APIC_TIMER_INITIAL, ns.clamp(1, u64::from(u32::MAX)));
+}
+
+/// Like [`idle_until`], but also returns once the clock reaches `deadline_ns` (the x2APIC
+/// timer wakes the CPU). Returns whether `done()` held.
+pub fn idle_until_or(deadline_ns: u64, mut done: impl FnMut() -> bool) -> bool {
+    let mut ok = false;
+    idle_until(|| {
+        ok = done();
+        if !ok && clock::now_ns() < deadline_ns {
+            arm_timer(deadline_ns);
+            return false;
+        }
+        true
+    });
+    ok
+}
+
+/// Runs interrupt handlers left pending and all queued STREAMS work. A safe point: call it
+/// only outside every perimeter and critical section (a workload's loop, the idle loop).
+pub fn run_deferred() {
+    irq::run_pending();
+    if let Some(s) = streams() {
+        s.run_until_idle();
+    }
+}
+
+/// Runs deferred work and halts this CPU until `done()` holds. `done` is re-checked after
+/// every interrupt and every [`notify`] from another CPU, and never called again once it
+/// returned true (so it may take what it waits for, as a read does).
+pub fn idle_until(mut done: impl FnMut() -> bool) {
+    let me = cpu_index();
+    loop {
+        run_deferred();
+        if done() {
+            return;
+        }
+        let seen = GENERATION.load(Ordering::SeqCst);
+        if streams().is_some_and(Streams::has_queued_tasks) {
+            continue;
+        }
+        HALTED_ON[me].store(GENERATION.as_ptr() as usize, Ordering::SeqCst);
+        // Re-checked by the stub with interrupts off: a notify after `seen` was read changed
+        // the word, one before it is covered by this `done()`.
+        let finished = done();
+        if !finished {
+            STATS.idle_halts.fetch_add(1, Ordering::Relaxed);
+            svc::wait(&GENERATION, seen);
+        }
+        HALTED_ON[me].store(0, Ordering::SeqCst);
+        if finished {
+            return; // `done` may consume what it found: it is not asked again
+        }
+    }
+}
+
+/// The idle loop of a CPU with nothing else to do: runs interrupts and deferred work forever.
+/// It waits for its own interrupts only, so [`notify`] sends it no IPI.
+pub fn idle_forever() -> ! {
+    loop {
+        run_deferred();
+        let seen = GENERATION.load(Ordering::SeqCst);
+        if streams().is_some_and(Streams::has_queued_tasks) {
+            continue;
+        }
+        STATS.idle_halts.fetch_add(1, Ordering::Relaxed);
+        svc::wait(&GENERATION, seen);
+    }
+}
+
+impl Platform for GuestPlatform {
+    fn now(&self) -> Ticks {
+        clock::now_ns() / 1_000_000
+    }
+
+    fn kick(&self, _streams: &Streams) {
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn timer_deadline(&self, _streams: &Streams, at: Option<Ticks>) {
+        // No deadline: a stale timer firing later is harmless.
+        if let Some(at) = at {
+            arm_timer(at.saturating_mul(1_000_000));
+        }
+    }
+
+    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+        let me = cpu_index();
+        assert!(
+            crate::percpu::this_cpu().in_upcall.load(Ordering::Relaxed) == 0,
+            "a blocking STREAMS wait inside an interrupt handler or critical section"
+        );
+        irq::run_pending();
+        if word.load(Ordering::SeqCst) != expected {
+            return;
+        }
+        let seen = GENERATION.load(Ordering::SeqCst);
+        if streams.run_one() {
+            return; // the caller re-checks its condition
+        }
+        HALTED_ON[me].store(word.as_ptr() as usize, Ordering::SeqCst);
+        STATS.wait_halts.fetch_add(1, Ordering::Relaxed);
+        svc::wait2(word, expected, &GENERATION, seen);
+        HALTED_ON[me].store(0, Ordering::SeqCst);
+    }
+
+    fn wake_all(&self, word: &AtomicU32) {
+        let me = cpu_index();
+        let addr = word.as_ptr() as usize;
+        for (cpu, h) in HALTED_ON.iter().enumerate() {
+            if cpu != me && h.load(Ordering::SeqCst) == addr {
+                wake(cpu);
+            }
+        }
+    }
+}

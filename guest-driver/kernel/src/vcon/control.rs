@@ -1,0 +1,297 @@
+//! The control stream: the driver's side of the control queues (virtio 1.2 §5.3.6.2).
+//!
+//! Received control messages are driver memory lent as esballoc'd messages; each is handled
+//! in a qwriter(PERIM_OUTER) callback, so a change of the port table excludes every port's
+//! put and service procedures. Sent control messages use small driver-owned slots: sending
+//! never allocates, so an open or close can always tell the device.
+
+use super::transport::Transport;
+use super::virtq::SplitQueue;
+use super::{CTRL_SLOT, Role, Vcon, register};
+use crate::lock::IrqLock;
+use alloc::alloc::{Layout, alloc_zeroed};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use streams::{CallbackId, Errno, Mblk, MsgType, Perim, Q};
+
+/// Control events (`struct virtio_console_control.event`).
+pub mod event {
+    /// Driver: ready for ports.
+    pub const DEVICE_READY: u16 = 0;
+    /// Device: a port exists.
+    pub const DEVICE_ADD: u16 = 1;
+    /// Device: a port is gone.
+    pub const DEVICE_REMOVE: u16 = 2;
+    /// Driver: a port is set up.
+    pub const PORT_READY: u16 = 3;
+    /// Device: the port is a console.
+    pub const CONSOLE_PORT: u16 = 4;
+    /// Device: the console's size (cols, rows follow).
+    pub const RESIZE: u16 = 5;
+    /// Either side: the port was opened (1) or closed (0).
+    pub const PORT_OPEN: u16 = 6;
+    /// Device: the port's name follows.
+    pub const PORT_NAME: u16 = 7;
+}
+
+const CTRL_HDR: usize = 8;
+const RX_BUF: usize = 512;
+const RX_BUFS: u16 = 32;
+const TX_SLOTS: u16 = 32;
+
+/// The control queues and their buffers.
+pub struct CtrlRings {
+    rx: SplitQueue<u16>,
+    tx: SplitQueue<u16>,
+    rx_mem: u64,
+    tx_mem: u64,
+    tx_free: Vec<u16>,
+    /// Messages waiting for a free slot.
+    pending: VecDeque<[u8; CTRL_HDR]>,
+    /// Buffers the device filled and that are not yet handled, in order.
+    done: VecDeque<(u16, u32)>,
+    /// Receive buffers handed back by their messages' free routines.
+    returned: Vec<u16>,
+}
+
+fn zeroed(len: usize) -> Result<u64, &'static str> {
+    let layout = Layout::from_size_align(len, 4096).map_err(|_| "bad layout")?;
+    // SAFETY: `len` is non-zero; the memory is never freed (the device may write it).
+    let p = unsafe { alloc_zeroed(layout) };
+    if p.is_null() {
+        Err("out of memory for control buffers")
+    } else {
+        Ok(p as u64)
+    }
+}
+
+impl CtrlRings {
+    /// Sets up the control queues (2 and 3) with `size` entries.
+    pub fn new(t: &Transport, size: u16) -> Result<CtrlRings, &'static str> {
+        let mut c = CtrlRings {
+            rx: SplitQueue::new(t, 2, size)?,
+            tx: SplitQueue::new(t, 3, size)?,
+            rx_mem: zeroed(RX_BUF * usize::from(RX_BUFS))?,
+            tx_mem: zeroed(CTRL_HDR * usize::from(TX_SLOTS))?,
+            tx_free: (0..TX_SLOTS).collect(),
+            pending: VecDeque::new(),
+            done: VecDeque::new(),
+            returned: Vec::new(),
+        };
+        for i in 0..RX_BUFS {
+            c.post_rx(i);
+        }
+        let _ = c.rx.interrupt_after(0);
+        Ok(c)
+    }
+
+    fn post_rx(&mut self, i: u16) {
+        let addr = self.rx_mem + (usize::from(i) * RX_BUF) as u64;
+        // The ring has room for every buffer: it is at least RX_BUFS long.
+        let _ = self.rx.add(&[(addr, RX_BUF as u32)], true, i);
+    }
+
+    fn send_now(&mut self, msg: [u8; CTRL_HDR]) -> Result<(), [u8; CTRL_HDR]> {
+        let Some(slot) = self.tx_free.pop() else {
+            return Err(msg);
+        };
+        let addr = self.tx_mem + (usize::from(slot) * CTRL_HDR) as u64;
+        // SAFETY: the slot is free (not in flight), inside the driver's slot memory.
+        unsafe { core::ptr::copy_nonoverlapping(msg.as_ptr(), addr as *mut u8, CTRL_HDR) };
+        if let Err(slot) = self.tx.add(&[(addr, CTRL_HDR as u32)], false, slot) {
+            self.tx_free.push(slot);
+            return Err(msg);
+        }
+        Ok(())
+    }
+
+    /// Takes back sent slots and sends what waited for one.
+    fn reap_tx(&mut self) {
+        while let Some((slot, _)) = self.tx.pop_used() {
+            self.tx_free.push(slot);
+        }
+        while let Some(m) = self.pending.pop_front() {
+            if let Err(m) = self.send_now(m) {
+                self.pending.push_front(m);
+                break;
+            }
+        }
+        self.tx.kick();
+        // Slots come back at the next send or doorbell even without this interrupt.
+        let _ = self.tx.interrupt_after(0);
+    }
+}
+
+impl Vcon {
+    /// Sends a control message (`id`, `event`, `value`) to the device. Never allocates.
+    pub(super) fn send_control(&self, id: u32, event: u16, value: u16) {
+        let mut m = [0u8; CTRL_HDR];
+        m[0..4].copy_from_slice(&id.to_le_bytes());
+        m[4..6].copy_from_slice(&event.to_le_bytes());
+        m[6..8].copy_from_slice(&value.to_le_bytes());
+        self.stats.control_out.fetch_add(1, Ordering::Relaxed);
+        let mut c = self.ctrl.lock();
+        c.reap_tx();
+        if let Err(m) = c.send_now(m) {
+            c.pending.push_back(m);
+        }
+        c.tx.kick();
+        let _ = c.tx.interrupt_after(0);
+    }
+}
+
+/// The control stream's instance.
+pub struct Control {
+    v: &'static Vcon,
+    bufcall: Arc<IrqLock<Option<CallbackId>>>,
+}
+
+impl Control {
+    /// The instance for the driver `v`.
+    pub fn new(v: &'static Vcon) -> Control {
+        Control {
+            v,
+            bufcall: Arc::new(IrqLock::new(None)),
+        }
+    }
+
+    /// qprocson, the doorbell, then DEVICE_READY.
+    pub fn open(&self, q: Q<'_>) -> Result<(), Errno> {
+        q.qprocson().map_err(|_| Errno::EINVAL)?;
+        register(self.v, Role::Control, &q)?;
+        self.v.send_control(0, event::DEVICE_READY, 1);
+        Ok(())
+    }
+
+    /// Read side: a doorbell. Write side: nothing is written to the control stream.
+    pub fn put(&self, q: Q<'_>, mp: Mblk) {
+        if q.is_read() && mp.db_type() == MsgType::M_CTL {
+            self.v.rearm(CTRL_SLOT, mp);
+            self.service(&q);
+        }
+    }
+
+    fn service(&self, q: &Q<'_>) {
+        let v = self.v;
+        {
+            let mut c = v.ctrl.lock();
+            c.reap_tx();
+            loop {
+                while let Some((i, len)) = c.rx.pop_used() {
+                    c.done.push_back((i, len.min(RX_BUF as u32)));
+                }
+                if !c.rx.interrupt_after(0) {
+                    break;
+                }
+            }
+            let returned = core::mem::take(&mut c.returned);
+            for i in returned {
+                c.post_rx(i);
+            }
+            c.rx.kick();
+        }
+        loop {
+            let Some((i, len)) = v.ctrl.lock().done.front().copied() else {
+                break;
+            };
+            let addr = v.ctrl.lock().rx_mem + (usize::from(i) * RX_BUF) as u64;
+            let free = Box::new(move || {
+                v.ctrl.lock().returned.push(i);
+                v.ring(CTRL_SLOT);
+            });
+            // SAFETY: buffer i belongs to the driver (the device returned it) until `free`
+            // runs, which puts it back on the ring.
+            let mp = unsafe { v.streams.esballoc(addr as *mut u8, len as usize, free) };
+            let Some(mp) = mp else {
+                // No message header now: keep the buffer (one fewer posted) and retry when
+                // the pool has room.
+                if self.bufcall.lock().is_none() {
+                    let b = self.bufcall.clone();
+                    let id = q
+                        .qbufcall(0, move |_| {
+                            *b.lock() = None;
+                            v.ring(CTRL_SLOT);
+                        })
+                        .ok();
+                    *self.bufcall.lock() = id;
+                }
+                break;
+            };
+            v.ctrl.lock().done.pop_front();
+            *self.bufcall.lock() = None;
+            v.stats.control_in.fetch_add(1, Ordering::Relaxed);
+            v.last_control_ns
+                .store(crate::clock::now_ns(), Ordering::Release);
+            let _ = q.qwriter(mp, move |_, mp| handle(v, &mp), Perim::Outer);
+        }
+    }
+}
+
+/// One control message from the device, with every instance held off (outer perimeter).
+fn handle(v: &Vcon, mp: &Mblk) {
+    let d = mp.data();
+    if d.len() < CTRL_HDR {
+        v.stats.control_bad.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let id = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+    let ev = u16::from_le_bytes([d[4], d[5]]);
+    let value = u16::from_le_bytes([d[6], d[7]]);
+    let payload = &d[CTRL_HDR..];
+    if id >= v.max_ports {
+        v.stats.control_bad.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let slot = id as usize;
+    let mut hangup = None;
+    {
+        let mut ports = v.ports.lock();
+        let p = &mut ports[slot];
+        match ev {
+            event::DEVICE_ADD => {
+                p.present = true;
+                p.removed = false;
+            }
+            event::DEVICE_REMOVE => {
+                p.present = false;
+                p.removed = true;
+                p.host_open = false;
+                hangup = v.doorbells.lock()[slot]
+                    .as_mut()
+                    .and_then(|d| d.hangup.take().map(|m| (d.q.clone(), m)));
+            }
+            event::CONSOLE_PORT => p.console = true,
+            event::RESIZE if payload.len() >= 4 => {
+                p.size = (
+                    u16::from_le_bytes([payload[0], payload[1]]),
+                    u16::from_le_bytes([payload[2], payload[3]]),
+                );
+            }
+            event::PORT_OPEN => {
+                p.host_open = value != 0;
+                p.open_answers += 1;
+            }
+            event::PORT_NAME => {
+                let name = payload.split(|&b| b == 0).next().unwrap_or(&[]);
+                p.name = String::from_utf8_lossy(name).into();
+                p.named = true;
+            }
+            _ => {
+                v.stats.control_bad.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    match ev {
+        event::DEVICE_ADD if value == 1 => v.send_control(id, event::PORT_READY, 1),
+        event::PORT_OPEN => v.ring(slot), // the opener waits in qwait for this
+        _ => {}
+    }
+    if let Some((q, m)) = hangup {
+        let _ = q.put(m);
+    }
+}

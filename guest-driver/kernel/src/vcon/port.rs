@@ -1,0 +1,444 @@
+//! A port's stream instance: transmit from the write queue, receive into the read queue.
+//!
+//! * Transmit is zero copy: each data block of a message becomes one descriptor, and the
+//!   message is freed when the device returns the chain. When the ring is full the message
+//!   waits on the write queue (flow control reaches the writer) and the service procedure
+//!   sends it once a completion interrupt returns descriptors.
+//! * Receive buffers are driver memory; a filled one goes upstream as an esballoc'd message
+//!   (zero copy) and is reposted by its free routine. When no message header can be had
+//!   (pool exhausted, injected fault) the driver keeps the filled buffers in order, runs with
+//!   fewer posted, and retries through qbufcall.
+//! * open: qprocson, PORT_OPEN to the device, then qwait until the device's PORT_OPEN answer
+//!   rings the read side (or a qtimeout gives up waiting, for devices that never answer).
+//!   close: cancel the qbufcall/qtimeout, qprocsoff, PORT_OPEN(0).
+
+use super::control::event;
+use super::transport::Transport;
+use super::virtq::SplitQueue;
+use super::{Role, Vcon, alloc_in_open, deregister, register};
+use crate::lock::IrqLock;
+use alloc::alloc::{Layout, alloc_zeroed};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use streams::{CallbackId, Errno, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions};
+
+/// Bytes per receive buffer unless the command line says `vcon.rxbuf=N`.
+pub const DEFAULT_RX_BUF: usize = 16 * 1024;
+/// Receive buffers per port unless the command line says `vcon.rxbufs=N`.
+pub const DEFAULT_RX_BUFS: usize = 32;
+/// Stream-head water marks set at open (bytes held for a slow reader).
+const HEAD_HIWAT: u64 = 512 * 1024;
+const HEAD_LOWAT: u64 = 128 * 1024;
+/// How long an open waits for the device's PORT_OPEN answer (ms).
+const OPEN_ANSWER_MS: u64 = 500;
+/// Most segments a transmitted message may have before it is pulled up into one.
+const MAX_SEGS: usize = 16;
+
+/// A port's queues and receive buffers; kept by the driver across opens.
+pub struct PortRings {
+    rx: SplitQueue<u16>,
+    tx: SplitQueue<Mblk>,
+    rx_mem: u64,
+    rx_buf: usize,
+    /// Filled buffers not yet sent upstream, in order.
+    done: VecDeque<(u16, u32)>,
+    /// Buffers handed back by their messages' free routines.
+    returned: Vec<u16>,
+}
+
+impl PortRings {
+    /// Sets up port `p`'s receiveq and transmitq with `size` entries.
+    pub fn new(t: &Transport, p: u32, size: u16) -> Result<PortRings, &'static str> {
+        let rxq = if p == 0 { 0 } else { (2 + 2 * p) as u16 };
+        Ok(PortRings {
+            rx: SplitQueue::new(t, rxq, size)?,
+            tx: SplitQueue::new(t, rxq + 1, size)?,
+            rx_mem: 0,
+            rx_buf: 0,
+            done: VecDeque::new(),
+            returned: Vec::new(),
+        })
+    }
+
+    /// Allocates and posts the receive buffers (first open only).
+    fn ensure_rx(&mut self) -> Result<(), Errno> {
+        if self.rx_mem != 0 {
+            return Ok(());
+        }
+        let size = crate::bootinfo::arg("vcon.rxbuf")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(match super::RX_BUF.load(Ordering::Relaxed) {
+                0 => DEFAULT_RX_BUF,
+                n => n,
+            })
+            .clamp(64, 1 << 20);
+        let count = crate::bootinfo::arg("vcon.rxbufs")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_RX_BUFS)
+            .clamp(1, self.rx.num_free());
+        let layout = Layout::from_size_align(size * count, 4096).map_err(|_| Errno::ENOMEM)?;
+        // SAFETY: non-zero size; never freed (lent to the device for the driver's life).
+        let mem = unsafe { alloc_zeroed(layout) };
+        if mem.is_null() {
+            return Err(Errno::ENOMEM);
+        }
+        self.rx_mem = mem as u64;
+        self.rx_buf = size;
+        self.returned.extend(0..count as u16);
+        Ok(())
+    }
+
+    /// Transmit buffers the device has not returned (or the driver not yet reaped).
+    pub fn tx_in_flight(&self) -> usize {
+        self.tx.in_flight()
+    }
+
+    /// Reposts returned buffers.
+    fn repost(&mut self) {
+        for i in core::mem::take(&mut self.returned) {
+            let addr = self.rx_mem + (usize::from(i) * self.rx_buf) as u64;
+            let _ = self.rx.add(&[(addr, self.rx_buf as u32)], true, i);
+        }
+        self.rx.kick();
+    }
+}
+
+/// Per-port counters.
+#[derive(Default)]
+pub struct PortCounters {
+    /// Bytes sent to the device.
+    pub tx_bytes: AtomicU64,
+    /// Bytes received from the device.
+    pub rx_bytes: AtomicU64,
+    /// Receive buffers that waited for a message header (esballoc failed).
+    pub rx_alloc_failures: AtomicU64,
+    /// qbufcall retries run.
+    pub bufcall_retries: AtomicU64,
+    /// Times the transmit ring was full.
+    pub tx_ring_full: AtomicU64,
+}
+
+/// Counters of every port, by id.
+pub static COUNTERS: [PortCounters; super::MAX_PORTS] = [const {
+    PortCounters {
+        tx_bytes: AtomicU64::new(0),
+        rx_bytes: AtomicU64::new(0),
+        rx_alloc_failures: AtomicU64::new(0),
+        bufcall_retries: AtomicU64::new(0),
+        tx_ring_full: AtomicU64::new(0),
+    }
+}; super::MAX_PORTS];
+
+#[derive(Default)]
+struct PortState {
+    bufcall: Option<CallbackId>,
+    timeout: Option<CallbackId>,
+    timed_out: bool,
+}
+
+/// One open port.
+pub struct Port {
+    v: &'static Vcon,
+    id: u32,
+    st: Arc<IrqLock<PortState>>,
+}
+
+impl Port {
+    /// The instance for port `id`.
+    pub fn new(v: &'static Vcon, id: u32) -> Port {
+        Port {
+            v,
+            id,
+            st: Arc::new(IrqLock::new(PortState::default())),
+        }
+    }
+
+    fn rings(&self) -> crate::lock::IrqGuard<'_, PortRings> {
+        self.v.rings[self.id as usize].lock()
+    }
+
+    fn answers(&self) -> u64 {
+        self.v.ports.lock()[self.id as usize].open_answers
+    }
+
+    /// qprocson, head water marks, receive buffers, PORT_OPEN, and qwait for the answer.
+    pub fn open(&self, q: Q<'_>) -> Result<(), Errno> {
+        q.qprocson().map_err(|_| Errno::EINVAL)?;
+        register(self.v, Role::Port(self.id), &q)?;
+        let so = Stroptions {
+            flags: SO_HIWAT | SO_LOWAT,
+            hiwat: HEAD_HIWAT,
+            lowat: HEAD_LOWAT,
+            ..Default::default()
+        };
+        let mut m = alloc_in_open(&q, so.encode().len())?;
+        m.set_type(MsgType::M_SETOPTS);
+        m.write(&so.encode()).map_err(|_| Errno::ENOMEM)?;
+        q.putnext(m);
+        {
+            let mut r = self.rings();
+            r.ensure_rx()?;
+            r.repost();
+            // Whatever is used already, the service below takes.
+            let _ = r.rx.interrupt_after(0);
+        }
+        let seen = self.answers();
+        self.v.send_control(self.id, event::PORT_OPEN, 1);
+        let st = self.st.clone();
+        let id = q
+            .qtimeout(OPEN_ANSWER_MS, move |_| {
+                let mut s = st.lock();
+                s.timed_out = true;
+                s.timeout = None;
+            })
+            .ok();
+        self.st.lock().timeout = id;
+        while self.answers() == seen && !self.st.lock().timed_out {
+            q.qwait().map_err(|_| Errno::EIO)?;
+        }
+        // Taken first: quntimeout may wait for a running callback, which takes `st`.
+        let pending = self.st.lock().timeout.take();
+        if let Some(id) = pending {
+            q.quntimeout(id);
+        }
+        // Data that arrived while the port was closed goes up now.
+        self.service(&q);
+        Ok(())
+    }
+
+    /// Cancels callbacks, qprocsoff, PORT_OPEN(0). Receive buffers stay posted; what the
+    /// device fills meanwhile waits for the next open.
+    pub fn close(&self, q: Q<'_>) {
+        let (b, t) = {
+            let mut s = self.st.lock();
+            (s.bufcall.take(), s.timeout.take())
+        };
+        if let Some(b) = b {
+            q.qunbufcall(b);
+        }
+        if let Some(t) = t {
+            q.quntimeout(t);
+        }
+        deregister(self.v, Role::Port(self.id));
+        let _ = q.qprocsoff();
+        self.v.send_control(self.id, event::PORT_OPEN, 0);
+    }
+
+    /// Read side: doorbells and the hang-up. Write side: data and flushes.
+    pub fn put(&self, q: Q<'_>, mp: Mblk) {
+        if q.is_read() {
+            match mp.db_type() {
+                MsgType::M_CTL => {
+                    self.v.rearm(self.id as usize, mp);
+                    self.service(&q);
+                }
+                MsgType::M_HANGUP => q.putnext(mp),
+                _ => {}
+            }
+            return;
+        }
+        match mp.db_type() {
+            MsgType::M_DATA => {
+                if !q.is_empty() {
+                    q.putq(mp);
+                    return;
+                }
+                match self.transmit(mp) {
+                    Ok(()) => {
+                        self.rings().tx.kick();
+                    }
+                    Err(m) => {
+                        q.putq(m);
+                        // Descriptors came back before the interrupt was asked for: the
+                        // service procedure takes them and sends.
+                        if self.rings().tx.interrupt_after(0) {
+                            q.qenable();
+                        }
+                    }
+                }
+            }
+            MsgType::M_FLUSH => q.flush_driver(mp),
+            _ => {}
+        }
+    }
+
+    /// Read side: pass queued data up while the reader keeps up. Write side: send what
+    /// waited for descriptors.
+    pub fn srv(&self, q: Q<'_>) {
+        if q.is_read() {
+            while let Some(mp) = q.getq() {
+                if !q.canputnext() {
+                    q.putbq(mp);
+                    return;
+                }
+                q.putnext(mp);
+            }
+            return;
+        }
+        loop {
+            self.reap_tx();
+            let mut blocked = false;
+            while let Some(mp) = q.getq() {
+                if let Err(mp) = self.transmit(mp) {
+                    q.putbq(mp);
+                    blocked = true;
+                    break;
+                }
+            }
+            let mut r = self.rings();
+            r.tx.kick();
+            // Blocked on descriptors: an interrupt is asked for, unless they came back already.
+            if !blocked || !r.tx.interrupt_after(0) {
+                return;
+            }
+        }
+    }
+
+    /// Makes `mp` available on the transmit ring (without notifying).
+    fn transmit(&self, mut mp: Mblk) -> Result<(), Mblk> {
+        if mp.blocks().filter(|b| !b.is_empty()).count() > MAX_SEGS {
+            mp.pullupmsg(-1);
+        }
+        let segs: Vec<(u64, u32)> = mp
+            .blocks()
+            .filter(|b| !b.is_empty())
+            .map(|b| (b.data().as_ptr() as u64, b.len() as u32))
+            .collect();
+        if segs.is_empty() {
+            return Ok(());
+        }
+        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        let mut r = self.rings();
+        match r.tx.add(&segs, false, mp) {
+            Ok(()) => {
+                // An interrupt once this batch is done returns the buffers to the pool.
+                let n = r.tx.in_flight() as u16;
+                let _ = r.tx.interrupt_after(n.saturating_sub(1));
+                COUNTERS[self.id as usize]
+                    .tx_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mp) => {
+                COUNTERS[self.id as usize]
+                    .tx_ring_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(mp)
+            }
+        }
+    }
+
+    /// Frees transmitted messages; true if any descriptor came back.
+    fn reap_tx(&self) -> bool {
+        let mut sent = Vec::new();
+        {
+            let mut r = self.rings();
+            while let Some((mp, _)) = r.tx.pop_used() {
+                sent.push(mp);
+            }
+            let n = r.tx.in_flight() as u16;
+            // Used already or not, the next reap takes them: no need to look again here.
+            let _ = r.tx.interrupt_after(n.saturating_sub(1));
+            if n == 0 && !sent.is_empty() {
+                // A thread on another CPU may wait for the port to drain (`Vcon::drain`).
+                crate::platform::notify();
+            }
+        }
+        !sent.is_empty()
+    }
+
+    /// What a doorbell does: completions, then received buffers upstream, then reposts.
+    fn service(&self, q: &Q<'_>) {
+        if self.reap_tx() && !q.otherq().is_empty() {
+            q.otherq().qenable();
+        }
+        {
+            let mut r = self.rings();
+            loop {
+                while let Some((i, len)) = r.rx.pop_used() {
+                    let len = len.min(r.rx_buf as u32);
+                    r.done.push_back((i, len));
+                }
+                if !r.rx.interrupt_after(0) {
+                    break;
+                }
+            }
+            r.repost();
+        }
+        let (v, id) = (self.v, self.id);
+        loop {
+            let (i, len, addr) = {
+                let r = self.rings();
+                let Some(&(i, len)) = r.done.front() else {
+                    break;
+                };
+                (i, len, r.rx_mem + (usize::from(i) * r.rx_buf) as u64)
+            };
+            if len == 0 {
+                let mut r = self.rings();
+                r.done.pop_front();
+                r.returned.push(i);
+                continue;
+            }
+            let free = Box::new(move || {
+                v.rings[id as usize].lock().returned.push(i);
+                v.ring(id as usize);
+            });
+            // SAFETY: buffer i is the driver's (the device returned it) until `free` runs,
+            // which reposts it; nobody else writes it meanwhile.
+            let Some(mp) = (unsafe { v.streams.esballoc(addr as *mut u8, len as usize, free) })
+            else {
+                COUNTERS[id as usize]
+                    .rx_alloc_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let idle = {
+                    let s = self.st.lock();
+                    s.bufcall.is_none() && s.timeout.is_none()
+                };
+                // Inside the perimeter: no callback of ours runs concurrently, so the state
+                // cannot change between the test and the registration.
+                if idle {
+                    let st = self.st.clone();
+                    let b = q
+                        .qbufcall(0, move |_| {
+                            st.lock().bufcall = None;
+                            COUNTERS[id as usize]
+                                .bufcall_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            v.ring(id as usize);
+                        })
+                        .ok();
+                    let t = match b {
+                        Some(_) => None,
+                        // No room for a bufcall request either: look again a little later.
+                        None => {
+                            let st = self.st.clone();
+                            q.qtimeout(1, move |_| {
+                                st.lock().timeout = None;
+                                v.ring(id as usize);
+                            })
+                            .ok()
+                        }
+                    };
+                    let mut s = self.st.lock();
+                    s.bufcall = b;
+                    s.timeout = t;
+                }
+                break;
+            };
+            self.rings().done.pop_front();
+            COUNTERS[id as usize]
+                .rx_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            if q.is_empty() && q.canputnext() {
+                q.putnext(mp);
+            } else {
+                q.putq(mp);
+            }
+        }
+        self.rings().repost();
+    }
+}

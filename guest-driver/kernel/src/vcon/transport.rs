@@ -1,0 +1,137 @@
+//! The virtio-mmio transport (virtio 1.2 §4.2, version 2 registers) from the driver's side:
+//! the status handshake, feature negotiation, queue setup and the configuration space.
+
+use crate::mmio::{read_u32, write_u32};
+
+const MAGIC: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+const QUEUE_NOTIFY: u64 = 0x050;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC: u64 = 0x080;
+const QUEUE_DRIVER: u64 = 0x090;
+const QUEUE_DEVICE: u64 = 0x0a0;
+const CONFIG: u64 = 0x100;
+
+const ACKNOWLEDGE: u32 = 1;
+const DRIVER: u32 = 2;
+const DRIVER_OK: u32 = 4;
+const FEATURES_OK: u32 = 8;
+const NEEDS_RESET: u32 = 64;
+
+/// VIRTIO_F_VERSION_1.
+pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+
+/// One virtio-mmio device's registers.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    base: u64,
+}
+
+impl Transport {
+    /// The transport at `base` if it holds a version-2 device of type `device_id`.
+    pub fn probe(base: u64, device_id: u32) -> Option<Transport> {
+        let t = Transport { base };
+        (t.r(MAGIC) == 0x7472_6976 && t.r(VERSION) == 2 && t.r(DEVICE_ID) == device_id).then_some(t)
+    }
+
+    fn r(&self, off: u64) -> u32 {
+        read_u32(self.base + off)
+    }
+
+    fn w(&self, off: u64, v: u32) {
+        write_u32(self.base + off, v)
+    }
+
+    /// Resets the device and negotiates: accepts the offered features among `wanted`
+    /// (VERSION_1 is required). Returns the accepted set.
+    pub fn negotiate(&self, wanted: u64) -> Result<u64, &'static str> {
+        self.w(STATUS, 0);
+        self.w(STATUS, ACKNOWLEDGE);
+        self.w(STATUS, ACKNOWLEDGE | DRIVER);
+        let mut offered = 0u64;
+        for sel in 0..2u32 {
+            self.w(DEVICE_FEATURES_SEL, sel);
+            offered |= u64::from(self.r(DEVICE_FEATURES)) << (32 * sel);
+        }
+        if offered & F_VERSION_1 == 0 {
+            return Err("device does not offer VIRTIO_F_VERSION_1");
+        }
+        let accepted = offered & wanted;
+        for sel in 0..2u32 {
+            self.w(DRIVER_FEATURES_SEL, sel);
+            self.w(DRIVER_FEATURES, (accepted >> (32 * sel)) as u32);
+        }
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        if self.r(STATUS) & FEATURES_OK == 0 {
+            return Err("device refused FEATURES_OK");
+        }
+        Ok(accepted)
+    }
+
+    /// Largest size of queue `index` (0: the queue does not exist).
+    pub fn queue_max(&self, index: u16) -> u16 {
+        self.w(QUEUE_SEL, index.into());
+        self.r(QUEUE_NUM_MAX).min(u32::from(u16::MAX)) as u16
+    }
+
+    /// Gives queue `index` its size and ring addresses and enables it.
+    pub fn setup_queue(
+        &self,
+        index: u16,
+        size: u16,
+        desc: u64,
+        driver: u64,
+        device: u64,
+    ) -> Result<(), &'static str> {
+        self.w(QUEUE_SEL, index.into());
+        if self.r(QUEUE_NUM_MAX) < u32::from(size) {
+            return Err("queue is smaller than asked");
+        }
+        self.w(QUEUE_NUM, size.into());
+        for (reg, addr) in [
+            (QUEUE_DESC, desc),
+            (QUEUE_DRIVER, driver),
+            (QUEUE_DEVICE, device),
+        ] {
+            self.w(reg, addr as u32);
+            self.w(reg + 4, (addr >> 32) as u32);
+        }
+        self.w(QUEUE_READY, 1);
+        Ok(())
+    }
+
+    /// Sets DRIVER_OK.
+    pub fn driver_ok(&self) -> Result<(), &'static str> {
+        self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        if self.r(STATUS) & NEEDS_RESET != 0 {
+            return Err("device needs reset after DRIVER_OK");
+        }
+        Ok(())
+    }
+
+    /// The QueueNotify register (an ioeventfd on perimeter: no exit to the VMM).
+    pub fn notify_address(&self) -> u64 {
+        self.base + QUEUE_NOTIFY
+    }
+
+    /// Reads a 32-bit configuration field.
+    pub fn config_u32(&self, off: u64) -> u32 {
+        self.r(CONFIG + off)
+    }
+
+    /// Writes a 32-bit configuration field.
+    pub fn set_config_u32(&self, off: u64, v: u32) {
+        self.w(CONFIG + off, v)
+    }
+}

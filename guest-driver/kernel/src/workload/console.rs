@@ -1,0 +1,463 @@
+//! Workloads on the STREAMS virtio-console driver ([`crate::vcon`]).
+//!
+//! Ports are chosen by name: `echo` (the host echoes), `sink` (the host discards and
+//! checksums: the `null` backend), `source` (the host sends `byte i = i mod 251`: the
+//! `pattern` backend). Each workload prints `@result` lines ([`super::report`]).
+
+use super::report::{Line, mib_per_s, percentiles};
+use super::stream_io::{Poll, alloc, poll, recv, send, try_alloc};
+use crate::platform::{self, idle_until};
+use crate::vcon::{self, Vcon};
+use crate::{bootinfo, clock, println};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
+use streams::{FaultPolicy, Mblk, PoolConfig, Stream, Streams, StreamsConfig};
+
+/// Period of the host's `pattern` backend.
+const PATTERN_PERIOD: usize = 251;
+/// How long a workload waits for its last output to reach the device before closing.
+const DRAIN_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Bytes compared at once against the expected pattern.
+const CHECK_WINDOW: usize = 64 * 1024;
+
+/// The STREAMS instance (pool sized to the heap), guest faults applied, and the driver.
+pub fn setup() -> (&'static Streams, &'static Vcon) {
+    let heap = crate::heap::size();
+    let s = platform::init(StreamsConfig {
+        pool: PoolConfig {
+            max_bytes: heap / 4,
+            max_blocks: 1 << 16,
+        },
+        ..Default::default()
+    });
+    let faults = guest_faults();
+    if !faults.is_empty() {
+        s.set_faults(faults);
+    }
+    match vcon::probe(s) {
+        Ok(v) => (s, v),
+        Err(e) => panic!("virtio-console: {e}"),
+    }
+}
+
+/// `guest-fault=allocb=rate:P[:SEED],allocb=every:N` from the command line.
+fn guest_faults() -> Vec<FaultPolicy> {
+    let Some(spec) = bootinfo::arg("guest-fault") else {
+        return Vec::new();
+    };
+    spec.split(',')
+        .map(|f| {
+            let bad = || panic!("guest-fault: cannot parse {f:?}");
+            let Some(rest) = f.strip_prefix("allocb=") else {
+                bad()
+            };
+            let mut parts = rest.split(':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("every"), Some(n), None) => {
+                    FaultPolicy::EveryNth(n.parse().unwrap_or_else(|_| bad()))
+                }
+                (Some("rate"), Some(p), seed) => FaultPolicy::Probability {
+                    p: p.parse().unwrap_or_else(|_| bad()),
+                    seed: seed.map_or(1, |s| s.parse().unwrap_or_else(|_| bad())),
+                },
+                _ => bad(),
+            }
+        })
+        .collect()
+}
+
+/// Opens port `name`, or says which ports exist.
+fn open_named(v: &Vcon, name: &str) -> Result<(u32, Stream), String> {
+    let Some(id) = v.find(name) else {
+        let names: Vec<String> = v
+            .ports()
+            .into_iter()
+            .filter(|p| p.present)
+            .map(|p| p.name)
+            .collect();
+        return Err(alloc::format!("no port named {name:?} (ports: {names:?})"));
+    };
+    v.open(id)
+        .map(|st| (id, st))
+        .map_err(|e| alloc::format!("open of port {name:?} failed: {e:?}"))
+}
+
+/// `tx:SIZE:TOTAL[:PORT]`: sends TOTAL bytes in SIZE-byte messages; each message is its
+/// sequence number (8 bytes, little endian) followed by a seeded block. Reports the CRC-32
+/// of the stream for the host to compare with its `null` backend's.
+pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
+    let (id, st) = open_named(v, port)?;
+    let size = size.clamp(8, 1 << 20);
+    let block = seeded_block(size);
+    let mut rest = crc32fast::Hasher::new();
+    rest.update(&block[8..]);
+    let mut crc = crc32fast::Hasher::new();
+    let (mut sent, mut seq) = (0u64, 0u64);
+    let t0 = clock::now_ns();
+    while sent < total {
+        let len = (total - sent).min(size as u64) as usize;
+        let mut m = alloc(s, &st, len);
+        let d = m.data_mut().expect("a fresh block is writable");
+        let head = seq.to_le_bytes();
+        let k = len.min(8);
+        d[..k].copy_from_slice(&head[..k]);
+        d[k..].copy_from_slice(&block[k..len]);
+        if len == size {
+            crc.update(&head);
+            crc.combine(&rest);
+        } else {
+            crc.update(&d[..len]);
+        }
+        send(&st, m).map_err(|e| alloc::format!("write failed: {e:?}"))?;
+        sent += len as u64;
+        seq += 1;
+    }
+    if !v.drain(id, &st, DRAIN_TIMEOUT_NS) {
+        return Err(alloc::format!(
+            "port {port}: output not taken within the drain timeout"
+        ));
+    }
+    let ns = clock::now_ns() - t0;
+    let crc = crc.finalize();
+    drop(st.close());
+    Line::new("tx")
+        .add("port", port)
+        .add("size", size)
+        .add("bytes", sent)
+        .add("ns", ns)
+        .add("mib_s", mib_per_s(sent, ns))
+        .add("crc", alloc::format!("{crc:08x}"))
+        .add(
+            "ring_full",
+            vcon::COUNTERS[id as usize].tx_ring_full.load(Relaxed),
+        )
+        .emit();
+    Ok(())
+}
+
+fn seeded_block(size: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `rx:SIZE:TOTAL[:PORT]`: receives TOTAL bytes of the host's pattern into SIZE-byte
+/// receive buffers and checks every byte. The stream may start anywhere in the pattern
+/// (what reached an earlier open of the port was read or discarded there); from its first
+/// byte on it must be contiguous.
+pub fn rx(v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
+    vcon::set_rx_buf(size);
+    let (id, st) = open_named(v, port)?;
+    let expected: Vec<u8> = (0..PATTERN_PERIOD + CHECK_WINDOW)
+        .map(|i| (i % PATTERN_PERIOD) as u8)
+        .collect();
+    let (mut got, mut bad) = (0u64, 0u64);
+    let mut t0 = None;
+    let mut start = None;
+    let mut first_bad = None;
+    while got < total {
+        let Some(m) = recv(&st).map_err(|e| alloc::format!("read failed: {e:?}"))? else {
+            return Err(alloc::format!("port {port} hung up after {got} bytes"));
+        };
+        t0.get_or_insert_with(clock::now_ns);
+        for b in m.blocks() {
+            for chunk in b.data().chunks(CHECK_WINDOW) {
+                let first = *start.get_or_insert(u64::from(chunk[0]));
+                let want = (total - got).min(chunk.len() as u64) as usize;
+                let off = ((first + got) % PATTERN_PERIOD as u64) as usize;
+                if chunk[..want] != expected[off..off + want] {
+                    if bad == 0 {
+                        let at = (0..want)
+                            .find(|&k| chunk[k] != expected[off + k])
+                            .unwrap_or(0);
+                        first_bad = Some((got + at as u64, chunk[at], expected[off + at], want));
+                    }
+                    bad += 1;
+                }
+                got += want as u64;
+            }
+        }
+    }
+    let ns = clock::now_ns() - t0.unwrap_or(0);
+    drop(st.close());
+    Line::new("rx")
+        .add("port", port)
+        .add("size", size)
+        .add("bytes", got)
+        .add("ns", ns)
+        .add("mib_s", mib_per_s(got, ns))
+        .add("check", if bad == 0 { "ok" } else { "MISMATCH" })
+        .add(
+            "allocf",
+            vcon::COUNTERS[id as usize].rx_alloc_failures.load(Relaxed),
+        )
+        .add(
+            "retries",
+            vcon::COUNTERS[id as usize].bufcall_retries.load(Relaxed),
+        )
+        .emit();
+    if bad == 0 {
+        Ok(())
+    } else {
+        let (at, got_b, want_b, len) = first_bad.unwrap_or_default();
+        Err(alloc::format!(
+            "{bad} windows of received data differ from the pattern; the first at stream \
+             offset {at} (byte {got_b}, expected {want_b}, in a block of {len})"
+        ))
+    }
+}
+
+/// `pingpong:SIZE:COUNT[:PORT]`: COUNT round trips of SIZE bytes through a port whose host
+/// side echoes; reports the median and 99th percentile, beside the doorbell floor.
+pub fn pingpong(
+    s: &Streams,
+    v: &Vcon,
+    size: usize,
+    count: usize,
+    port: &str,
+) -> Result<(), String> {
+    let (_, st) = open_named(v, port)?;
+    let size = size.max(1);
+    let mut ns = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut m = alloc(s, &st, size);
+        m.data_mut().expect("fresh").fill(i as u8);
+        let t0 = clock::now_ns();
+        send(&st, m).map_err(|e| alloc::format!("write failed: {e:?}"))?;
+        let mut back = 0;
+        while back < size {
+            let Some(r) = recv(&st).map_err(|e| alloc::format!("read failed: {e:?}"))? else {
+                return Err(alloc::format!("port {port} hung up"));
+            };
+            if r.blocks().flat_map(|b| b.data()).any(|&b| b != i as u8) {
+                return Err(alloc::format!("round trip {i} came back changed"));
+            }
+            back += r.msgdsize();
+        }
+        ns.push(clock::now_ns() - t0);
+    }
+    drop(st.close());
+    let (median, p99) = percentiles(&mut ns);
+    let floor = super::doorbell_floor_ns(101);
+    Line::new("pingpong")
+        .add("port", port)
+        .add("size", size)
+        .add("count", count)
+        .add("median_ns", median)
+        .add("p99_ns", p99)
+        .add("doorbell_ns", floor)
+        .emit();
+    Ok(())
+}
+
+/// `echo[:BYTES]`: opens every port and sends back whatever arrives (zero copy: the received
+/// message goes down as it is). With BYTES, exits once every port echoed that many.
+pub fn echo(v: &Vcon, limit: Option<u64>) -> Result<(), String> {
+    let mut ports: Vec<(String, Stream, Option<Mblk>, u64, bool)> = Vec::new();
+    let mut ids = Vec::new();
+    for p in v.ports().into_iter().filter(|p| p.present) {
+        let (id, st) = open_named(v, &p.name)?;
+        ids.push(id);
+        ports.push((p.name, st, None, 0, false));
+    }
+    println!("echo: {} port(s) open", ports.len());
+    loop {
+        let mut progress = false;
+        for (_, st, held, echoed, eof) in ports.iter_mut() {
+            if held.is_none() && !*eof {
+                match poll(st).map_err(|e| alloc::format!("read failed: {e:?}"))? {
+                    Poll::Data(m) => *held = Some(m),
+                    Poll::Eof => *eof = true,
+                    Poll::Nothing => {}
+                }
+            }
+            if held.is_some() && st.canwrite() {
+                let m = held.take().expect("checked");
+                *echoed += m.msgdsize() as u64;
+                st.putmsg(m)
+                    .map_err(|e| alloc::format!("write failed: {e:?}"))?;
+                progress = true;
+            }
+        }
+        let done = |p: &(String, Stream, Option<Mblk>, u64, bool)| {
+            p.4 || limit.is_some_and(|l| p.3 >= l && p.2.is_none())
+        };
+        if ports.iter().all(done) {
+            break;
+        }
+        if !progress {
+            idle_until(|| {
+                ports.iter().any(|(_, st, held, _, _)| {
+                    if held.is_some() {
+                        st.canwrite()
+                    } else {
+                        st.readable()
+                    }
+                })
+            });
+        }
+    }
+    for ((name, st, _, echoed, _), id) in ports.into_iter().zip(ids) {
+        let drained = v.drain(id, &st, DRAIN_TIMEOUT_NS);
+        Line::new("echo")
+            .add("port", &name)
+            .add("bytes", echoed)
+            .add("check", if drained { "ok" } else { "NOT-DRAINED" })
+            .emit();
+        drop(st.close());
+    }
+    Ok(())
+}
+
+/// The console part of `selftest`: open every port, then by name: round trips and a
+/// stream both ways on `echo`, a checksummed stream to `sink`, a checked stream from
+/// `source`. Returns whether everything passed.
+pub fn selftest(s: &Streams, v: &Vcon) -> bool {
+    let ports: Vec<_> = v.ports().into_iter().filter(|p| p.present).collect();
+    vcon::early_print(&alloc::format!(
+        "virtio-console: {} port(s): {} (STREAMS driver, EVENT_IDX)",
+        ports.len(),
+        describe(&ports)
+    ));
+    let mut ok = true;
+    let t0 = clock::now_ns();
+    for p in &ports {
+        match open_named(v, &p.name) {
+            Ok((_, st)) => drop(st.close()),
+            Err(e) => {
+                println!("selftest: {e}");
+                ok = false;
+            }
+        }
+    }
+    Line::new("open-close")
+        .add("count", ports.len())
+        .add(
+            "ns_each",
+            (clock::now_ns() - t0) / ports.len().max(1) as u64,
+        )
+        .emit();
+    let mut run = |what: &str, r: Result<(), String>| {
+        if let Err(e) = r {
+            println!("selftest: {what}: {e}");
+            ok = false;
+        }
+    };
+    if v.find("echo").is_some() {
+        run("pingpong", pingpong(s, v, 64, 200, "echo"));
+        run("echo stream", echo_stream(s, v, 4096, 1 << 20, "echo"));
+    }
+    if v.find("sink").is_some() {
+        run("tx", tx(s, v, 65536, 4 << 20, "sink"));
+    }
+    if v.find("source").is_some() {
+        run("rx", rx(v, 16 * 1024, 4 << 20, "source"));
+    }
+    ok
+}
+
+fn describe(ports: &[vcon::PortInfo]) -> String {
+    let mut s = String::new();
+    for p in ports {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+        s.push_str(&p.name);
+        if p.console {
+            s.push_str(" (console)");
+        }
+    }
+    s
+}
+
+/// Sends TOTAL bytes in SIZE-byte messages through an echoing port while reading them back;
+/// compares the CRC-32 of both directions.
+pub fn echo_stream(
+    s: &Streams,
+    v: &Vcon,
+    size: usize,
+    total: u64,
+    port: &str,
+) -> Result<(), String> {
+    let (_, st) = open_named(v, port)?;
+    let block = seeded_block(size.max(8));
+    let (mut out, mut back) = (crc32fast::Hasher::new(), crc32fast::Hasher::new());
+    let (mut sent, mut got, mut seq) = (0u64, 0u64, 0u64);
+    let mut wait = None;
+    let t0 = clock::now_ns();
+    while got < total {
+        let mut progress = false;
+        if sent < total
+            && st.canwrite()
+            && wait
+                .as_ref()
+                .is_none_or(|w: &super::stream_io::BufWait| w.ready())
+        {
+            let len = (total - sent).min(size as u64) as usize;
+            match try_alloc(s, &st, len) {
+                Ok(mut m) => {
+                    let d = m.data_mut().expect("fresh");
+                    d.copy_from_slice(&block[..len]);
+                    d[..len.min(8)].copy_from_slice(&seq.to_le_bytes()[..len.min(8)]);
+                    out.update(d);
+                    st.putmsg(m)
+                        .map_err(|e| alloc::format!("write failed: {e:?}"))?;
+                    sent += len as u64;
+                    seq += 1;
+                    wait = None;
+                    progress = true;
+                }
+                Err(w) => wait = Some(w),
+            }
+        }
+        match poll(&st).map_err(|e| alloc::format!("read failed: {e:?}"))? {
+            Poll::Data(m) => {
+                for b in m.blocks() {
+                    back.update(b.data());
+                }
+                got += m.msgdsize() as u64;
+                progress = true;
+            }
+            Poll::Eof => return Err(alloc::format!("port {port} hung up after {got} bytes")),
+            Poll::Nothing => {}
+        }
+        if !progress {
+            idle_until(|| {
+                st.readable()
+                    || (sent < total && st.canwrite() && wait.as_ref().is_none_or(|w| w.ready()))
+            });
+        }
+    }
+    let ns = clock::now_ns() - t0;
+    drop(st.close());
+    let (a, b) = (out.finalize(), back.finalize());
+    Line::new("echo-stream")
+        .add("port", port)
+        .add("size", size)
+        .add("bytes", got)
+        .add("ns", ns)
+        .add("mib_s", mib_per_s(got, ns))
+        .add(
+            "check",
+            if a == b && got == sent {
+                "ok"
+            } else {
+                "MISMATCH"
+            },
+        )
+        .emit();
+    if a == b && got == sent {
+        Ok(())
+    } else {
+        Err(alloc::format!(
+            "sent {sent} bytes (crc {a:08x}), got {got} back (crc {b:08x})"
+        ))
+    }
+}
