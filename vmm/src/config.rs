@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub ports: Vec<PortSpec>,
     /// Host-side buffer faults for the console's STREAMS pool.
     pub faults: Vec<FaultSpec>,
+    /// Where to listen for control commands ([`crate::control`]).
+    pub control: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -88,8 +90,9 @@ impl Default for VmConfig {
             memory_mib: 64,
             cmdline: String::new(),
             timeout: None,
-            ports: vec![PortSpec::default_console()],
+            ports: PortSpec::defaults(),
             faults: Vec::new(),
+            control: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | what to boot, validated |
+//! | [`control`] | the control socket: list and remove ports while the guest runs |
 //! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
@@ -17,6 +18,7 @@
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod error;
 pub mod irq;

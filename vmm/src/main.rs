@@ -93,6 +93,11 @@ struct RunArgs {
     #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
     faults: Vec<FaultSpec>,
 
+    /// Listen on a UNIX socket for commands while the guest runs, one per line: `ports`
+    /// (list them), `remove NAME` (hot-remove a port: the guest's stream is hung up).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+
     /// At exit, print per-port console statistics on stderr: bytes and buffers each way,
     /// allocation failures, bufcall retries, kicks, interrupts sent and suppressed, drops.
     #[arg(long)]
@@ -157,6 +162,7 @@ impl RunArgs {
                 self.ports
             },
             faults: self.faults,
+            control: self.control,
         }
     }
 }
@@ -173,6 +179,7 @@ impl Default for RunArgs {
             timeout: None,
             ports: Vec::new(),
             faults: Vec::new(),
+            control: None,
             stats: false,
             json: false,
         }

@@ -74,8 +74,17 @@ fn us(ns: Option<u64>) -> String {
 /// The results as a table: one row each.
 pub fn table(results: &[GuestResult]) -> String {
     let mut s = format!(
-        "{:<12} {:<8} {:>7} {:>12} {:>9} {:>10} {:>10} {:>10}  {}\n",
-        "workload", "port", "size", "bytes", "MiB/s", "median us", "p99 us", "floor us", "check"
+        "{:<12} {:<8} {:>7} {:>12} {:>9} {:>9} {:>10} {:>10} {:>10}  {}\n",
+        "workload",
+        "port",
+        "size",
+        "bytes",
+        "MiB/s",
+        "memcpy",
+        "median us",
+        "p99 us",
+        "floor us",
+        "check"
     );
     for r in results {
         let check = match (r.get("check"), r.host_check.as_str()) {
@@ -84,12 +93,13 @@ pub fn table(results: &[GuestResult]) -> String {
             (Some(g), h) => format!("{g}, host {h}"),
         };
         s += &format!(
-            "{:<12} {:<8} {:>7} {:>12} {:>9} {:>10} {:>10} {:>10}  {}\n",
+            "{:<12} {:<8} {:>7} {:>12} {:>9} {:>9} {:>10} {:>10} {:>10}  {}\n",
             r.get("workload").unwrap_or("?"),
             r.get("port").unwrap_or(""),
             r.get("size").unwrap_or(""),
             r.get("bytes").or(r.get("count")).unwrap_or(""),
             r.get("mib_s").unwrap_or(""),
+            r.get("memcpy_mib_s").unwrap_or(""),
             us(r.num("median_ns")),
             us(r.num("p99_ns")),
             us(r.num("doorbell_ns")),

@@ -7,6 +7,7 @@
 use crate::boot;
 use crate::bus::Bus;
 use crate::config::VmConfig;
+use crate::control::ControlSocket;
 use crate::devices::debug::{DebugPage, IrqTestRelay};
 use crate::devices::serial::{COM1_BASE, COM1_SIZE, SerialPort};
 use crate::devices::virtio_mmio;
@@ -174,6 +175,15 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     for (name, path) in console.paths() {
         eprintln!("perimeter: port {name}: {}", path.display());
     }
+    let control = match &config.control {
+        Some(path) => {
+            let names = config.ports.iter().map(|p| p.name.clone()).collect();
+            let c = ControlSocket::start(path, console.handle(), names).map_err(Error::BadInput)?;
+            eprintln!("perimeter: control: {}", path.display());
+            Some(c)
+        }
+        None => None,
+    };
 
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -257,6 +267,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let outcome = wait_for_outcome(&rx, &threads, config.timeout);
     phases.mark("guest ended the run");
     shut_down(&stop, threads, events);
+    drop(control);
     phases.mark("threads joined");
     let console = console.finish(CONSOLE_GRACE);
     phases.mark("console output delivered");

@@ -296,3 +296,138 @@ fn echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits for perimeter's stderr line starting with `prefix`; returns the rest of stderr later.
+fn wait_for_line(
+    child: &mut std::process::Child,
+    prefixes: &[String],
+) -> thread::JoinHandle<String> {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut missing: Vec<&String> = prefixes.iter().collect();
+    while !missing.is_empty() {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("perimeter ended before announcing {missing:?}: {seen}");
+        }
+        missing.retain(|p| !line.starts_with(p.as_str()));
+        seen += &line;
+    }
+    thread::spawn(move || {
+        let _ = err.read_to_string(&mut seen);
+        seen
+    })
+}
+
+#[test]
+fn a_port_nobody_reads_throttles_only_itself() {
+    if !kvm_present("a_port_nobody_reads_throttles_only_itself") {
+        return;
+    }
+    let dir = tmp_dir("throttle");
+    let stuck = format!("name=stuck,backend=socket:{}", dir.join("s.sock").display());
+    let o = perimeter(&[
+        "run",
+        "--json",
+        "--timeout",
+        "120",
+        "--workload",
+        "fairness:0:16M",
+        "--port",
+        &stuck,
+        "--port",
+        "name=a,backend=null",
+        "--port",
+        "name=b,backend=null",
+    ]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
+    let rs = results(&out);
+    let by_port: HashMap<&str, &HashMap<String, String>> =
+        rs.iter().map(|(f, _)| (f["port"].as_str(), f)).collect();
+    for p in ["a", "b"] {
+        assert_eq!(by_port[p]["check"], "ok", "{out}");
+        assert_eq!(by_port[p]["bytes"], (16u64 << 20).to_string(), "{out}");
+    }
+    assert_eq!(by_port["stuck"]["check"], "stalled", "{out}");
+    let held: u64 = by_port["stuck"]["bytes"].parse().unwrap();
+    assert!(
+        held > 0 && held < 16 << 20,
+        "flow control stopped it: {held}"
+    );
+    // What the guest sent to the unread port is still held for it, not dropped.
+    let line = out.lines().find(|l| l.starts_with('{')).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(doc["ports"][0]["drops"], 0);
+    assert!(doc["ports"][0]["pending_out_bytes"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn removing_a_port_during_a_transfer_hangs_up_that_stream_only() {
+    if !kvm_present("removing_a_port_during_a_transfer_hangs_up_that_stream_only") {
+        return;
+    }
+    let dir = tmp_dir("remove");
+    let (sock, ctl) = (dir.join("victim.sock"), dir.join("control.sock"));
+    let victim = format!("name=victim,backend=socket:{}", sock.display());
+    let ctl_arg = ctl.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args([
+            "run",
+            "--json",
+            "--timeout",
+            "120",
+            "--workload",
+            "fairness:0:128M:64K",
+            "--control",
+            &ctl_arg,
+            "--port",
+            &victim,
+            "--port",
+            "name=other,backend=null",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rest = wait_for_line(
+        &mut child,
+        &[
+            format!("perimeter: port victim: {}", sock.display()),
+            format!("perimeter: control: {}", ctl.display()),
+        ],
+    );
+    // Take the victim's data until 1 MiB arrived, then remove it mid-transfer.
+    let v = UnixStream::connect(&sock).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0; 1 << 16];
+    while got < 1 << 20 {
+        got += (&v).read(&mut buf).expect("victim data");
+    }
+    let c = UnixStream::connect(&ctl).unwrap();
+    writeln!(&c, "remove victim").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&c).read_line(&mut answer).unwrap();
+    assert_eq!(answer.trim(), "ok removed victim");
+    // Keep reading what the guest had sent before the removal.
+    let drain = thread::spawn(move || while matches!((&v).read(&mut buf), Ok(n) if n > 0) {});
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), rest.join().unwrap());
+    drain.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let rs = results(&stdout);
+    let by_port: HashMap<&str, &HashMap<String, String>> =
+        rs.iter().map(|(f, _)| (f["port"].as_str(), f)).collect();
+    assert_eq!(by_port["victim"]["check"], "hungup", "{stdout}");
+    assert!(by_port["victim"]["bytes"].parse::<u64>().unwrap() < 128 << 20);
+    assert_eq!(by_port["other"]["check"], "ok", "{stdout}");
+    assert_eq!(by_port["other"]["bytes"], (128u64 << 20).to_string());
+    assert!(
+        losses(&stdout).iter().all(|&(drops, _)| drops == 0),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

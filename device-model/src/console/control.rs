@@ -44,6 +44,8 @@ pub(crate) struct CtlState {
     ready: Vec<bool>,
     /// Messages for the driver waiting for control receive buffers.
     out: VecDeque<Vec<u8>>,
+    /// Ports whose DEVICE_REMOVE was sent.
+    removed: Vec<u32>,
 }
 
 /// Runs all pending control work (a qwriter(PERIM_OUTER) callback).
@@ -127,9 +129,9 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
     match (c.event, port) {
         (event::DEVICE_READY, _) if c.value == 1 => {
             st.device_ready = true;
-            for p in 0..s.ports.len() as u32 {
+            for p in s.ports.iter().filter(|p| !p.removed()) {
                 let add = Control {
-                    id: p,
+                    id: p.id,
                     event: event::DEVICE_ADD,
                     value: 1,
                 };
@@ -137,6 +139,9 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
             }
         }
         (event::DEVICE_READY, _) => st.device_ready = false,
+        (event::PORT_READY | event::PORT_OPEN, Some(p)) if p.removed() => {
+            s.control_ignored.fetch_add(1, Ordering::Relaxed);
+        }
         (event::PORT_READY, Some(p)) => {
             st.ready[p.id as usize] = c.value == 1;
             if c.value != 1 {
@@ -209,7 +214,20 @@ fn host_events(s: &Shared, st: &mut CtlState) {
             }
             continue;
         }
-        if !st.ready.get(p.id as usize).copied().unwrap_or(false) {
+        let ready = st.ready.get(p.id as usize).copied().unwrap_or(false);
+        if p.removed() {
+            if st.device_ready && !st.removed.contains(&p.id) {
+                st.removed.push(p.id);
+                let remove = Control {
+                    id: p.id,
+                    event: event::DEVICE_REMOVE,
+                    value: 0,
+                };
+                send(s, st, remove, &[]);
+            }
+            continue;
+        }
+        if !ready {
             continue; // PORT_READY will tell the driver everything
         }
         let open = Control {

@@ -153,6 +153,20 @@ impl ConsoleHandle {
         }
     }
 
+    /// Removes port `id` while the guest runs (DEVICE_REMOVE): the driver hangs up its stream;
+    /// nothing more is delivered to the guest on it. Output already sent still reaches the
+    /// backend. Fails for an unknown or already removed port.
+    pub fn remove_port(&self, id: u32) -> Result<(), String> {
+        let p = self.port(id).ok_or_else(|| format!("no port {id}"))?;
+        if p.removed.swap(true, Ordering::AcqRel) {
+            return Err(format!("port {} is already removed", p.config.name));
+        }
+        p.guest_open.store(false, Ordering::Release);
+        p.host_event.store(true, Ordering::Release);
+        self.0.control(HOST_EVENT);
+        Ok(())
+    }
+
     /// Tells the driver port `id`'s terminal size (RESIZE, or the config space without
     /// MULTIPORT).
     pub fn set_size(&self, id: u32, cols: u16, rows: u16) {

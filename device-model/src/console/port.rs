@@ -47,8 +47,11 @@ pub struct PortShared {
     pub(crate) guest_open: AtomicBool,
     /// A client is attached on the host side.
     host_open: AtomicBool,
-    /// Host-side events for the control plane: the open state or the size changed.
+    /// Host-side events for the control plane: the open state or the size changed, or the
+    /// port was removed.
     pub(crate) host_event: AtomicBool,
+    /// The host removed the port (DEVICE_REMOVE): nothing more is delivered to the guest.
+    pub(crate) removed: AtomicBool,
     /// Console size, `cols << 16 | rows`.
     size: AtomicU32,
     /// Bytes from the emergency-write register waiting to go up.
@@ -70,6 +73,7 @@ impl PortShared {
             guest_open: AtomicBool::new(false),
             host_open: AtomicBool::new(false),
             host_event: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             size: AtomicU32::new(0),
             emerg: Mutex::new(Vec::new()),
             queues: Mutex::new(None),
@@ -80,6 +84,11 @@ impl PortShared {
     /// Whether the guest has the port open.
     pub fn guest_open(&self) -> bool {
         self.guest_open.load(Ordering::Acquire)
+    }
+
+    /// Whether the host removed the port.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     /// Whether a host client is attached.

@@ -330,6 +330,36 @@ fn data_both_ways_on_every_port_with_checksums() {
 }
 
 #[test]
+fn a_removed_port_is_announced_and_gets_nothing_more() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    r.h.remove_port(1).unwrap();
+    assert!(r.h.remove_port(1).unwrap_err().contains("already removed"));
+    assert!(r.h.remove_port(9).is_err());
+    r.run();
+    let seen = r.ctl_recv();
+    assert!(
+        seen.iter()
+            .any(|(c, _)| c.id == 1 && c.event == event::DEVICE_REMOVE),
+        "{seen:?}"
+    );
+    // Host data for the removed port stays with the host; port 0 still works.
+    r.stream(1).write(b"too late").unwrap();
+    r.post(rx_queue(1), 64, true, false);
+    r.kick(rx_queue(1));
+    assert!(r.guest_recv(1).is_empty());
+    r.stream(0).write(b"still here").unwrap();
+    r.post(rx_queue(0), 64, true, false);
+    r.kick(rx_queue(0));
+    assert_eq!(r.guest_recv(0), b"still here");
+    // The driver's messages about the removed port are ignored, not acted on.
+    r.ctl_send(1, event::PORT_OPEN, 1);
+    assert!(!r.h.port(1).unwrap().guest_open());
+    assert_eq!(r.g.status() & DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
 fn without_multiport_port_0_uses_queues_0_and_1() {
     let mut r = rig(&[("console", true), ("unused", false)]);
     r.up(ALL & !F_MULTIPORT);

@@ -127,6 +127,7 @@ pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<
         .add("bytes", sent)
         .add("ns", ns)
         .add("mib_s", mib_per_s(sent, ns))
+        .add("memcpy_mib_s", memcpy_mib_s(size))
         .add("crc", alloc::format!("{crc:08x}"))
         .add(
             "ring_full",
@@ -193,6 +194,7 @@ pub fn rx(v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
         .add("bytes", got)
         .add("ns", ns)
         .add("mib_s", mib_per_s(got, ns))
+        .add("memcpy_mib_s", memcpy_mib_s(size))
         .add("check", if bad == 0 { "ok" } else { "MISMATCH" })
         .add(
             "allocf",
@@ -255,6 +257,161 @@ pub fn pingpong(
         .add("doorbell_ns", floor)
         .emit();
     Ok(())
+}
+
+/// How long `fairness` lets a port make no progress before it calls it stalled.
+const STALL_NS: u64 = 2_000_000_000;
+
+/// One port of `fairness`.
+struct FairPort {
+    name: String,
+    id: u32,
+    st: Stream,
+    sent: u64,
+    done_ns: u64,
+    wait: Option<super::stream_io::BufWait>,
+    /// The device removed the port: its stream hung up.
+    hungup: bool,
+}
+
+impl FairPort {
+    fn finished(&self, total: u64) -> bool {
+        self.hungup || self.sent == total
+    }
+    fn can_send(&self, total: u64) -> bool {
+        !self.finished(total) && self.st.canwrite() && self.wait.as_ref().is_none_or(|w| w.ready())
+    }
+}
+
+/// `fairness:PORTS:TOTAL[:SIZE]`: TOTAL bytes to each of the first PORTS non-console ports
+/// (0: all) at once, round robin in SIZE-byte messages (default 4 KiB); per-port throughput.
+/// A port whose host side stops taking data throttles only itself: once no port has moved
+/// for a while, the others have finished and the stuck ones are reported as stalled.
+pub fn fairness(
+    s: &Streams,
+    v: &Vcon,
+    ports: usize,
+    total: u64,
+    size: usize,
+) -> Result<(), String> {
+    let mut ps = Vec::new();
+    for p in v.ports().into_iter().filter(|p| p.present && !p.console) {
+        if ports != 0 && ps.len() == ports {
+            break;
+        }
+        let (id, st) = open_named(v, &p.name)?;
+        ps.push(FairPort {
+            name: p.name,
+            id,
+            st,
+            sent: 0,
+            done_ns: 0,
+            wait: None,
+            hungup: false,
+        });
+    }
+    if ps.is_empty() {
+        return Err("no ports to write to".into());
+    }
+    let size = size.clamp(1, 1 << 20);
+    let block = seeded_block(size);
+    let t0 = clock::now_ns();
+    let mut last_progress = t0;
+    loop {
+        let mut progress = false;
+        for p in ps.iter_mut().filter(|p| p.can_send(total)) {
+            let len = (total - p.sent).min(size as u64) as usize;
+            match try_alloc(s, &p.st, len) {
+                Ok(mut m) => {
+                    m.data_mut().expect("fresh").copy_from_slice(&block[..len]);
+                    match p.st.putmsg(m) {
+                        Ok(()) => {}
+                        Err(streams::Errno::EIO) if p.st.head().is_hungup() => {
+                            p.hungup = true;
+                            p.done_ns = clock::now_ns() - t0;
+                            progress = true;
+                            continue;
+                        }
+                        Err(e) => return Err(alloc::format!("{}: write failed: {e:?}", p.name)),
+                    }
+                    p.sent += len as u64;
+                    p.wait = None;
+                    progress = true;
+                    if p.sent == total {
+                        p.done_ns = clock::now_ns() - t0;
+                    }
+                }
+                Err(w) => p.wait = Some(w),
+            }
+        }
+        let now = clock::now_ns();
+        if progress {
+            last_progress = now;
+        }
+        if ps.iter().all(|p| p.finished(total)) || now - last_progress > STALL_NS {
+            break;
+        }
+        if !progress {
+            platform::idle_until_or(last_progress + STALL_NS, || {
+                ps.iter()
+                    .any(|p| p.can_send(total) || (!p.hungup && p.st.head().is_hungup()))
+            });
+            for p in ps
+                .iter_mut()
+                .filter(|p| !p.hungup && p.st.head().is_hungup())
+            {
+                p.hungup = true;
+                p.done_ns = clock::now_ns() - t0;
+            }
+        }
+    }
+    for p in ps {
+        let finished = !p.hungup && p.sent == total && v.drain(p.id, &p.st, DRAIN_TIMEOUT_NS);
+        let ns = if finished || p.hungup {
+            p.done_ns
+        } else {
+            clock::now_ns() - t0
+        };
+        let check = match (finished, p.hungup) {
+            (true, _) => "ok",
+            (false, true) => "hungup",
+            (false, false) => "stalled",
+        };
+        Line::new("fairness")
+            .add("port", &p.name)
+            .add("size", size)
+            .add("bytes", p.sent)
+            .add("ns", ns)
+            .add("mib_s", mib_per_s(p.sent, ns))
+            .add("check", check)
+            .emit();
+        if finished || p.hungup {
+            drop(p.st.close());
+        } else {
+            // Closing would wait for output nobody takes: the port stays open.
+            core::mem::forget(p.st);
+        }
+    }
+    Ok(())
+}
+
+/// Guest memcpy bandwidth (MiB/s) in SIZE-byte copies streaming through buffers larger than
+/// the caches (16 MiB, less on a small heap): the floor beside throughputs.
+pub fn memcpy_mib_s(size: usize) -> u64 {
+    let size = size.clamp(64, 1 << 20);
+    let span = (16usize << 20).min(crate::heap::size() / 8).max(size);
+    let (src, mut dst) = (alloc::vec![0x5au8; span], alloc::vec![0u8; span]);
+    let chunks = span / size;
+    let rounds = (4 * span / (chunks * size)).max(1);
+    let t0 = clock::now_ns();
+    for _ in 0..rounds {
+        for k in 0..chunks {
+            let r = k * size..(k + 1) * size;
+            dst[r.clone()].copy_from_slice(core::hint::black_box(&src[r]));
+        }
+        core::hint::black_box(&mut dst);
+    }
+    mib_per_s((rounds * chunks * size) as u64, clock::now_ns() - t0)
 }
 
 /// `echo[:BYTES]`: opens every port and sends back whatever arrives (zero copy: the received

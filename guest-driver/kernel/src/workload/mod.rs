@@ -8,7 +8,8 @@
 //!   irqfd as MSI; the bootstrap processor reads 64 bytes from the virtio-rng over virtio-mmio,
 //!   prints a summary and exits 0.
 //! * `echo[:BYTES]`, `tx:SIZE:TOTAL[:PORT]`, `rx:SIZE:TOTAL[:PORT]`,
-//!   `pingpong:SIZE:COUNT[:PORT]`: see [`console`]; results as `@result` lines ([`report`]).
+//!   `pingpong:SIZE:COUNT[:PORT]`, `fairness:PORTS:TOTAL[:SIZE]`: see [`console`]; results as
+//!   `@result` lines ([`report`]).
 //! * `exit:N`: exits with code N.
 //! * `panic`: panics (the guest exits with [`EXIT_PANIC`](guest_abi::EXIT_PANIC)).
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
@@ -113,6 +114,13 @@ fn console_workload(name: &str, arg: &str) -> ! {
             num(name, "COUNT", second),
             port.unwrap_or("echo"),
         ),
+        "fairness" => console::fairness(
+            s,
+            v,
+            num(name, "PORTS", first),
+            num(name, "TOTAL", second),
+            port.map_or(4096, |p| num(name, "SIZE", Some(p))),
+        ),
         _ => unreachable!("dispatched by name"),
     };
     match r {
@@ -135,7 +143,7 @@ pub fn run() -> ! {
             println!("boot: ok");
             crate::exit(0)
         }
-        "echo" | "tx" | "rx" | "pingpong" => console_workload(name, arg),
+        "echo" | "tx" | "rx" | "pingpong" | "fairness" => console_workload(name, arg),
         "exit" => match arg.parse::<u32>() {
             Ok(code) => crate::exit(code),
             Err(_) => panic!("workload exit needs a number, got {arg:?}"),
