@@ -32,8 +32,9 @@ const APIC_TIMER_DIVIDE_BY_1: u64 = 0b1011;
 pub static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The word each CPU is halted on (its address), 0 when running.
 static HALTED_ON: [AtomicUsize; MAX_VCPUS] = [const { AtomicUsize::new(0) }; MAX_VCPUS];
-/// The deadline (ns) the timer is armed for, `u64::MAX` when none.
-static ARMED: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The deadline (ns) each CPU's timer is armed for, `u64::MAX` when none. Per CPU: a wake-up
+/// armed on another CPU would wake the wrong one.
+static ARMED: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_VCPUS];
 static STREAMS: spin::Once<Streams> = spin::Once::new();
 
 /// Counters of what the platform did (reported by the workloads).
@@ -75,7 +76,9 @@ pub fn streams() -> Option<&'static Streams> {
 
 fn on_timer(_vector: u8) {
     STATS.timer_irqs.fetch_add(1, Ordering::Relaxed);
-    ARMED.store(u64::MAX, Ordering::SeqCst);
+    ARMED[cpu_index()].store(u64::MAX, Ordering::SeqCst);
+    // A CPU about to halt for a deadline (`idle_until_or`) must see that its time came.
+    GENERATION.fetch_add(1, Ordering::SeqCst);
     if let Some(s) = streams() {
         s.run_timers();
     }
@@ -100,9 +103,9 @@ pub fn notify() {
 }
 
 /// Makes this CPU's x2APIC timer interrupt at `at_ns` (clock time) unless an earlier
-/// deadline is already armed. One-shot; a deadline beyond ~4 s fires early and re-arms.
+/// deadline is already armed on it. One-shot; a deadline beyond ~4 s fires early and re-arms.
 fn arm_timer(at_ns: u64) {
-    if ARMED.fetch_min(at_ns, Ordering::SeqCst) <= at_ns {
+    if ARMED[cpu_index()].fetch_min(at_ns, Ordering::SeqCst) <= at_ns {
         return;
     }
     let ns = at_ns.saturating_sub(clock::now_ns());

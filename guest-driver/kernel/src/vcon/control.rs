@@ -228,6 +228,8 @@ impl Control {
                 .store(crate::clock::now_ns(), Ordering::Release);
             let _ = q.qwriter(mp, move |_, mp| handle(v, &mp), Perim::Outer);
         }
+        // A thread on another CPU may wait for the port table to change (the probe).
+        crate::platform::notify();
     }
 }
 

@@ -231,7 +231,22 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
         let named = ports.iter().any(|p| p.present) && ports.iter().all(|p| !p.present || p.named);
         let quiet_at = v.last_control_ns.load(Ordering::Acquire) + 5_000_000;
         let now = crate::clock::now_ns();
-        if (named && now >= quiet_at) || now >= give_up {
+        if named && now >= quiet_at {
+            break;
+        }
+        if now >= give_up {
+            crate::eprintln!(
+                "virtio-console: gave up waiting for the device's ports after {} s ({} added, \
+                 {} named; {} irqs, {} doorbells, {} control messages in, {} out, tasks {})",
+                PORTS_SETTLE_MAX_NS / 1_000_000_000,
+                ports.iter().filter(|p| p.present).count(),
+                ports.iter().filter(|p| p.named).count(),
+                v.stats.irqs.load(Ordering::Relaxed),
+                v.stats.doorbells.load(Ordering::Relaxed),
+                v.stats.control_in.load(Ordering::Relaxed),
+                v.stats.control_out.load(Ordering::Relaxed),
+                streams.has_queued_tasks(),
+            );
             break;
         }
         // Wake on the next control message, or when the queue has been quiet long enough.

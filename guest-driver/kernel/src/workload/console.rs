@@ -23,6 +23,9 @@ const CHECK_WINDOW: usize = 64 * 1024;
 
 /// The STREAMS instance (pool sized to the heap), guest faults applied, and the driver.
 pub fn setup() -> (&'static Streams, &'static Vcon) {
+    // The device interrupts the last vCPU: its local APIC must be up before the first one
+    // (an MSI to a CPU still starting is lost).
+    crate::smp::wait_for_online(u64::from(bootinfo::params().vcpus.saturating_sub(1)));
     let heap = crate::heap::size();
     let s = platform::init(StreamsConfig {
         pool: PoolConfig {
@@ -159,6 +162,14 @@ pub fn rx(v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
     let expected: Vec<u8> = (0..PATTERN_PERIOD + CHECK_WINDOW)
         .map(|i| (i % PATTERN_PERIOD) as u8)
         .collect();
+    // The check is only as good as the comparison (`rt.rs` has its own): it must see a
+    // difference in the middle of a long run and in a short tail.
+    let mut twin = expected[..4096].to_vec();
+    twin[2049] ^= 1;
+    assert!(
+        expected[..4096] != twin[..] && expected[4090..4096] != twin[4089..4095],
+        "memory comparison is broken"
+    );
     let (mut got, mut bad) = (0u64, 0u64);
     let mut t0 = None;
     let mut start = None;
