@@ -74,6 +74,14 @@ pub fn streams() -> Option<&'static Streams> {
     STREAMS.get()
 }
 
+/// Called from every timer interrupt (a driver's way to end its own timed waits).
+static TIMER_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Sets the function every timer interrupt calls (once; it must not block).
+pub fn set_timer_hook(f: fn()) {
+    TIMER_HOOK.call_once(|| f);
+}
+
 fn on_timer(_vector: u8) {
     STATS.timer_irqs.fetch_add(1, Ordering::Relaxed);
     ARMED[cpu_index()].store(u64::MAX, Ordering::SeqCst);
@@ -82,6 +90,14 @@ fn on_timer(_vector: u8) {
     if let Some(s) = streams() {
         s.run_timers();
     }
+    if let Some(f) = TIMER_HOOK.get() {
+        f();
+    }
+}
+
+/// Makes this CPU take a timer interrupt at `at_ns` (clock time) or earlier.
+pub fn wake_at(at_ns: u64) {
+    arm_timer(at_ns);
 }
 
 fn wake(cpu: usize) {

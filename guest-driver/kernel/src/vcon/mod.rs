@@ -190,6 +190,12 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     }
     let ctrl = control::CtrlRings::new(&t, size.min(64))?;
     irq::set_handler(dev.vector as u8, on_irq);
+    // Timed waits inside an open or close (qwait) end when a doorbell rings.
+    platform::set_timer_hook(|| {
+        if let Some(v) = get() {
+            v.ring_all();
+        }
+    });
     t.driver_ok()?;
     let def = ModuleDef::builder("vcon")
         .flags(D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL)

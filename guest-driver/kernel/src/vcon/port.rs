@@ -10,7 +10,8 @@
 //!   fewer posted, and retries through qbufcall.
 //! * open: qprocson, PORT_OPEN to the device, then qwait until the device's PORT_OPEN answer
 //!   rings the read side (or a qtimeout gives up waiting, for devices that never answer).
-//!   close: cancel the qbufcall/qtimeout, qprocsoff, PORT_OPEN(0).
+//!   close: cancel the qbufcall/qtimeout, let queued output drain (bounded, as strclose
+//!   does), qprocsoff, PORT_OPEN(0).
 
 use super::control::event;
 use super::transport::Transport;
@@ -32,6 +33,8 @@ pub const DEFAULT_RX_BUFS: usize = 32;
 /// Stream-head water marks set at open (bytes held for a slow reader).
 const HEAD_HIWAT: u64 = 512 * 1024;
 const HEAD_LOWAT: u64 = 128 * 1024;
+/// How long a close waits for the port's output to reach the device.
+const CLOSE_DRAIN_NS: u64 = 5_000_000_000;
 /// How long an open waits for the device's PORT_OPEN answer (ms).
 const OPEN_ANSWER_MS: u64 = 500;
 /// Most segments a transmitted message may have before it is pulled up into one.
@@ -222,9 +225,38 @@ impl Port {
         if let Some(t) = t {
             q.quntimeout(t);
         }
+        self.drain_for_close(&q);
         deregister(self.v, Role::Port(self.id));
         let _ = q.qprocsoff();
         self.v.send_control(self.id, event::PORT_OPEN, 0);
+    }
+
+    /// What strclose does before a close: waits (qwait) until the write queue is empty and
+    /// the device has returned every transmit buffer, for at most [`CLOSE_DRAIN_NS`]. A
+    /// completion interrupt rings the doorbell, whose put wakes the qwait; the deadline is a
+    /// platform timer whose interrupt rings every doorbell. What is left after it is freed.
+    fn drain_for_close(&self, q: &Q<'_>) {
+        let deadline = crate::clock::now_ns() + CLOSE_DRAIN_NS;
+        let wq = q.wrq();
+        loop {
+            self.reap_tx();
+            if wq.is_empty() && self.rings().tx_in_flight() == 0 {
+                return;
+            }
+            if crate::clock::now_ns() >= deadline || self.v.ports.lock()[self.id as usize].removed {
+                return;
+            }
+            if !wq.is_empty() {
+                wq.qenable();
+            }
+            if self.rings().tx.interrupt_after(0) {
+                continue; // returned meanwhile: take them now
+            }
+            crate::platform::wake_at(deadline);
+            if q.qwait().is_err() {
+                return;
+            }
+        }
     }
 
     /// Read side: doorbells and the hang-up. Write side: data and flushes.

@@ -116,14 +116,11 @@ pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<
         sent += len as u64;
         seq += 1;
     }
-    if !v.drain(id, &st, DRAIN_TIMEOUT_NS) {
-        return Err(alloc::format!(
-            "port {port}: output not taken within the drain timeout"
-        ));
-    }
+    // Closing lets the queued output reach the device first (the driver's close drains, as
+    // strclose does): the host's checksum then covers every byte, and the time includes it.
+    drop(st.close());
     let ns = clock::now_ns() - t0;
     let crc = crc.finalize();
-    drop(st.close());
     Line::new("tx")
         .add("port", port)
         .add("size", size)
