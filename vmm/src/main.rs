@@ -109,6 +109,13 @@ struct RunArgs {
     json: bool,
 }
 
+/// Writes to standard output; a reader that went away (`| head`) is not an error of the run.
+fn stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn parse_workload(s: &str) -> Result<String, String> {
     if s.is_empty() || s.contains(char::is_whitespace) {
         return Err(format!("{s:?}: a workload is NAME[:ARGS] without spaces"));
@@ -214,10 +221,10 @@ fn main() -> ExitCode {
                     serde_json::to_string(&report.results).expect("plain data serializes");
                 let stats = c.json();
                 let body = stats.strip_suffix('}').unwrap_or(&stats);
-                println!("{body},\"results\":{results}}}");
+                stdout(&format!("{body},\"results\":{results}}}\n"));
             } else {
                 if !report.results.is_empty() {
-                    print!("{}", vmm::results::table(&report.results));
+                    stdout(&vmm::results::table(&report.results));
                 }
                 if stats {
                     eprint!("{}", c.table());

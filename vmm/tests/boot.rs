@@ -3,36 +3,9 @@
 //! These need `/dev/kvm`. Where it is missing each test says so on stderr (not captured) and
 //! passes without running; where it is present (CI's runners) they always run.
 
-use std::io::Write;
-use std::process::{Command, Output};
+mod common;
 
-fn kvm_present(test: &str) -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED {test}: /dev/kvm is missing, so no guest can boot here ***\n"
-    );
-    false
-}
-
-fn perimeter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
-        .output()
-        .expect("perimeter runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn status(o: &Output) -> i32 {
-    o.status
-        .code()
-        .expect("perimeter exits normally, not by a signal")
-}
+use common::*;
 
 #[test]
 fn default_guest_boots_and_exits_0() {
@@ -280,4 +253,30 @@ fn port_io_reaches_the_8250_and_the_debug_exit_port() {
         status(&perimeter(&["run", "--cmdline", "workload=pio-exit:5"])),
         5
     );
+}
+
+#[test]
+fn a_reader_that_goes_away_does_not_crash_perimeter() {
+    if !kvm_present("a_reader_that_goes_away_does_not_crash_perimeter") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // `perimeter run | head -1`: the results table meets a closed pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["run", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("perimeter guest:"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

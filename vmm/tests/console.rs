@@ -5,30 +5,15 @@
 //! These need `/dev/kvm`. Where it is missing each test says so on stderr (not captured) and
 //! passes without running; where it is present (CI's runners) they always run.
 
+mod common;
+
+use common::{data, kvm_present, tmp_dir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
-
-fn kvm_present(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED {test}: /dev/kvm is missing, so no guest can boot here ***\n"
-    );
-    false
-}
-
-fn tmp_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("perimeter-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Connects to the socket backend once perimeter says it listens (its "port NAME: PATH" line
 /// on stderr, printed after the bind); returns the stream and a thread collecting the rest of
@@ -52,19 +37,6 @@ fn connect(path: &Path, child: &mut Child) -> (UnixStream, thread::JoinHandle<St
         seen
     });
     (UnixStream::connect(path).expect("the socket listens"), rest)
-}
-
-/// Bytes that are not periodic in any small period (so a lost or repeated buffer shows).
-fn data(n: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Runs `vd-echo` over a socket on port 0 with `extra` flags; returns (stdout, stderr).
@@ -94,7 +66,7 @@ fn echo_through_virtio_drivers(test: &str, total: usize, extra: &[&str]) -> (Str
         .expect("perimeter starts");
     let (s, stderr) = connect(&sock, &mut child);
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let sent = data(total);
+    let sent = data(total, 0);
     let mut w = s.try_clone().unwrap();
     let to_send = sent.clone();
     let writer = thread::spawn(move || w.write_all(&to_send));

@@ -5,36 +5,16 @@
 //! These need `/dev/kvm`. Where it is missing each test says so on stderr (not captured) and
 //! passes without running; where it is present (CI's runners) they always run.
 
+mod common;
+
+use common::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
-
-fn kvm_present(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED {test}: /dev/kvm is missing, so no guest can boot here ***\n"
-    );
-    false
-}
-
-fn perimeter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("perimeter runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The `results` of a `--json` run: each result's fields, and the host's verdict.
 fn results(stdout: &str) -> Vec<(HashMap<String, String>, String)> {
@@ -186,26 +166,6 @@ fn buffer_exhaustion_on_both_sides_loses_nothing() {
             "rate {rate}: the host's faults were injected: {out}"
         );
     }
-}
-
-fn tmp_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("perimeter-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Bytes that are not periodic in any small period (so a lost or repeated buffer shows).
-fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

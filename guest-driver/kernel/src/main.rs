@@ -25,6 +25,7 @@ mod stub;
 mod svc;
 mod vcon;
 mod vd_console;
+mod virtio_mmio;
 mod virtio_rng;
 mod workload;
 

@@ -5,10 +5,10 @@
 //! put and service procedures. Sent control messages use small driver-owned slots: sending
 //! never allocates, so an open or close can always tell the device.
 
-use super::transport::Transport;
 use super::virtq::SplitQueue;
 use super::{CTRL_SLOT, Role, Vcon, register};
 use crate::lock::IrqLock;
+use crate::virtio_mmio::Transport;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

@@ -10,15 +10,15 @@
 //!   buffers are driver memory lent upstream as esballoc'd messages and reposted when freed.
 //! * [`control`]: DEVICE_READY, PORT_READY, and the device's PORT_ADD/REMOVE, PORT_NAME,
 //!   CONSOLE_PORT, RESIZE and PORT_OPEN messages.
-//! * [`virtq`], [`transport`]: split rings with EVENT_IDX over virtio-mmio.
+//! * [`virtq`]: split rings with EVENT_IDX, over [`crate::virtio_mmio`].
 
 mod control;
 mod port;
 pub use port::COUNTERS;
-pub mod transport;
 pub mod virtq;
 
 use crate::lock::IrqLock;
+use crate::virtio_mmio::{F_EVENT_IDX, F_VERSION_1, Transport};
 use crate::{bootinfo, irq, platform};
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -29,7 +29,6 @@ use streams::{
     D_MP, D_MTOCEXCL, D_MTOUTPERIM, D_MTQPAIR, Errno, Mblk, Module, ModuleDef, ModuleInfo, OpenHow,
     Q, QueueRef, Stream, Streams,
 };
-use transport::{F_EVENT_IDX, F_VERSION_1, Transport};
 
 /// virtio device ID of a console.
 const CONSOLE_DEVICE_ID: u32 = 3;

@@ -14,10 +14,10 @@
 //!   does), qprocsoff, PORT_OPEN(0).
 
 use super::control::event;
-use super::transport::Transport;
 use super::virtq::SplitQueue;
 use super::{Role, Vcon, alloc_in_open, deregister, register};
 use crate::lock::IrqLock;
+use crate::virtio_mmio::Transport;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

@@ -10,7 +10,7 @@
 //! The queue is used by one thread at a time (its port's inner perimeter holds it); the device
 //! is the only other party, through the rings.
 
-use super::transport::Transport;
+use crate::virtio_mmio::Transport;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};

@@ -15,6 +15,8 @@ const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC: u64 = 0x080;
 const QUEUE_DRIVER: u64 = 0x090;
@@ -118,6 +120,14 @@ impl Transport {
             return Err("device needs reset after DRIVER_OK");
         }
         Ok(())
+    }
+
+    /// Reads InterruptStatus and acknowledges what it holds; returns it (bit 0: used
+    /// buffers, bit 1: configuration change). Two exits to the VMM: not for fast paths.
+    pub fn take_interrupt_status(&self) -> u32 {
+        let status = self.r(INTERRUPT_STATUS);
+        self.w(INTERRUPT_ACK, status);
+        status
     }
 
     /// The QueueNotify register (an ioeventfd on perimeter: no exit to the VMM).

@@ -1,0 +1,61 @@
+//! Helpers shared by the KVM tests: running `perimeter`, skipping loudly without `/dev/kvm`,
+//! scratch directories and test data.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Whether `/dev/kvm` exists; if not, says on stderr (not captured) that `test` is skipped.
+pub fn kvm_present(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: /dev/kvm is missing, so no guest can boot here ***\n"
+    );
+    false
+}
+
+/// Runs the `perimeter` binary with `args` (stdin closed) and collects its output.
+pub fn perimeter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .output()
+        .expect("perimeter runs")
+}
+
+/// Bytes as text, lossily.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The exit status of a run that ended normally (not by a signal).
+pub fn status(o: &Output) -> i32 {
+    o.status
+        .code()
+        .expect("perimeter exits normally, not by a signal")
+}
+
+/// A fresh scratch directory for `test`.
+pub fn tmp_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("perimeter-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `n` bytes that are not periodic in any small period (so a lost or repeated buffer shows);
+/// different seeds give different streams.
+pub fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
