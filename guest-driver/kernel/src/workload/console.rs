@@ -254,6 +254,7 @@ pub fn pingpong(
         ns.push(clock::now_ns() - t0);
     }
     drop(st.close());
+    let total_ns: u64 = ns.iter().sum();
     let (median, p99) = percentiles(&mut ns);
     let floor = super::doorbell_floor_ns(101);
     Line::new("pingpong")
@@ -263,6 +264,7 @@ pub fn pingpong(
         .add("median_ns", median)
         .add("p99_ns", p99)
         .add("doorbell_ns", floor)
+        .add("total_ns", total_ns)
         .emit();
     Ok(())
 }
