@@ -154,6 +154,36 @@ pub fn run_deferred() {
     }
 }
 
+/// How long an idle CPU polls before it halts (`poll_us=N` on the command line).
+static POLL_NS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Spins (interrupts arrive as upcalls meanwhile) until [`GENERATION`] moves past `seen` or
+/// the poll time is over; true if it moved. Halting and being woken costs a ring-0 service
+/// and, from another CPU, an IPI: when the next event is close, spinning is cheaper.
+fn poll_briefly(seen: u64) -> bool {
+    let mut ns = POLL_NS.load(Ordering::Relaxed);
+    if ns == u64::MAX {
+        ns = crate::bootinfo::arg("poll_us")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_POLL_NS, |us| us * 1000);
+        POLL_NS.store(ns, Ordering::Relaxed);
+    }
+    if ns == 0 {
+        return false;
+    }
+    let until = clock::now_ns() + ns;
+    while clock::now_ns() < until {
+        if GENERATION.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// Default poll time before halting.
+const DEFAULT_POLL_NS: u64 = 200_000;
+
 /// Runs deferred work and halts this CPU until `done()` holds. `done` is re-checked after
 /// every interrupt and every [`notify`] from another CPU, and never called again once it
 /// returned true (so it may take what it waits for, as a read does).
@@ -166,6 +196,9 @@ pub fn idle_until(mut done: impl FnMut() -> bool) {
         }
         let seen = GENERATION.load(Ordering::SeqCst);
         if streams().is_some_and(Streams::has_queued_tasks) {
+            continue;
+        }
+        if poll_briefly(seen) {
             continue;
         }
         HALTED_ON[me].store(GENERATION.as_ptr() as usize, Ordering::SeqCst);
