@@ -41,6 +41,16 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// The first virtio-mmio device of type `device_id` the VMM lists, with its transport.
+    pub fn find(device_id: u32) -> Option<(guest_abi::MmioDevice, Transport)> {
+        crate::bootinfo::params().devices().iter().find_map(|d| {
+            (d.kind == guest_abi::MmioKind::VirtioMmio as u32)
+                .then(|| Transport::probe(d.base, device_id))
+                .flatten()
+                .map(|t| (*d, t))
+        })
+    }
+
     /// The transport at `base` if it holds a version-2 device of type `device_id`.
     pub fn probe(base: u64, device_id: u32) -> Option<Transport> {
         let t = Transport { base };

@@ -6,12 +6,11 @@
 //! ([`crate::virtio_mmio`]) with the console's STREAMS driver, whose rings are real
 //! ([`crate::vcon::virtq`]).
 
+use crate::clock;
 use crate::irq::{set_handler, wait_while};
 use crate::virtio_mmio::{F_VERSION_1, Transport};
-use crate::{bootinfo, clock};
 use alloc::alloc::{Layout, alloc_zeroed};
 use core::sync::atomic::{AtomicU64, Ordering, fence};
-use guest_abi::MmioKind;
 
 /// virtio device ID of an entropy source.
 const RNG_DEVICE_ID: u32 = 4;
@@ -38,16 +37,7 @@ pub struct RngResult {
 
 /// Finds the first virtio-rng, asks it for [`REQUEST`] bytes and waits for the answer.
 pub fn probe() -> Result<RngResult, &'static str> {
-    let dev = bootinfo::params()
-        .devices()
-        .iter()
-        .find(|d| {
-            d.kind == MmioKind::VirtioMmio as u32
-                && Transport::probe(d.base, RNG_DEVICE_ID).is_some()
-        })
-        .copied()
-        .ok_or("no virtio-rng device")?;
-    let t = Transport::probe(dev.base, RNG_DEVICE_ID).ok_or("no virtio-rng device")?;
+    let (dev, t) = Transport::find(RNG_DEVICE_ID).ok_or("no virtio-rng device")?;
     t.negotiate(F_VERSION_1)?;
     if t.queue_max(0) < QSIZE {
         return Err("request queue too small");

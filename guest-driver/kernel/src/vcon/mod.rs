@@ -19,12 +19,11 @@ pub mod virtq;
 
 use crate::lock::IrqLock;
 use crate::virtio_mmio::{F_EVENT_IDX, F_VERSION_1, Transport};
-use crate::{bootinfo, irq, platform};
+use crate::{irq, platform};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use guest_abi::MmioKind;
 use streams::{
     D_MP, D_MTOCEXCL, D_MTOUTPERIM, D_MTQPAIR, Errno, Mblk, Module, ModuleDef, ModuleInfo, OpenHow,
     Q, QueueRef, Stream, Streams,
@@ -167,16 +166,7 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     if let Some(v) = get() {
         return Ok(v);
     }
-    let dev = bootinfo::params()
-        .devices()
-        .iter()
-        .find(|d| {
-            d.kind == MmioKind::VirtioMmio as u32
-                && Transport::probe(d.base, CONSOLE_DEVICE_ID).is_some()
-        })
-        .copied()
-        .ok_or("no virtio-console device")?;
-    let t = Transport::probe(dev.base, CONSOLE_DEVICE_ID).ok_or("no virtio-console device")?;
+    let (dev, t) = Transport::find(CONSOLE_DEVICE_ID).ok_or("no virtio-console device")?;
     let features = t.negotiate(F_VERSION_1 | F_MULTIPORT | F_EMERG_WRITE | F_EVENT_IDX)?;
     if features & F_MULTIPORT == 0 || features & F_EVENT_IDX == 0 {
         return Err("the device lacks MULTIPORT or EVENT_IDX");
