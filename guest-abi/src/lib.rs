@@ -55,9 +55,15 @@ pub struct MmioDevice {
     pub vector: u32,
     /// x2APIC ID the device's interrupt is sent to.
     pub dest_apic: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// [`MMIO_LEVEL_IRQ`], or zero.
+    pub flags: u32,
 }
+
+/// [`MmioDevice::flags`]: the interrupt is a level line behind an edge-triggered IOAPIC pin
+/// (QEMU's virtio-mmio), so a driver must acknowledge the device (InterruptStatus and
+/// InterruptACK) in its handler or no further interrupt arrives. perimeter's MSIs need no
+/// acknowledgement.
+pub const MMIO_LEVEL_IRQ: u32 = 1;
 
 /// The block the VMM writes into guest memory and passes to every vCPU in `rdi`.
 ///
@@ -107,7 +113,7 @@ impl BootParams {
                 kind: 0,
                 vector: 0,
                 dest_apic: 0,
-                reserved: 0,
+                flags: 0,
             }; MAX_MMIO_DEVICES],
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`bench`] | `perimeter bench`: the benchmark matrix, optionally beside QEMU |
 //! | [`config`] | what to boot, validated |
 //! | [`control`] | the control socket: list and remove ports while the guest runs |
 //! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
@@ -15,6 +16,7 @@
 //! | [`results`] | the guest's `@result` lines: collected, checked, shown |
 //! | [`error`] | errors, outcomes and exit statuses |
 
+pub mod bench;
 pub mod boot;
 pub mod bus;
 pub mod config;

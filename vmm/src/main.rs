@@ -33,6 +33,89 @@ struct Cli {
 enum Command {
     /// Boot a guest, print its console output, and exit with its exit code.
     Run(RunArgs),
+    /// Run the benchmark matrix (tx, rx, pingpong at 64 B, 4 KiB and 64 KiB; tx on 4 and 16
+    /// ports; the console under a slow reader; boot) and print a table; write results.json
+    /// and SVG plots into --out. Every transfer is checked (bytes delivered / sent, CRCs).
+    /// Exit status 1 when a perimeter run failed or lost data.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Also run every cell under QEMU (`qemu-system-x86_64 -M microvm`, the same guest image
+    /// through its PVH entry, `virtio-serial-device` ports on the same host peers), runs
+    /// interleaved, and print perimeter's advantage per cell.
+    #[arg(long)]
+    vs_qemu: bool,
+
+    /// About a sixteenth of the data and one run per cell (under a minute without QEMU).
+    #[arg(long)]
+    quick: bool,
+
+    /// Runs per cell and VMM; the table shows medians [default: 3, or 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=100))]
+    runs: Option<u16>,
+
+    /// Only the cells whose name contains TEXT (repeatable), e.g. `--only pingpong`.
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
+
+    /// Folder for results.json, throughput.svg, latency.svg and the guest image QEMU boots.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: PathBuf,
+
+    /// The QEMU binary [default: qemu-system-x86_64 on PATH].
+    #[arg(long, value_name = "FILE")]
+    qemu: Option<PathBuf>,
+
+    /// Guest image to boot under both VMMs [default: the embedded guest].
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    memory: u64,
+
+    /// Kill a run after SECS seconds and report it.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+}
+
+impl BenchArgs {
+    fn options(self) -> vmm::bench::BenchOptions {
+        vmm::bench::BenchOptions {
+            vs_qemu: self.vs_qemu,
+            quick: self.quick,
+            runs: self.runs.map(usize::from),
+            only: self.only,
+            out: self.out,
+            qemu: self.qemu,
+            kernel: self.kernel,
+            memory_mib: self.memory,
+            timeout: Duration::from_secs(self.timeout.max(1)),
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    let out = args.out.clone();
+    match vmm::bench::run(&args.options()) {
+        Ok(report) => {
+            stdout(&report.table);
+            eprintln!(
+                "perimeter: results.json, throughput.svg and latency.svg are in {}",
+                out.display()
+            );
+            for p in &report.perimeter_problems {
+                eprintln!("perimeter: {p}");
+            }
+            ExitCode::from(vmm::bench::status(&report))
+        }
+        Err(e) => {
+            eprintln!("perimeter bench: {e}");
+            ExitCode::from(e.status())
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -211,7 +294,10 @@ fn main() -> ExitCode {
             return ExitCode::from(STATUS_BAD_INPUT);
         }
     };
-    let Command::Run(args) = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    let args = match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => args,
+        Command::Bench(args) => return bench(args),
+    };
     let (stats, json) = (args.stats, args.json);
     match vmm::vm::run(&args.config()) {
         Ok(report) => {

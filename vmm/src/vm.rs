@@ -207,7 +207,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         kind: MmioKind::Debug as u32,
         vector: IRQ_TEST_VECTOR.into(),
         dest_apic: 0,
-        reserved: 0,
+        flags: 0,
     };
     params.mmio[1] = rng_entry;
     params.mmio[2] = console_entry;

@@ -1,14 +1,30 @@
 //! What the VMM told the guest: the [`BootParams`] block and the command line.
+//!
+//! perimeter writes the block itself; under QEMU the PVH start info is translated into one
+//! ([`crate::pvh`]) and the machine has no debug page ([`pvh_boot`]).
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use guest_abi::{BOOT_MAGIC, BOOT_VERSION, BootParams, MAX_CMDLINE, MAX_VCPUS};
 
 static PARAMS: AtomicPtr<BootParams> = AtomicPtr::new(core::ptr::null_mut());
+static PVH: AtomicBool = AtomicBool::new(false);
+
+/// Whether the guest came in through the PVH entry (QEMU): no debug page, so output goes to
+/// COM1 and the exit code to `isa-debug-exit`.
+pub fn pvh_boot() -> bool {
+    PVH.load(Ordering::Relaxed)
+}
 
 /// Validates and records the block at `addr` (from `rdi` at entry). Panics when it is not one.
 pub fn init(addr: u64) {
     if addr == 0 || !addr.is_multiple_of(8) {
         panic!("no boot parameters (rdi = {addr:#x})");
+    }
+    if crate::pvh::is_start_info(addr) {
+        PVH.store(true, Ordering::Relaxed);
+        let p = crate::pvh::boot_params(addr);
+        PARAMS.store(p as *const BootParams as *mut BootParams, Ordering::Release);
+        return;
     }
     // SAFETY: the VMM wrote a BootParams at `addr` in identity-mapped RAM and never changes it;
     // the guest never writes there (the heap starts above the image).
@@ -29,7 +45,8 @@ pub fn init(addr: u64) {
 pub fn params() -> &'static BootParams {
     let p = PARAMS.load(Ordering::Acquire);
     assert!(!p.is_null(), "boot parameters read before init");
-    // SAFETY: set once by `init` from a validated, never-written block.
+    // SAFETY: set once by `init` from a validated, never-written block (perimeter's, or the
+    // one `pvh` built and never changes).
     unsafe { &*p }
 }
 

@@ -1,9 +1,12 @@
-//! Output through the debug page: one MMIO exit per buffer of up to [`BUF`] bytes.
+//! Output through the debug page: one MMIO exit per buffer of up to [`BUF`] bytes. After a PVH
+//! boot (QEMU) there is none: both streams go to COM1, one trap per buffer (`rep outsb`).
 
 use core::fmt::{self, Write};
 use guest_abi::{debug, layout::DEBUG_BASE};
 
 const BUF: usize = 512;
+/// The first serial port (PVH boots).
+pub const COM1: u16 = 0x3f8;
 
 /// Where a [`Console`] writes.
 #[derive(Clone, Copy)]
@@ -16,6 +19,10 @@ pub enum Stream {
 
 /// Writes `bytes` in one exit (the buffer must be shorter than 64 KiB).
 pub fn write_bytes(stream: Stream, bytes: &[u8]) {
+    if crate::bootinfo::pvh_boot() {
+        crate::svc::outsb(COM1, bytes);
+        return;
+    }
     let reg = match stream {
         Stream::Out => debug::CONSOLE_OUT,
         Stream::Err => debug::CONSOLE_ERR,

@@ -19,6 +19,7 @@ mod lock;
 mod mmio;
 mod percpu;
 mod platform;
+mod pvh;
 mod rt;
 mod smp;
 mod stub;
@@ -32,10 +33,15 @@ mod workload;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::{EXIT_PANIC, IRQ_TEST_VECTOR, WAKE_VECTOR, debug, layout::DEBUG_BASE};
 
-/// Ends the guest with `code` through the debug page's EXIT register.
+/// Ends the guest with `code` through the debug page's EXIT register (after a PVH boot:
+/// QEMU's `isa-debug-exit` at port 0xf4, whose process status is `code * 2 + 1`).
 pub fn exit(code: u32) -> ! {
     // The write stops the VM: nothing after it runs.
-    mmio::write_u32(DEBUG_BASE + debug::EXIT, code);
+    if bootinfo::pvh_boot() {
+        svc::outl(0xf4, code);
+    } else {
+        mmio::write_u32(DEBUG_BASE + debug::EXIT, code);
+    }
     let never = AtomicU64::new(0);
     loop {
         svc::wait(&never, 0);

@@ -4,7 +4,8 @@
 //! hundred SSE-free instructions and no loops: the IDT and the GDT are built at link time, `.bss`
 //! is not cleared (the VMM hands over zeroed memory) and the stacks are static. It
 //!
-//! * enters on every vCPU at `_start` in 64-bit mode (`rdi` = boot parameters, `rsi` = CPU index),
+//! * enters on every vCPU at `_start` in 64-bit mode (`rdi` = boot parameters, `rsi` = CPU index;
+//!   under QEMU the PVH entry in [`crate::pvh`] gets there first, with `rdi` = its start info),
 //!   fills in that CPU's TSS and TSS descriptor, loads GDT/TSS/IDT, turns on the x2APIC with every
 //!   LVT masked, points GS at the CPU's [`PerCpu`](crate::percpu::PerCpu) and `iretq`s into
 //!   [`rust_entry`](crate::rust_entry) at ring 3 on the CPU's own user stack;
@@ -47,7 +48,8 @@ pub const SVC_INB: u64 = 4;
 pub const SVC_WAIT: u64 = 5;
 pub const SVC_NOP: u64 = 6;
 pub const SVC_WAIT2: u64 = 7;
-const SVC_COUNT: u64 = 8;
+pub const SVC_OUTSB: u64 = 8;
+const SVC_COUNT: u64 = 9;
 /// The eight bytes at a service call: `ud2` then `nop dword ptr [rax + 0x5653]` ("SV"). A bare
 /// `ud2` (say, from `core::intrinsics::abort`) is reported as a #UD fault instead.
 pub const SVC_SIGNATURE: u64 = 0x0056_5380_1f0f_0b0f;
@@ -273,6 +275,15 @@ svc_wait2:
     hlt
     cli
     jmp svc_done
+svc_outsb:
+    /* rep outsb: dx = port (rdi), rsi = buffer, rcx = length (rdx); rsi is restored. */
+    push rsi
+    mov rcx, rdx
+    mov edx, edi
+    rep outsb
+    pop rsi
+    xor eax, eax
+    jmp svc_done
 svc_nop:
     xor eax, eax
     jmp svc_done
@@ -335,6 +346,7 @@ irq_upcall_entry:
 .balign 8
 svc_table:
     .quad svc_wrmsr, svc_rdmsr, svc_outb, svc_outl, svc_inb, svc_wait, svc_nop, svc_wait2
+    .quad svc_outsb
 
 .section .data
 .balign 16
@@ -348,6 +360,7 @@ gdt:
 gdt_end:
 .balign 8
     .short 0, 0, 0
+.global gdt_ptr
 gdt_ptr:
     .short gdt_end - gdt - 1
     .quad gdt

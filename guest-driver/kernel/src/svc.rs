@@ -3,7 +3,7 @@
 //! Each call traps into the emulated stub: about 50 µs on a PVM host, so keep them off fast paths.
 
 use crate::stub::{
-    SVC_INB, SVC_NOP, SVC_OUTB, SVC_OUTL, SVC_RDMSR, SVC_WAIT, SVC_WAIT2, SVC_WRMSR,
+    SVC_INB, SVC_NOP, SVC_OUTB, SVC_OUTL, SVC_OUTSB, SVC_RDMSR, SVC_WAIT, SVC_WAIT2, SVC_WRMSR,
 };
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -44,6 +44,24 @@ pub fn outb(port: u16, value: u8) {
 /// Writes a 32-bit value to an I/O port.
 pub fn outl(port: u16, value: u32) {
     call(SVC_OUTL, port.into(), value.into());
+}
+
+/// Writes `bytes` to an I/O port with `rep outsb`: one trap for the whole buffer (the VMM
+/// still sees one port write per byte).
+pub fn outsb(port: u16, bytes: &[u8]) {
+    // SAFETY: as for `call`, with `rdx` = length; the stub reads `bytes` (identity-mapped,
+    // readable at ring 0) and restores `rsi` and `rdx`.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            ".byte 0x0f, 0x1f, 0x80, 0x53, 0x56, 0x00, 0x00",
+            inout("rax") SVC_OUTSB => _,
+            in("rdi") u64::from(port),
+            in("rsi") bytes.as_ptr(),
+            in("rdx") bytes.len(),
+            options(nostack, readonly),
+        );
+    }
 }
 
 /// Reads a byte from an I/O port.

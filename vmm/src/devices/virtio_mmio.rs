@@ -66,7 +66,7 @@ pub fn attach(
         kind: MmioKind::VirtioMmio as u32,
         vector: vector.into(),
         dest_apic: dest,
-        reserved: 0,
+        flags: 0,
     };
     Ok((entry, dev))
 }

@@ -4,6 +4,7 @@
 //! Output waits at the stream head while nobody can take it: flow control throttles the
 //! guest instead of dropping bytes.
 
+mod output;
 pub mod pty;
 mod spec;
 
@@ -12,14 +13,14 @@ pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault};
 use super::port::lock;
 use super::{ConsoleHandle, PortShared};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use streams::{Mblk, ReadResult, Stream};
+use streams::{Mblk, Stream};
 
 /// Bytes read from a backend in one go.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -71,6 +72,8 @@ struct IoState {
     crc: Mutex<crc32fast::Hasher>,
     /// The attached client of a socket backend.
     client: Mutex<Option<Arc<UnixStream>>>,
+    /// Bytes the output thread took from the stream but could not write (set as it ends).
+    unwritten: AtomicU64,
 }
 
 impl IoState {
@@ -165,6 +168,7 @@ impl PortIo {
             stop_in: AtomicBool::new(false),
             crc: Mutex::new(crc32fast::Hasher::new()),
             client: Mutex::new(None),
+            unwritten: AtomicU64::new(0),
         });
         let s = state.clone();
         state.stream.head().set_notify(move || s.out_wake.notify());
@@ -230,7 +234,7 @@ impl PortIo {
             BackendKind::Null | BackendKind::Pattern | BackendKind::File { .. }
         );
         let s = state.clone();
-        let output = Some(spawn(&name, "out", move || output_loop(&s, sink))?);
+        let output = Some(spawn(&name, "out", move || output::output_loop(&s, sink))?);
         if !matches!(source, Source::None) {
             let s = state.clone();
             threads.push(spawn(&name, "in", move || input_loop(&s, source))?);
@@ -251,12 +255,15 @@ impl PortIo {
             .then(|| lock(&self.state.crc).clone().finalize())
     }
 
-    /// Bytes waiting at the stream head for this backend.
+    /// Bytes not delivered to this backend: waiting at the stream head, or taken by the
+    /// output thread and not written when it ended.
     pub fn pending(&self) -> u64 {
-        self.state
+        let queued = self
+            .state
             .stream
             .queue(0, streams::Side::Read)
-            .map_or(0, |q| q.count() as u64)
+            .map_or(0, |q| q.count() as u64);
+        queued + self.state.unwritten.load(Ordering::Acquire)
     }
 
     /// Stops reading input and accepting clients.
@@ -287,6 +294,10 @@ impl PortIo {
             if o.is_finished() {
                 let _ = o.join();
             }
+        }
+        // The input thread polls the client in 100 ms steps: end its wait now (output is done).
+        if let Some(c) = self.state.client() {
+            let _ = c.shutdown(std::net::Shutdown::Read);
         }
         for t in self.threads.drain(..) {
             let until = Instant::now() + Duration::from_millis(500);
@@ -342,102 +353,6 @@ fn accept_loop(st: &IoState, l: UnixListener) {
         if let Ok((c, _)) = l.accept() {
             st.port.counters.connects.fetch_add(1, Ordering::Relaxed);
             st.set_client(Some(Arc::new(c)));
-        }
-    }
-}
-
-/// Writes the message's remaining bytes; on failure the unwritten part stays in `m`.
-fn write_msg(w: &mut impl Write, m: &mut Mblk) -> io::Result<u64> {
-    let mut total = 0u64;
-    let mut b = Some(m);
-    while let Some(blk) = b {
-        while !blk.is_empty() {
-            let n = match w.write(blk.data()) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let (r, wp) = (blk.rptr(), blk.wptr());
-            blk.set_ptrs(r + n, wp).expect("within the block");
-            total += n as u64;
-        }
-        b = blk.cont_mut();
-    }
-    Ok(total)
-}
-
-fn output_loop(st: &IoState, mut sink: Sink) {
-    let c = &st.port.counters;
-    let mut held: Option<Mblk> = None;
-    loop {
-        if held.is_none() {
-            match st.stream.read() {
-                ReadResult::Data(m) => {
-                    if !matches!(sink, Sink::Client) {
-                        let mut crc = lock(&st.crc);
-                        for b in m.blocks() {
-                            crc.update(b.data());
-                        }
-                    }
-                    held = Some(m)
-                }
-                ReadResult::WouldBlock if st.stopping() => return,
-                ReadResult::WouldBlock => {
-                    st.out_wake.wait(Duration::from_millis(100));
-                    continue;
-                }
-                ReadResult::Eof | ReadResult::Error(_) => return,
-            }
-        }
-        if matches!(sink, Sink::Echo) {
-            if !st.stream.canwrite() {
-                if st.stopping() {
-                    return; // the guest stopped reading: left in the stream
-                }
-                st.in_wake.wait(Duration::from_millis(100));
-                continue;
-            }
-            let m = held.take().expect("just read");
-            let n = m.msgdsize() as u64;
-            if st.stream.putmsg(m).is_err() {
-                return; // hung up
-            }
-            c.out_bytes.fetch_add(n, Ordering::Relaxed);
-            continue;
-        }
-        let m = held.as_mut().expect("just read");
-        let result = match &mut sink {
-            Sink::Discard | Sink::Echo => Ok(m.msgdsize() as u64),
-            Sink::Writer(f) => write_msg(f, m),
-            Sink::Client => match st.client() {
-                None if st.stopping() => return, // nobody to take it: left in the stream
-                None => {
-                    st.out_wake.wait(Duration::from_millis(100));
-                    continue;
-                }
-                Some(client) => {
-                    let r = write_msg(&mut &*client, m);
-                    if r.is_err() {
-                        st.drop_client(&client);
-                        continue; // the rest goes to the next client
-                    }
-                    r
-                }
-            },
-        };
-        match result {
-            Ok(n) => {
-                c.out_bytes.fetch_add(n, Ordering::Relaxed);
-                held = None; // freeing returns the guest's buffers
-            }
-            Err(_) => {
-                // A file or terminal that fails: keep the bytes and try again later.
-                if st.stopping() {
-                    return;
-                }
-                st.out_wake.wait(Duration::from_millis(100));
-            }
         }
     }
 }

@@ -40,7 +40,6 @@ pub mod event {
 
 const CTRL_HDR: usize = 8;
 const RX_BUF: usize = 512;
-const RX_BUFS: u16 = 32;
 const TX_SLOTS: u16 = 32;
 
 /// The control queues and their buffers.
@@ -75,23 +74,27 @@ impl CtrlRings {
         let mut c = CtrlRings {
             rx: SplitQueue::new(t, 2, size)?,
             tx: SplitQueue::new(t, 3, size)?,
-            rx_mem: zeroed(RX_BUF * usize::from(RX_BUFS))?,
+            rx_mem: zeroed(RX_BUF * usize::from(size))?,
             tx_mem: zeroed(CTRL_HDR * usize::from(TX_SLOTS))?,
             tx_free: (0..TX_SLOTS).collect(),
             pending: VecDeque::new(),
             done: VecDeque::new(),
             returned: Vec::new(),
         };
-        for i in 0..RX_BUFS {
+        // A receive buffer in every slot, visible before DEVICE_READY: QEMU drops a control
+        // message when no buffer is posted, and answers the PORT_READYs of 31 ports with
+        // about 120 messages in one burst.
+        for i in 0..size {
             c.post_rx(i);
         }
+        c.rx.publish();
         let _ = c.rx.interrupt_after(0);
         Ok(c)
     }
 
     fn post_rx(&mut self, i: u16) {
         let addr = self.rx_mem + (usize::from(i) * RX_BUF) as u64;
-        // The ring has room for every buffer: it is at least RX_BUFS long.
+        // The ring has a slot for every buffer (one per entry).
         let _ = self.rx.add(&[(addr, RX_BUF as u32)], true, i);
     }
 

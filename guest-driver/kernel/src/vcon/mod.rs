@@ -99,6 +99,8 @@ pub struct VconStats {
 /// The driver: the device's transport and what every instance shares.
 pub struct Vcon {
     transport: Transport,
+    /// The interrupt must be acknowledged ([`guest_abi::MMIO_LEVEL_IRQ`]).
+    level_irq: bool,
     /// `max_nr_ports` from the configuration space.
     pub max_ports: u32,
     streams: &'static Streams,
@@ -139,6 +141,10 @@ pub fn get() -> Option<&'static Vcon> {
 fn on_irq(_vector: u8) {
     let Some(v) = get() else { return };
     v.stats.irqs.fetch_add(1, Ordering::Relaxed);
+    if v.level_irq {
+        // Lowers the line before the rings are looked at: a later buffer raises a new edge.
+        v.transport.take_interrupt_status();
+    }
     v.ring_all();
 }
 
@@ -169,7 +175,9 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     let (dev, t) = Transport::find(CONSOLE_DEVICE_ID).ok_or("no virtio-console device")?;
     let features = t.negotiate(F_VERSION_1 | F_MULTIPORT | F_EMERG_WRITE | F_EVENT_IDX)?;
     if features & F_MULTIPORT == 0 || features & F_EVENT_IDX == 0 {
-        return Err("the device lacks MULTIPORT or EVENT_IDX");
+        return Err(
+            "the device lacks MULTIPORT or EVENT_IDX (QEMU offers MULTIPORT only with max_ports > 1)",
+        );
     }
     let max_ports = t.config_u32(CONFIG_MAX_NR_PORTS).clamp(1, MAX_PORTS as u32);
     let size = QUEUE_SIZE.min(prev_power_of_two(t.queue_max(0)));
@@ -177,7 +185,9 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     for p in 0..max_ports {
         rings.push(IrqLock::new(port::PortRings::new(&t, p, size)?));
     }
-    let ctrl = control::CtrlRings::new(&t, size.min(64))?;
+    // The device's largest control queue, up to 128 entries (a receive buffer each).
+    let ctrl_size = prev_power_of_two(t.queue_max(2)).min(128);
+    let ctrl = control::CtrlRings::new(&t, ctrl_size)?;
     irq::set_handler(dev.vector as u8, on_irq);
     // Timed waits inside an open or close (qwait) end when a doorbell rings.
     platform::set_timer_hook(|| {
@@ -202,6 +212,7 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
         .map_err(|_| "bad MT flags")?;
     let v = VCON.call_once(|| Vcon {
         transport: t,
+        level_irq: dev.flags & guest_abi::MMIO_LEVEL_IRQ != 0,
         max_ports,
         streams,
         def,

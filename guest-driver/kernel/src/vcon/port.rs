@@ -35,7 +35,7 @@ const HEAD_HIWAT: u64 = 512 * 1024;
 const HEAD_LOWAT: u64 = 128 * 1024;
 /// How long a close waits for the port's output to reach the device.
 const CLOSE_DRAIN_NS: u64 = 5_000_000_000;
-/// How long an open waits for the device's PORT_OPEN answer (ms).
+/// How long an open waits for the device's PORT_OPEN answer when the host side is closed (ms).
 const OPEN_ANSWER_MS: u64 = 500;
 /// Most segments a transmitted message may have before it is pulled up into one.
 const MAX_SEGS: usize = 16;
@@ -189,7 +189,21 @@ impl Port {
             let _ = r.rx.interrupt_after(0);
         }
         let seen = self.answers();
+        let host_open = self.v.ports.lock()[self.id as usize].host_open;
         self.v.send_control(self.id, event::PORT_OPEN, 1);
+        // perimeter answers with the host side's state; QEMU never answers (the virtio spec
+        // asks for none), so an open waits only while the host side is not known to be open.
+        if !host_open {
+            self.wait_open_answer(&q, seen)?;
+        }
+        // Data that arrived while the port was closed goes up now.
+        self.service(&q);
+        Ok(())
+    }
+
+    /// qwait until the device sends PORT_OPEN after `seen` answers, at most OPEN_ANSWER_MS.
+    fn wait_open_answer(&self, q: &Q<'_>, seen: u64) -> Result<(), Errno> {
+        self.st.lock().timed_out = false;
         let st = self.st.clone();
         let id = q
             .qtimeout(OPEN_ANSWER_MS, move |_| {
@@ -207,8 +221,6 @@ impl Port {
         if let Some(id) = pending {
             q.quntimeout(id);
         }
-        // Data that arrived while the port was closed goes up now.
-        self.service(&q);
         Ok(())
     }
 

@@ -172,15 +172,21 @@ impl<T> SplitQueue<T> {
         Ok(())
     }
 
+    /// Publishes what [`SplitQueue::add`] made available without notifying (before
+    /// DRIVER_OK a driver must not notify; the device looks when it needs a buffer).
+    pub fn publish(&mut self) {
+        fence(Ordering::Release);
+        // SAFETY: avail.idx, written only by the driver.
+        unsafe { write_volatile(self.mem.add(self.avail_off + 2) as *mut u16, self.avail_idx) };
+    }
+
     /// Publishes what [`SplitQueue::add`] made available and notifies the device if its
     /// avail_event asks for it. Returns whether it notified.
     pub fn kick(&mut self) -> bool {
         if self.avail_idx == self.kicked_idx {
             return false;
         }
-        fence(Ordering::Release);
-        // SAFETY: avail.idx, written only by the driver.
-        unsafe { write_volatile(self.mem.add(self.avail_off + 2) as *mut u16, self.avail_idx) };
+        self.publish();
         fence(Ordering::SeqCst);
         // SAFETY: used.avail_event, after the used ring.
         let event = unsafe {

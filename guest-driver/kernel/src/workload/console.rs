@@ -4,7 +4,7 @@
 //! checksums: the `null` backend), `source` (the host sends `byte i = i mod 251`: the
 //! `pattern` backend). Each workload prints `@result` lines ([`super::report`]).
 
-use super::report::{Line, mib_per_s, percentiles};
+use super::report::{Line, mib_per_s, percentiles, quantile};
 use super::stream_io::{Poll, alloc, poll, recv, send, try_alloc};
 use crate::platform::{self, idle_until};
 use crate::vcon::{self, Vcon};
@@ -257,15 +257,27 @@ pub fn pingpong(
     let total_ns: u64 = ns.iter().sum();
     let (median, p99) = percentiles(&mut ns);
     let floor = super::doorbell_floor_ns(101);
-    Line::new("pingpong")
-        .add("port", port)
+    let mut line = Line::new("pingpong");
+    line.add("port", port)
         .add("size", size)
         .add("count", count)
         .add("median_ns", median)
         .add("p99_ns", p99)
         .add("doorbell_ns", floor)
-        .add("total_ns", total_ns)
-        .emit();
+        .add("total_ns", total_ns);
+    // The distribution, for plots: min, p10, p25, p75, p90, p99.9, max.
+    for (key, per_mille) in [
+        ("min_ns", 0),
+        ("p10_ns", 100),
+        ("p25_ns", 250),
+        ("p75_ns", 750),
+        ("p90_ns", 900),
+        ("p999_ns", 999),
+        ("max_ns", 1000),
+    ] {
+        line.add(key, quantile(&ns, per_mille));
+    }
+    line.emit();
     Ok(())
 }
 

@@ -32,12 +32,22 @@ impl Line {
 
 /// Median and 99th percentile of `ns` (sorted in place); zeros when empty.
 pub fn percentiles(ns: &mut [u64]) -> (u64, u64) {
-    if ns.is_empty() {
-        return (0, 0);
-    }
     ns.sort_unstable();
-    let p99 = ((ns.len() * 99).div_ceil(100)).clamp(1, ns.len()) - 1;
-    (ns[ns.len() / 2], ns[p99])
+    (quantile(ns, 500), quantile(ns, 990))
+}
+
+/// The `per_mille`/1000 quantile of sorted `ns` (nearest rank; 0 when empty).
+pub fn quantile(sorted: &[u64], per_mille: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    if per_mille == 500 {
+        return sorted[sorted.len() / 2];
+    }
+    let rank = (sorted.len() * per_mille)
+        .div_ceil(1000)
+        .clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// Throughput in MiB/s of `bytes` moved in `ns`.

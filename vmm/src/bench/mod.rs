@@ -1,0 +1,253 @@
+//! `perimeter bench`: the benchmark matrix end to end, optionally side by side with QEMU.
+//!
+//! Each cell boots the built-in guest (or `--kernel`) with a workload and real host peers on
+//! UNIX sockets ([`peer`]), under perimeter and, with `--vs-qemu`, under
+//! `qemu-system-x86_64 -M microvm` booting the same image through its PVH entry ([`launch`]).
+//! Runs of the two VMMs interleave so that the machine's drift hits both. Throughput and
+//! latency are what the guest measured (TSC); boot is process start to first output byte.
+//! Every transfer is checked: bytes delivered against bytes sent, CRCs, the guest's pattern
+//! check ([`sample`]). Output: a table on stdout, `results.json`, and SVG plots ([`plot`]).
+
+pub mod launch;
+pub mod matrix;
+pub mod peer;
+pub mod plot;
+pub mod report;
+pub mod sample;
+
+use crate::error::Error;
+use indicatif::{ProgressBar, ProgressStyle};
+use launch::{Launcher, Vmm};
+use report::{Row, VmmFigures};
+use sample::Sample;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What `perimeter bench` was asked for.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Also run every cell under QEMU.
+    pub vs_qemu: bool,
+    /// A small matrix (about a sixteenth of the data) and one run per cell.
+    pub quick: bool,
+    /// Runs per cell and VMM (default 3, 1 with `quick`).
+    pub runs: Option<usize>,
+    /// Only cells whose name contains one of these.
+    pub only: Vec<String>,
+    /// Where results.json and the plots go.
+    pub out: PathBuf,
+    /// The QEMU binary (default: `qemu-system-x86_64` on PATH).
+    pub qemu: Option<PathBuf>,
+    /// The guest image (default: the embedded guest).
+    pub kernel: Option<PathBuf>,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Longest a run may take.
+    pub timeout: Duration,
+}
+
+/// How a bench ended, for the exit status.
+pub struct BenchReport {
+    /// The table as printed.
+    pub table: String,
+    /// Runs of perimeter that failed or lost data.
+    pub perimeter_problems: Vec<String>,
+}
+
+/// Runs the matrix; prints progress on stderr; writes results.json and plots into `out`.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
+    let cells: Vec<matrix::Cell> = matrix::matrix(opts.quick)
+        .into_iter()
+        .filter(|c| {
+            opts.only.is_empty() || opts.only.iter().any(|o| c.to_string().contains(o.as_str()))
+        })
+        .collect();
+    if cells.is_empty() {
+        return Err(Error::BadInput(format!(
+            "no cell matches --only {:?}",
+            opts.only
+        )));
+    }
+    let qemu = if opts.vs_qemu {
+        Some(find_qemu(opts.qemu.as_deref())?)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&opts.out).map_err(host("cannot create the results folder"))?;
+    let image = opts.out.join("guest.elf");
+    let (_, bytes) = crate::loader::image_bytes(
+        &opts
+            .kernel
+            .clone()
+            .map_or(crate::Kernel::Embedded, crate::Kernel::File),
+    )?;
+    std::fs::write(&image, bytes).map_err(host("cannot write the guest image"))?;
+    let sock_dir = std::env::temp_dir().join(format!("perimeter-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&sock_dir).map_err(host("cannot create the socket folder"))?;
+    let launcher = Launcher {
+        perimeter: std::env::current_exe().map_err(host("cannot find this binary"))?,
+        qemu: qemu.clone(),
+        image,
+        tsc_khz: host_tsc_khz()?,
+        memory_mib: opts.memory_mib,
+        sock_dir: sock_dir.clone(),
+        timeout: opts.timeout,
+    };
+    let vmms: Vec<Vmm> = if qemu.is_some() {
+        vec![Vmm::Perimeter, Vmm::Qemu]
+    } else {
+        vec![Vmm::Perimeter]
+    };
+    let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    let bar = ProgressBar::new((cells.len() * runs * vmms.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut rows = Vec::new();
+    for cell in &cells {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); vmms.len()];
+        for i in 0..runs {
+            for (v, &vmm) in vmms.iter().enumerate() {
+                bar.set_message(format!(
+                    "{cell} under {} (run {}/{runs})",
+                    vmm.name(),
+                    i + 1
+                ));
+                let s = match launcher.run(vmm, cell) {
+                    Ok(out) => Sample::from_run(cell, &out),
+                    Err(e) => Sample {
+                        problem: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                };
+                samples[v].push(s);
+                bar.inc(1);
+            }
+        }
+        let figures = vmms
+            .iter()
+            .zip(samples)
+            .map(|(&v, s)| VmmFigures::new(v, s))
+            .collect();
+        rows.push(Row::new(*cell, figures));
+    }
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&sock_dir);
+    write_outputs(opts, &launcher, &rows)?;
+    let perimeter_problems = rows
+        .iter()
+        .flat_map(|r| {
+            r.vmms
+                .iter()
+                .filter(|f| f.vmm == Vmm::Perimeter)
+                .flat_map(move |f| f.problems.iter().map(move |p| format!("{}: {p}", r.name)))
+        })
+        .collect();
+    Ok(BenchReport {
+        table: report::table(&rows),
+        perimeter_problems,
+    })
+}
+
+fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Result<(), Error> {
+    let doc = serde_json::json!({
+        "machine": machine(launcher),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "quick": opts.quick,
+        "memory_mib": opts.memory_mib,
+        "rows": rows,
+    });
+    let text = serde_json::to_string_pretty(&doc).expect("plain data serializes");
+    std::fs::write(opts.out.join("results.json"), text + "\n")
+        .map_err(host("cannot write results.json"))?;
+    plot::throughput(rows, &opts.out.join("throughput.svg"))
+        .and_then(|()| plot::latency(rows, &opts.out.join("latency.svg")))
+        .map_err(|e| Error::Host {
+            what: "cannot draw the plots",
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+/// The machine the figures come from.
+fn machine(launcher: &Launcher) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let qemu_version = launcher.qemu.as_ref().and_then(|q| {
+        let out = std::process::Command::new(q)
+            .arg("--version")
+            .output()
+            .ok()?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string(),
+        )
+    });
+    serde_json::json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "host_kernel": kernel.trim(),
+        "kvm": if Path::new("/sys/module/kvm_pvm").exists() { "kvm_pvm (guest ring 0 emulated)" } else { "kvm" },
+        "tsc_khz": launcher.tsc_khz,
+        "perimeter": env!("CARGO_PKG_VERSION"),
+        "qemu": qemu_version,
+    })
+}
+
+/// The vCPUs' TSC rate as KVM sets it (QEMU's guest cannot measure it without a debug page).
+fn host_tsc_khz() -> Result<u32, Error> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(Error::KvmUnavailable)?;
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    vcpu.get_tsc_khz().map_err(Error::kvm("KVM_GET_TSC_KHZ"))
+}
+
+/// `qemu-system-x86_64` (or `given`), or an error that says how to install it.
+pub fn find_qemu(given: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(q) = given {
+        return if q.is_file() {
+            Ok(q.to_path_buf())
+        } else {
+            Err(Error::BadInput(format!(
+                "--qemu {}: no such file",
+                q.display()
+            )))
+        };
+    }
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file());
+    found.ok_or_else(|| {
+        Error::BadInput(
+            "--vs-qemu needs qemu-system-x86_64, which is not on PATH. On Debian or Ubuntu: \
+             sudo apt-get install qemu-system-x86 (it brings the microvm firmware, \
+             /usr/share/qemu/bios-microvm.bin); or point --qemu at a binary"
+                .into(),
+        )
+    })
+}
+
+fn host(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Host { what, source }
+}
+
+/// Exit status of a bench: 0 when every perimeter run checked out.
+pub fn status(report: &BenchReport) -> u8 {
+    if report.perimeter_problems.is_empty() {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,205 @@
+//! `perimeter bench` end to end under KVM, and the same guest image under QEMU (its PVH entry,
+//! virtio_mmio.device= discovery, QEMU's virtio-serial ports).
+
+mod common;
+
+use common::{kvm_present, perimeter, status, text, tmp_dir};
+use std::path::{Path, PathBuf};
+
+/// `qemu-system-x86_64` on PATH; without it the QEMU test says so loudly and skips, unless
+/// `PERIMETER_REQUIRE_QEMU` is set (as `.ci/run` does after installing it), where it fails.
+fn qemu_present(test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<PathBuf>>())
+        .any(|d| d.join("qemu-system-x86_64").is_file());
+    if !found {
+        assert!(
+            std::env::var_os("PERIMETER_REQUIRE_QEMU").is_none(),
+            "{test}: PERIMETER_REQUIRE_QEMU is set but qemu-system-x86_64 is not on PATH"
+        );
+        eprintln!(
+            "\n*** SKIPPED {test}: qemu-system-x86_64 is missing \
+             (sudo apt-get install qemu-system-x86) ***\n"
+        );
+    }
+    found
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json written");
+    serde_json::from_str(&text).expect("results.json is JSON")
+}
+
+/// The figures of `vmm` in the row named `cell`.
+fn figures<'a>(doc: &'a serde_json::Value, cell: &str, vmm: &str) -> &'a serde_json::Value {
+    let row = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == cell)
+        .unwrap_or_else(|| panic!("no row {cell}: {doc}"));
+    row["vmms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["vmm"] == vmm)
+        .unwrap()
+}
+
+#[test]
+fn bench_writes_a_table_json_and_plots_and_checks_every_byte() {
+    if !kvm_present("bench_writes_a_table_json_and_plots_and_checks_every_byte") {
+        return;
+    }
+    let dir = tmp_dir("bench");
+    let out = dir.join("results");
+    let o = perimeter(&[
+        "bench",
+        "--quick",
+        "--only",
+        "boot",
+        "--only",
+        "tx 4 KiB",
+        "--only",
+        "pingpong 64 B",
+        "--only",
+        "rx 64 KiB",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let table = text(&o.stdout);
+    assert_eq!(status(&o), 0, "{table}\n{}", text(&o.stderr));
+    for row in [
+        "boot",
+        "tx 4 KiB",
+        "tx 4 KiB x4 ports",
+        "pingpong 64 B",
+        "rx 64 KiB",
+    ] {
+        assert!(
+            table.lines().any(|l| l.starts_with(row)),
+            "no {row}: {table}"
+        );
+    }
+    let doc = results(&out);
+    for cell in [
+        "tx 4 KiB",
+        "tx 4 KiB x16 ports",
+        "rx 64 KiB",
+        "pingpong 64 B",
+    ] {
+        let f = figures(&doc, cell, "perimeter");
+        assert_eq!(f["delivered_ratio"], 1.0, "{cell}: {f}");
+        assert_eq!(f["problems"].as_array().unwrap().len(), 0, "{cell}: {f}");
+    }
+    assert!(
+        figures(&doc, "boot", "perimeter")["first_byte_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        figures(&doc, "pingpong 64 B", "perimeter")["latency_us"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+    for plot in ["throughput.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(out.join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("perimeter"),
+            "{plot}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_refuses_what_it_cannot_do() {
+    let dir = tmp_dir("bench-bad");
+    let out = dir.join("r");
+    let o = perimeter(&[
+        "bench",
+        "--only",
+        "no such cell",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&o), 120, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no cell matches"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = perimeter(&[
+        "bench",
+        "--vs-qemu",
+        "--qemu",
+        "/nonexistent/qemu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&o), 120, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("/nonexistent/qemu"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_same_guest_runs_under_qemu_and_its_console_port_loses_data_ours_does_not() {
+    let test = "the_same_guest_runs_under_qemu_and_its_console_port_loses_data_ours_does_not";
+    if !kvm_present(test) || !qemu_present(test) {
+        return;
+    }
+    let dir = tmp_dir("bench-qemu");
+    let out = dir.join("results");
+    let o = perimeter(&[
+        "bench",
+        "--vs-qemu",
+        "--quick",
+        "--only",
+        "boot",
+        "--only",
+        "tx 4 KiB x16",
+        "--only",
+        "rx 4 KiB",
+        "--only",
+        "pingpong 64 B",
+        "--only",
+        "slow reader",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let table = text(&o.stdout);
+    assert_eq!(status(&o), 0, "{table}\n{}", text(&o.stderr));
+    let doc = results(&out);
+    // QEMU booted the image through its PVH entry and ran the workloads on its ports.
+    assert!(
+        figures(&doc, "boot", "qemu")["first_byte_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{doc}"
+    );
+    for cell in ["tx 4 KiB x16 ports", "rx 4 KiB", "pingpong 64 B"] {
+        let f = figures(&doc, cell, "qemu");
+        assert_eq!(f["problems"].as_array().unwrap().len(), 0, "{cell}: {f}");
+        assert_eq!(f["delivered_ratio"], 1.0, "{cell}: {f}");
+    }
+    // A console port under a slow reader: perimeter holds the guest back, QEMU drops.
+    let slow = "console tx 4 KiB, slow reader";
+    assert_eq!(figures(&doc, slow, "perimeter")["delivered_ratio"], 1.0);
+    let q = figures(&doc, slow, "qemu")["delivered_ratio"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        q < 1.0,
+        "QEMU's virtconsole delivered everything this time ({q}): {table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
