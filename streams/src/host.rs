@@ -3,11 +3,17 @@
 
 use crate::platform::{Platform, Ticks};
 use crate::sched::{Streams, WeakStreams};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const BUCKETS: usize = 64;
+
+std::thread_local! {
+    /// Set inside [`HostPlatform::run_inline`]: this thread runs what it queues.
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
 /// Most worker threads; blocking entries can park workers, so the pool grows on demand.
 const MAX_WORKERS: usize = 64;
 
@@ -60,6 +66,60 @@ impl HostPlatform {
     /// A new [`Streams`] on a new host platform.
     pub fn streams(config: crate::StreamsConfig) -> Streams {
         Streams::new(Arc::new(HostPlatform::new()), config)
+    }
+
+    /// Runs `f`, then runs the background work it queued (service procedures enabled by its
+    /// puts, callbacks) in this thread instead of waking a worker for it: for threads that
+    /// queue work and are free to run it at once, such as an event loop relaying a device
+    /// notification or a backend thread after a write. Saves a thread hand-off per message.
+    /// Work that others queued meanwhile may run here too; a blocking wait inside `f` still
+    /// hands queued work to the workers.
+    pub fn run_inline<R>(streams: &Streams, f: impl FnOnce() -> R) -> R {
+        /// Clears the flag even if `f` panics.
+        struct Outermost;
+        impl Drop for Outermost {
+            fn drop(&mut self) {
+                INLINE.with(|i| i.set(false));
+            }
+        }
+        if INLINE.with(|i| i.replace(true)) {
+            return f(); // an outer run_inline runs the work
+        }
+        let r = {
+            let _g = Outermost;
+            f()
+        };
+        streams.run_pending();
+        r
+    }
+
+    /// Wakes an idle worker for queued work, or starts one.
+    fn wake_worker(&self, streams: &Streams) {
+        let mut w = lock(&self.0.workers);
+        w.pending += 1;
+        if w.idle > 0 {
+            self.0.work_cv.notify_one();
+        } else if w.threads < MAX_WORKERS {
+            w.threads += 1;
+            let (shared, weak) = (self.0.clone(), streams.downgrade());
+            std::thread::Builder::new()
+                .name("streams-worker".into())
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| shared.worker(weak));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A routine panicked inside a perimeter it can never leave now: every
+                        // later entry would hang. Fail loudly instead.
+                        use std::io::Write;
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "streams: a module routine panicked in a worker thread; aborting"
+                        );
+                        std::process::abort();
+                    }
+                    lock(&shared.workers).threads -= 1;
+                })
+                .expect("spawn a STREAMS worker thread");
+        }
     }
 }
 
@@ -132,31 +192,10 @@ impl Platform for HostPlatform {
         self.0.now()
     }
     fn kick(&self, streams: &Streams) {
-        let mut w = lock(&self.0.workers);
-        w.pending += 1;
-        if w.idle > 0 {
-            self.0.work_cv.notify_one();
-        } else if w.threads < MAX_WORKERS {
-            w.threads += 1;
-            let (shared, weak) = (self.0.clone(), streams.downgrade());
-            std::thread::Builder::new()
-                .name("streams-worker".into())
-                .spawn(move || {
-                    let run = std::panic::AssertUnwindSafe(|| shared.worker(weak));
-                    if std::panic::catch_unwind(run).is_err() {
-                        // A routine panicked inside a perimeter it can never leave now: every
-                        // later entry would hang. Fail loudly instead.
-                        use std::io::Write;
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "streams: a module routine panicked in a worker thread; aborting"
-                        );
-                        std::process::abort();
-                    }
-                    lock(&shared.workers).threads -= 1;
-                })
-                .expect("spawn a STREAMS worker thread");
+        if INLINE.with(Cell::get) {
+            return; // run_inline runs it when `f` returns
         }
+        self.wake_worker(streams);
     }
     fn timer_deadline(&self, streams: &Streams, at: Option<Ticks>) {
         let mut w = lock(&self.0.workers);
@@ -180,7 +219,7 @@ impl Platform for HostPlatform {
         // drain) waits in the task queue behind it: hand that work to another worker, or
         // every worker can end up asleep with the queue full.
         if streams.has_queued_tasks() {
-            self.kick(streams);
+            self.wake_worker(streams);
         }
         let (m, cv) = self.0.bucket(word);
         let g = lock(m);

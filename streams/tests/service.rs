@@ -175,3 +175,37 @@ fn scenario_20_qenable_without_srv_or_after_qprocsoff_schedules_nothing() {
     s.run_until_idle();
     assert_eq!(runs.get(), 0, "nothing scheduled after qprocsoff");
 }
+
+#[test]
+fn run_inline_runs_the_service_it_enabled_in_the_calling_thread() {
+    let _w = watchdog(30);
+    let s = host();
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let d = def(
+        "drv",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass().put(|q, m| q.putq(m)).srv({
+            let ran_on = ran_on.clone();
+            move |q| {
+                while q.getq().is_some() {
+                    ran_on.lock().unwrap().push(std::thread::current().id());
+                }
+            }
+        }),
+    );
+    let st = Stream::open(&s, &d).unwrap();
+    let q = st.driver(Side::Write);
+    for i in 0..20u8 {
+        HostPlatform::run_inline(&s, || q.putq(data(&s, &[i])));
+        // Already run when run_inline returns, by this thread: no worker was needed.
+        assert_eq!(ran_on.lock().unwrap().len(), usize::from(i) + 1);
+    }
+    let me = std::thread::current().id();
+    assert!(ran_on.lock().unwrap().iter().all(|t| *t == me));
+    // Nested: the outermost call runs the work.
+    HostPlatform::run_inline(&s, || {
+        HostPlatform::run_inline(&s, || q.putq(data(&s, b"x")))
+    });
+    assert_eq!(ran_on.lock().unwrap().len(), 21);
+}

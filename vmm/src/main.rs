@@ -79,6 +79,11 @@ struct BenchArgs {
     /// Kill a run after SECS seconds and report it.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
+
+    /// More guest command line for both VMMs: the guest's tuning knobs (poll_us=N,
+    /// vcon.rxbuf=BYTES, vcon.rxbufs=N).
+    #[arg(long, value_name = "STR", default_value = "")]
+    cmdline: String,
 }
 
 impl BenchArgs {
@@ -93,6 +98,7 @@ impl BenchArgs {
             kernel: self.kernel,
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout.max(1)),
+            cmdline: self.cmdline,
         }
     }
 }

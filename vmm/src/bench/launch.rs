@@ -48,6 +48,8 @@ pub struct Launcher {
     pub sock_dir: PathBuf,
     /// A run taking longer is killed and reported.
     pub timeout: Duration,
+    /// More guest command line (tuning knobs), the same for both VMMs.
+    pub cmdline: String,
 }
 
 /// What one run produced.
@@ -167,7 +169,8 @@ impl Launcher {
         let mut cmd = Command::new(&self.perimeter);
         cmd.args(["run", "--json", "--memory", &self.memory_mib.to_string()])
             .args(["--timeout", &self.timeout.as_secs().to_string()])
-            .args(["--workload", &cell.workload()]);
+            .args(["--workload", &cell.workload()])
+            .args(["--cmdline", &self.cmdline]);
         for (i, sock) in socks.iter().enumerate() {
             let name = port_name(i);
             let console = if i == 0 { ",console" } else { "" };
@@ -191,9 +194,10 @@ impl Launcher {
             .arg(&self.image)
             .arg("-append")
             .arg(format!(
-                "tsc_khz={} workload={}",
+                "tsc_khz={} workload={} {}",
                 self.tsc_khz,
-                cell.workload()
+                cell.workload(),
+                self.cmdline
             ))
             .args([
                 "-device",

@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub memory_mib: u64,
     /// Longest a run may take.
     pub timeout: Duration,
+    /// More guest command line for both VMMs (`poll_us=`, `vcon.rxbufs=`...).
+    pub cmdline: String,
 }
 
 /// How a bench ended, for the exit status.
@@ -92,6 +94,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
         memory_mib: opts.memory_mib,
         sock_dir: sock_dir.clone(),
         timeout: opts.timeout,
+        cmdline: opts.cmdline.clone(),
     };
     let vmms: Vec<Vmm> = if qemu.is_some() {
         vec![Vmm::Perimeter, Vmm::Qemu]
@@ -157,6 +160,7 @@ fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Resu
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "quick": opts.quick,
         "memory_mib": opts.memory_mib,
+        "guest_cmdline": opts.cmdline,
         "rows": rows,
     });
     let text = serde_json::to_string_pretty(&doc).expect("plain data serializes");

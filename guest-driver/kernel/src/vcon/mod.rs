@@ -23,7 +23,7 @@ use crate::{irq, platform};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use streams::{
     D_MP, D_MTOCEXCL, D_MTOUTPERIM, D_MTQPAIR, Errno, Mblk, Module, ModuleDef, ModuleInfo, OpenHow,
     Q, QueueRef, Stream, Streams,
@@ -110,6 +110,8 @@ pub struct Vcon {
     ctrl: IrqLock<control::CtrlRings>,
     doorbells: IrqLock<Vec<Option<Doorbell>>>,
     opening: IrqLock<Option<Role>>,
+    /// The device answers a driver's PORT_OPEN (perimeter does; assumed until one is not).
+    answers_opens: AtomicBool,
     /// When the last control message arrived (ns).
     last_control_ns: AtomicU64,
     /// Counters.
@@ -221,6 +223,7 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
         ctrl: IrqLock::new(ctrl),
         doorbells: IrqLock::new((0..=MAX_PORTS).map(|_| None).collect()),
         opening: IrqLock::new(None),
+        answers_opens: AtomicBool::new(true),
         last_control_ns: AtomicU64::new(0),
         stats: VconStats::default(),
     });
@@ -291,7 +294,7 @@ impl Vcon {
     pub fn tx_idle(&self, id: u32, st: &Stream) -> bool {
         let wq_empty = st
             .queue(1, streams::Side::Write)
-            .is_none_or(|q| q.is_empty());
+            .is_none_or(|q| q.is_empty() && q.deferred() == 0);
         wq_empty && self.rings[id as usize].lock().tx_in_flight() == 0
     }
 

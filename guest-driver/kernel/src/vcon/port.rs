@@ -191,18 +191,22 @@ impl Port {
         let seen = self.answers();
         let host_open = self.v.ports.lock()[self.id as usize].host_open;
         self.v.send_control(self.id, event::PORT_OPEN, 1);
-        // perimeter answers with the host side's state; QEMU never answers (the virtio spec
-        // asks for none), so an open waits only while the host side is not known to be open.
-        if !host_open {
-            self.wait_open_answer(&q, seen)?;
+        // perimeter answers with the host side's state, which also tells that the device saw
+        // the open before any data; QEMU never answers (the virtio spec asks for none). Once
+        // an open went unanswered, later opens of a port known to be open on the host side
+        // do not wait.
+        if !host_open || self.v.answers_opens.load(Ordering::Relaxed) {
+            let answered = self.wait_open_answer(&q, seen)?;
+            self.v.answers_opens.store(answered, Ordering::Relaxed);
         }
         // Data that arrived while the port was closed goes up now.
         self.service(&q);
         Ok(())
     }
 
-    /// qwait until the device sends PORT_OPEN after `seen` answers, at most OPEN_ANSWER_MS.
-    fn wait_open_answer(&self, q: &Q<'_>, seen: u64) -> Result<(), Errno> {
+    /// qwait until the device sends PORT_OPEN after `seen` answers, at most OPEN_ANSWER_MS;
+    /// whether it answered.
+    fn wait_open_answer(&self, q: &Q<'_>, seen: u64) -> Result<bool, Errno> {
         self.st.lock().timed_out = false;
         let st = self.st.clone();
         let id = q
@@ -221,7 +225,7 @@ impl Port {
         if let Some(id) = pending {
             q.quntimeout(id);
         }
-        Ok(())
+        Ok(self.answers() != seen)
     }
 
     /// Cancels callbacks, qprocsoff, PORT_OPEN(0). Receive buffers stay posted; what the
@@ -252,7 +256,9 @@ impl Port {
         let wq = q.wrq();
         loop {
             self.reap_tx();
-            if wq.is_empty() && self.rings().tx_in_flight() == 0 {
+            // A put that found the perimeter busy waits on its syncq, not in the queue: it
+            // counts too (qprocsoff would free it). qwait lets it in.
+            if wq.is_empty() && wq.deferred() == 0 && self.rings().tx_in_flight() == 0 {
                 return;
             }
             if crate::clock::now_ns() >= deadline || self.v.ports.lock()[self.id as usize].removed {
