@@ -140,6 +140,8 @@ fn draw(
         .configure_mesh()
         .x_labels(labels.len() * 4 + 1)
         .x_label_formatter(&label_of)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(RGBColor(240, 240, 240))
         .y_desc(y_desc)
         .draw()?;
     for s in series {

@@ -36,7 +36,7 @@ pub struct Row {
     /// perimeter first, then QEMU when compared.
     pub vmms: Vec<VmmFigures>,
     /// How many times better perimeter did than QEMU (throughput ratio; for time, QEMU's
-    /// over perimeter's).
+    /// over perimeter's); none when either lost data.
     pub advantage: Option<f64>,
 }
 
@@ -98,7 +98,12 @@ impl Row {
                 .find(|f| f.vmm == v)
                 .and_then(|f| f.headline(&cell))
         };
+        // A VMM that lost data did not do the same work: no speed ratio for that cell.
+        let lossy = vmms
+            .iter()
+            .any(|f| f.delivered_ratio.is_some_and(|d| d < 1.0));
         let advantage = match (fig(Vmm::Perimeter), fig(Vmm::Qemu)) {
+            _ if lossy => None,
             (Some(p), Some(q)) if p > 0.0 && q > 0.0 => {
                 Some(if cell.is_throughput() { p / q } else { q / p })
             }
@@ -145,7 +150,15 @@ pub fn table(rows: &[Row]) -> String {
             let _ = write!(out, " {:>26}", headline_text(&r.cell, f));
         }
         if vmms.len() > 1 {
-            let adv = r.advantage.map_or("-".into(), |a| format!("{a:.2}x"));
+            let lossy = r
+                .vmms
+                .iter()
+                .any(|f| f.delivered_ratio.is_some_and(|d| d < 1.0));
+            let adv = match r.advantage {
+                Some(a) => format!("{a:.2}x"),
+                None if lossy => "lossy".into(),
+                None => "-".into(),
+            };
             let _ = write!(out, " {adv:>9}");
         }
         let delivered: Vec<String> = r
@@ -159,8 +172,8 @@ pub fn table(rows: &[Row]) -> String {
         let _ = writeln!(out, "   {}", delivered.join(" / "));
     }
     out.push_str(
-        "advantage: perimeter over QEMU (throughput ratio; for times, QEMU's over perimeter's). \
-         `!`: a run failed or lost data (see the JSON).\n",
+        "advantage: perimeter over QEMU (throughput ratio; for times, QEMU's over perimeter's; \
+         `lossy`: a VMM lost data, so no ratio). `!`: a run failed or lost data (see the JSON).\n",
     );
     out
 }
@@ -195,11 +208,16 @@ mod tests {
             vec![sample(300.0, 10, 10), sample(100.0, 10, 10)],
         );
         let q = VmmFigures::new(Vmm::Qemu, vec![sample(50.0, 10, 5)]);
-        let row = Row::new(cell, vec![p, q]);
-        assert_eq!(row.advantage, Some(4.0));
+        let row = Row::new(cell, vec![p.clone(), q]);
+        assert_eq!(
+            row.advantage, None,
+            "QEMU lost half: not a speed comparison"
+        );
         let t = table(&[row]);
-        assert!(t.contains("200 MiB/s"), "{t}");
+        assert!(t.contains("200 MiB/s") && t.contains("lossy"), "{t}");
         assert!(t.contains("100.0% / 50.0%"), "{t}");
+        let q = VmmFigures::new(Vmm::Qemu, vec![sample(50.0, 10, 10)]);
+        assert_eq!(Row::new(cell, vec![p, q]).advantage, Some(4.0));
     }
 
     #[test]
