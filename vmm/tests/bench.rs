@@ -4,15 +4,13 @@
 mod common;
 
 use common::{kvm_present, perimeter, status, text, tmp_dir};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// `qemu-system-x86_64` on PATH; without it the QEMU test says so loudly and skips, unless
-/// `PERIMETER_REQUIRE_QEMU` is set (as `.ci/run` does after installing it), where it fails.
+/// `qemu-system-x86_64` on PATH (found as `perimeter bench` finds it); without it the QEMU test
+/// says so loudly and skips, unless `PERIMETER_REQUIRE_QEMU` is set (as `.ci/run` does after
+/// installing it), where it fails.
 fn qemu_present(test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<PathBuf>>())
-        .any(|d| d.join("qemu-system-x86_64").is_file());
+    let found = vmm::bench::find_qemu(None).is_ok();
     if !found {
         assert!(
             std::env::var_os("PERIMETER_REQUIRE_QEMU").is_none(),

@@ -70,6 +70,33 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
             opts.only
         )));
     }
+    let launcher = prepare(opts)?;
+    let vmms: Vec<Vmm> = if launcher.qemu.is_some() {
+        vec![Vmm::Perimeter, Vmm::Qemu]
+    } else {
+        vec![Vmm::Perimeter]
+    };
+    let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    let rows = measure(&launcher, &cells, &vmms, runs);
+    let _ = std::fs::remove_dir_all(&launcher.sock_dir);
+    write_outputs(opts, &launcher, &rows)?;
+    let perimeter_problems = rows
+        .iter()
+        .flat_map(|r| {
+            r.vmms
+                .iter()
+                .filter(|f| f.vmm == Vmm::Perimeter)
+                .flat_map(move |f| f.problems.iter().map(move |p| format!("{}: {p}", r.name)))
+        })
+        .collect();
+    Ok(BenchReport {
+        table: report::table(&rows),
+        perimeter_problems,
+    })
+}
+
+/// Finds QEMU (with `--vs-qemu`), writes the guest image into `out`, makes the socket folder.
+fn prepare(opts: &BenchOptions) -> Result<Launcher, Error> {
     let qemu = if opts.vs_qemu {
         Some(find_qemu(opts.qemu.as_deref())?)
     } else {
@@ -77,31 +104,29 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
     };
     std::fs::create_dir_all(&opts.out).map_err(host("cannot create the results folder"))?;
     let image = opts.out.join("guest.elf");
-    let (_, bytes) = crate::loader::image_bytes(
-        &opts
-            .kernel
-            .clone()
-            .map_or(crate::Kernel::Embedded, crate::Kernel::File),
-    )?;
+    let kernel = opts
+        .kernel
+        .clone()
+        .map_or(crate::Kernel::Embedded, crate::Kernel::File);
+    let (_, bytes) = crate::loader::image_bytes(&kernel)?;
     std::fs::write(&image, bytes).map_err(host("cannot write the guest image"))?;
     let sock_dir = std::env::temp_dir().join(format!("perimeter-bench-{}", std::process::id()));
     std::fs::create_dir_all(&sock_dir).map_err(host("cannot create the socket folder"))?;
-    let launcher = Launcher {
+    Ok(Launcher {
         perimeter: std::env::current_exe().map_err(host("cannot find this binary"))?,
-        qemu: qemu.clone(),
+        qemu,
         image,
         tsc_khz: host_tsc_khz()?,
         memory_mib: opts.memory_mib,
-        sock_dir: sock_dir.clone(),
+        sock_dir,
         timeout: opts.timeout,
         cmdline: opts.cmdline.clone(),
-    };
-    let vmms: Vec<Vmm> = if qemu.is_some() {
-        vec![Vmm::Perimeter, Vmm::Qemu]
-    } else {
-        vec![Vmm::Perimeter]
-    };
-    let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    })
+}
+
+/// Runs every cell `runs` times under each VMM, interleaved, with a progress bar on stderr
+/// (hidden when stderr is not a terminal).
+fn measure(launcher: &Launcher, cells: &[matrix::Cell], vmms: &[Vmm], runs: usize) -> Vec<Row> {
     let bar = ProgressBar::new((cells.len() * runs * vmms.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -109,7 +134,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
             .progress_chars("=> "),
     );
     let mut rows = Vec::new();
-    for cell in &cells {
+    for cell in cells {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); vmms.len()];
         for i in 0..runs {
             for (v, &vmm) in vmms.iter().enumerate() {
@@ -137,21 +162,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
         rows.push(Row::new(*cell, figures));
     }
     bar.finish_and_clear();
-    let _ = std::fs::remove_dir_all(&sock_dir);
-    write_outputs(opts, &launcher, &rows)?;
-    let perimeter_problems = rows
-        .iter()
-        .flat_map(|r| {
-            r.vmms
-                .iter()
-                .filter(|f| f.vmm == Vmm::Perimeter)
-                .flat_map(move |f| f.problems.iter().map(move |p| format!("{}: {p}", r.name)))
-        })
-        .collect();
-    Ok(BenchReport {
-        table: report::table(&rows),
-        perimeter_problems,
-    })
+    rows
 }
 
 fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Result<(), Error> {
