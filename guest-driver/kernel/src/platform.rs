@@ -150,28 +150,8 @@ pub fn idle_until_or(deadline_ns: u64, mut done: impl FnMut() -> bool) -> bool {
 pub fn run_deferred() {
     irq::run_pending();
     if let Some(s) = streams() {
-        while run_task(s) {}
+        s.run_until_idle();
     }
-}
-
-/// Whether each CPU is running a queued task.
-static IN_TASK: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
-
-/// Runs one queued task, unless this CPU is already running one: a task that blocks (a
-/// background writer waiting for every inner perimeter to empty, a service waiting for its
-/// perimeter) must not run others on its own stack, since one of them may wait for the very
-/// thing it holds and could never be resumed (seen: an outer writer, waiting for a port's
-/// perimeter, ran a service that waited for the outer). Blocked, it halts until another
-/// CPU's leave wakes it. Returns whether a task ran.
-fn run_task(s: &Streams) -> bool {
-    let depth = &IN_TASK[cpu_index()];
-    if depth.load(Ordering::Relaxed) != 0 {
-        return false;
-    }
-    depth.store(1, Ordering::Relaxed);
-    let ran = s.run_one();
-    depth.store(0, Ordering::Relaxed);
-    ran
 }
 
 /// How long an idle CPU polls before it halts (`poll_us=N` on the command line).
@@ -277,7 +257,7 @@ impl Platform for GuestPlatform {
             return;
         }
         let seen = GENERATION.load(Ordering::SeqCst);
-        if run_task(streams) {
+        if streams.run_one() {
             return; // the caller re-checks its condition
         }
         HALTED_ON[me].store(word.as_ptr() as usize, Ordering::SeqCst);
