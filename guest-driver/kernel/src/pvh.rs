@@ -11,6 +11,7 @@
 //! with `acpi=off`) as a device whose GSI is routed through the IOAPIC to a vector of its own.
 //! There is no debug page: output goes to COM1 and exit to `isa-debug-exit` at port 0xf4.
 
+use crate::bootinfo::parse_size;
 use crate::mmio::{read_u32, write_u32};
 use guest_abi::{
     BootParams, DEVICE_VECTOR_BASE, MAX_MMIO_DEVICES, MMIO_LEVEL_IRQ, MmioDevice, MmioKind,
@@ -216,26 +217,9 @@ fn cpuid_tsc_khz() -> Option<u64> {
 pub fn parse_virtio_mmio(spec: &str) -> Option<(u64, u64, u32)> {
     let (size, rest) = spec.split_once('@')?;
     let mut parts = rest.split(':');
-    let base = number(parts.next()?)?;
-    let irq = number(parts.next()?)?;
-    Some((base, number(size)?, u32::try_from(irq).ok()?))
-}
-
-fn number(s: &str) -> Option<u64> {
-    let (digits, mult) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n = match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
-        None => digits.parse().ok()?,
-    };
-    n.checked_mul(mult)
+    let base = parse_size(parts.next()?)?;
+    let irq = parse_size(parts.next()?)?;
+    Some((base, parse_size(size)?, u32::try_from(irq).ok()?))
 }
 
 /// Routes IOAPIC pin `gsi` to `vector` on `apic`: fixed, physical, edge, active high.

@@ -75,19 +75,9 @@ pub fn doorbell_floor_ns(n: usize) -> u64 {
 /// Parses `a:b[:c]` numbers of a workload's argument, with a clear panic when malformed.
 fn num<T: core::str::FromStr>(workload: &str, what: &str, v: Option<&str>) -> T {
     let v = v.unwrap_or_else(|| panic!("workload {workload} needs {what}"));
-    let v = v.trim();
-    let (digits, mult) = match v.as_bytes().last() {
-        Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
-        Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
-        Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .unwrap_or_else(|_| panic!("workload {workload}: {what} {v:?} is not a number"));
-    let n = n
-        .checked_mul(mult)
-        .unwrap_or_else(|| panic!("workload {workload}: {what} {v:?} is too large"));
+    let n = bootinfo::parse_size(v).unwrap_or_else(|| {
+        panic!("workload {workload}: {what} {v:?} is not a number (or is too large)")
+    });
     alloc::format!("{n}")
         .parse()
         .unwrap_or_else(|_| panic!("workload {workload}: {what} {v:?} is out of range"))
