@@ -57,7 +57,7 @@ impl SharedCache {
 
 /// Takes a recycled block of `class` for `pool`, if one is cached.
 pub(crate) fn pop(pool: &Pool, class: usize) -> Option<Arc<Dblk>> {
-    #[cfg(feature = "std")]
+    #[cfg(all(feature = "std", not(loom)))]
     if let Some(db) = local::pop(pool as *const Pool as usize, class) {
         return Some(db);
     }
@@ -67,7 +67,7 @@ pub(crate) fn pop(pool: &Pool, class: usize) -> Option<Arc<Dblk>> {
 /// Keeps a released block (unshared, its charge already returned) for reuse; drops it
 /// when every cache is full.
 pub(crate) fn push(class: usize, db: Arc<Dblk>) {
-    #[cfg(feature = "std")]
+    #[cfg(all(feature = "std", not(loom)))]
     let db = match local::push(Arc::as_ptr(db.pool()) as usize, class, db) {
         Ok(()) => return,
         Err(db) => db,
@@ -76,7 +76,7 @@ pub(crate) fn push(class: usize, db: Arc<Dblk>) {
     let _ = pool.cache().push(class, db);
 }
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 mod local {
     use super::{CLASSES, Dblk};
     use std::cell::RefCell;

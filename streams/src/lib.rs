@@ -48,7 +48,7 @@ mod sched;
 mod stream;
 mod sync;
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 mod host;
 
 pub use callback::{CallbackId, CbState, Signal};
@@ -74,7 +74,7 @@ pub use queue::{
 pub use sched::{Streams, StreamsConfig, WeakStreams};
 pub use stream::Stream;
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 pub use host::HostPlatform;
 
 /// Default stream-head high-water mark (`STRHIGH`).

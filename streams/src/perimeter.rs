@@ -15,7 +15,8 @@
 //!  bit 6 WANTWAKEUP  a thread sleeps until the word changes (blocking entry, plumbing)
 //!  bit 7 WANTEXWAKEUP a qwait sleeper waits for a thread to leave put/srv/callback
 //!  8..20  count      claims: threads inside (shared or the one exclusive holder)
-//!  20..31 needexcl   threads waiting to enter exclusively (puts defer while > 0)
+//!  20..30 needexcl   threads waiting to enter exclusively (puts defer while > 0)
+//!  bit 30 OUTERWAIT  the outer's background writer waits for the count to reach 0
 //!  bit 31 POKE       toggled to wake sleepers for a cancellation or a signal
 //! ```
 //!
@@ -40,7 +41,12 @@
 //! **Outer perimeter.** [`Outer`] holds BUSY (a writer holds or is acquiring it) and EVENTS
 //! (queued qwriter(PERIM_OUTER) callbacks). Shared outer entry is implicit; the exclusive
 //! holder sets WRITER on every inner syncq, waits for their counts to drop to the claims it
-//! holds itself, runs. An exclusive outer is always taken *before* an inner (D_MTOCEXCL
+//! holds itself, runs. The background writer (a queued task, which runs where a blocked
+//! thread may run tasks on its own stack) never waits: finding an instance busy, it sets
+//! OUTERWAIT there, releases BUSY with the WRITER marks left in place, and returns; the
+//! thread whose leaving brings that count to 0 clears OUTERWAIT and queues the writer
+//! again. A writer task that finds BUSY taken leaves RERUN for the holder, which queues it
+//! again when it lets go. An exclusive outer is always taken *before* an inner (D_MTOCEXCL
 //! open/close and qwait's return take the outer, then their inner ignoring WRITER and the
 //! work deferred behind it), so no thread waits for BUSY while holding an inner that the
 //! holder waits for; a qwriter(PERIM_OUTER) caller that holds its inner never waits for
@@ -72,7 +78,7 @@
 use crate::msg::Mblk;
 use crate::queue::{Entry, Q, QWCLOSE, QueueRef};
 use crate::sched::Streams;
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering, Weak};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -101,7 +107,9 @@ const COUNT_SHIFT: u32 = 8;
 const COUNT_ONE: u32 = 1 << COUNT_SHIFT;
 const COUNT_MASK: u32 = 0xfff << COUNT_SHIFT;
 const NEEDEXCL_ONE: u32 = 1 << 20;
-const NEEDEXCL_MASK: u32 = 0x7ff << 20;
+const NEEDEXCL_MASK: u32 = 0x3ff << 20;
+/// The outer's background writer waits for this syncq's count to reach 0.
+const OUTERWAIT: u32 = 1 << 30;
 /// Toggled by [`Syncq::wake`] so that a sleeper that read the word before sees a change.
 const POKE: u32 = 1 << 31;
 const STAYAWAY: u32 = BLOCKED | FROZEN | WRITER;
@@ -152,6 +160,9 @@ pub(crate) struct Syncq {
     /// plumbing change does not wait for those, as illumos exempts threads in insertq and
     /// removeq, or two streams sharing a D_MTPERMOD syncq could wait for each other.
     plumber_claims: AtomicU32,
+    /// The outer perimeter around this syncq's instances, whose background writer the
+    /// last thread to leave queues again when OUTERWAIT is set.
+    outer: Mutex<Option<Weak<Outer>>>,
 }
 
 impl Syncq {
@@ -161,6 +172,51 @@ impl Syncq {
             lists: Mutex::new(Lists::default()),
             blockers: Mutex::new(0),
             plumber_claims: AtomicU32::new(0),
+            outer: Mutex::new(None),
+        }
+    }
+
+    /// Drops a claim from `st` (and EXCL with `excl`, and the `clear` bits): the new word.
+    /// OUTERWAIT goes with the last claim.
+    fn without_claim(st: u32, excl: bool, clear: u32) -> u32 {
+        let mut new = (st - COUNT_ONE) & !clear;
+        if excl {
+            new &= !EXCL;
+        }
+        if count(new) == 0 {
+            new &= !OUTERWAIT;
+        }
+        new
+    }
+
+    /// After a claim was dropped (`old` to `new`): queues the outer's background writer
+    /// again if it waited for this count to reach 0.
+    fn after_claim(&self, s: &Streams, old: u32, new: u32) {
+        if old & OUTERWAIT != 0 && new & OUTERWAIT == 0 {
+            let outer = self.outer.lock().as_ref().and_then(Weak::upgrade);
+            if let Some(outer) = outer {
+                s.schedule_outer(outer);
+            }
+        }
+    }
+
+    /// The background writer of the outer around this syncq waits for its count to reach
+    /// 0: false if it already is, else the thread that leaves last queues the writer.
+    fn park_writer(&self) -> bool {
+        let mut st = self.load();
+        loop {
+            if count(st) == 0 {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                st,
+                st | OUTERWAIT,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => st = now,
+            }
         }
     }
 
@@ -280,23 +336,20 @@ impl Syncq {
             WANTWAKEUP
         };
         let mut st = self.load();
-        loop {
-            let mut new = st - COUNT_ONE;
-            if excl {
-                new &= !EXCL;
-            }
-            new &= !clear;
+        let new = loop {
+            let new = Self::without_claim(st, excl, clear);
             match self
                 .state
                 .compare_exchange_weak(st, new, Ordering::Release, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => break new,
                 Err(now) => st = now,
             }
-        }
+        };
         if st & clear != 0 {
             s.platform().wake_all(&self.state);
         }
+        self.after_claim(s, st, new);
         self.after_change(s, self.load());
     }
 
@@ -423,19 +476,20 @@ impl Syncq {
             }
             // Leave without recursing into drain: the loop looks again.
             let mut st = self.load();
-            loop {
-                let new = (st - COUNT_ONE) & !(EXCL | WANTWAKEUP | WANTEXWAKEUP);
+            let new = loop {
+                let new = Self::without_claim(st, true, WANTWAKEUP | WANTEXWAKEUP);
                 match self
                     .state
                     .compare_exchange_weak(st, new, Ordering::SeqCst, Ordering::Relaxed)
                 {
-                    Ok(_) => break,
+                    Ok(_) => break new,
                     Err(now) => st = now,
                 }
-            }
+            };
             if st & (WANTWAKEUP | WANTEXWAKEUP) != 0 {
                 s.platform().wake_all(&self.state);
             }
+            self.after_claim(s, st, new);
         }
     }
 
@@ -537,25 +591,19 @@ impl Syncq {
     /// qwait's release: drops the caller's claim and asks for an exit wake-up. Returns
     /// whether there was queued work (drained here, so the caller must not sleep).
     pub(crate) fn qwait_release(&self, s: &Streams, excl: bool) -> bool {
-        let mut st = self.load();
-        loop {
-            let mut new = (st - COUNT_ONE) | WANTEXWAKEUP;
-            if excl {
-                new &= !EXCL;
-            }
-            new &= !WANTWAKEUP;
+        let mut old = self.load();
+        let st = loop {
+            let new = Self::without_claim(old, excl, WANTWAKEUP) | WANTEXWAKEUP;
             match self
                 .state
-                .compare_exchange_weak(st, new, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange_weak(old, new, Ordering::SeqCst, Ordering::Relaxed)
             {
-                Ok(_) => {
-                    st = new;
-                    break;
-                }
-                Err(now) => st = now,
+                Ok(_) => break new,
+                Err(now) => old = now,
             }
-        }
+        };
         s.platform().wake_all(&self.state);
+        self.after_claim(s, old, st);
         if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
             self.drain(s);
             return true;
@@ -578,6 +626,8 @@ impl Syncq {
 const O_BUSY: u32 = 1;
 const O_EVENTS: u32 = 2;
 const O_WANT: u32 = 4;
+/// A background writer found BUSY taken: whoever releases it queues the writer again.
+const O_RERUN: u32 = 8;
 
 /// An outer perimeter: a readers/writer gate around every instance of a module.
 pub(crate) struct Outer {
@@ -596,7 +646,8 @@ impl Outer {
     }
 
     /// Adds an instance's inner syncq; it stays away at once if a writer is pending.
-    pub(crate) fn add_inner(&self, sq: &Arc<Syncq>) {
+    pub(crate) fn add_inner(self: &Arc<Self>, sq: &Arc<Syncq>) {
+        *sq.outer.lock() = Some(Arc::downgrade(self));
         let mut inners = self.inners.lock();
         if self.state.load(Ordering::SeqCst) & (O_BUSY | O_EVENTS) != 0 {
             sq.set_flags(WRITER);
@@ -627,21 +678,13 @@ impl Outer {
         }
     }
 
-    /// Acquires the outer exclusively (open/close with D_MTOCEXCL, the background writer).
-    /// `held` lists the inner claims the caller holds itself. With `for_events`, queued
-    /// outer events do not hold the caller back (it is the one that will run them).
-    pub(crate) fn enter_excl(&self, s: &Streams, held: &[(&Syncq, u32)], for_events: bool) -> bool {
+    /// Acquires the outer exclusively (open/close with D_MTOCEXCL, qwait's return), waiting
+    /// while a writer holds it or events are queued, then for every instance to be idle.
+    /// `held` lists the inner claims the caller holds itself.
+    pub(crate) fn enter_excl(&self, s: &Streams, held: &[(&Syncq, u32)]) {
         loop {
             let st = self.state.load(Ordering::SeqCst);
-            let busy = if for_events {
-                O_BUSY
-            } else {
-                O_BUSY | O_EVENTS
-            };
-            if for_events && st & O_EVENTS == 0 {
-                return false;
-            }
-            if st & busy == 0 {
+            if st & (O_BUSY | O_EVENTS) == 0 {
                 if self
                     .state
                     .compare_exchange(st, st | O_BUSY, Ordering::SeqCst, Ordering::SeqCst)
@@ -654,7 +697,6 @@ impl Outer {
             self.sleep(s, st);
         }
         self.wait_inners(s, held);
-        true
     }
 
     fn wait_inners(&self, s: &Streams, held: &[(&Syncq, u32)]) {
@@ -692,7 +734,9 @@ impl Outer {
                     sq.clear_flags_nodrain(s, WRITER);
                 }
             }
-            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+            let old = self
+                .state
+                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
             if old & O_WANT != 0 {
                 s.platform().wake_all(&self.state);
             }
@@ -778,7 +822,9 @@ impl Outer {
                 return true;
             }
             self.queue_event(ev);
-            let old = self.state.fetch_and(!(O_BUSY | O_WANT), Ordering::SeqCst);
+            let old = self
+                .state
+                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
             if old & O_WANT != 0 {
                 s.platform().wake_all(&self.state);
             }
@@ -800,16 +846,52 @@ impl Outer {
         self.state.fetch_or(O_EVENTS, Ordering::SeqCst);
     }
 
-    /// The background writer: acquires the outer once every instance is idle and runs the
-    /// queued events.
+    /// The background writer: runs the queued events if it can take the outer now and
+    /// every instance is idle; otherwise it arranges to be queued again (see the module
+    /// comment) and returns. It never blocks, since it may run on the stack of a thread
+    /// that holds what it would wait for.
     pub(crate) fn run_queued(self: &Arc<Self>, s: &Streams) {
-        if self.enter_excl(s, &[], true) {
-            self.exit(s, true);
+        let mut st = self.state.load(Ordering::SeqCst);
+        loop {
+            if st & O_EVENTS == 0 {
+                return;
+            }
+            let new = if st & O_BUSY != 0 {
+                st | O_RERUN
+            } else {
+                st | O_BUSY
+            };
+            match self
+                .state
+                .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) if st & O_BUSY != 0 => return,
+                Ok(_) => break,
+                Err(now) => st = now,
+            }
         }
+        let inners = self.inners();
+        for sq in &inners {
+            sq.set_flags(WRITER);
+        }
+        if inners.iter().any(|sq| sq.park_writer()) {
+            // Events stay queued, so the WRITER marks stay too.
+            let old = self
+                .state
+                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
+            if old & O_WANT != 0 {
+                s.platform().wake_all(&self.state);
+            }
+            if old & O_RERUN != 0 {
+                s.schedule_outer(self.clone());
+            }
+            return;
+        }
+        self.exit(s, true);
     }
 }
 
-#[cfg(all(test, feature = "std"))]
+#[cfg(all(test, feature = "std", not(loom)))]
 mod tests {
     use super::*;
     use crate::{HostPlatform, StreamsConfig};

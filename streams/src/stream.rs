@@ -12,7 +12,7 @@ use crate::queue::{
     link,
 };
 use crate::sched::Streams;
-use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, OpLock, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, OpLock, Ordering, Weak, fence};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -41,6 +41,7 @@ pub(crate) struct Walk<'a> {
 impl Drop for Walk<'_> {
     fn drop(&mut self) {
         self.shared.walkers.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst); // see `StreamInner::put_from_outside`
         if self.shared.plumbing.load(Ordering::SeqCst) != 0 {
             self.streams.platform().wake_all(&self.shared.walkers);
         }
@@ -135,6 +136,7 @@ impl QueuePair {
     pub(crate) fn walk(&self) -> Walk<'_> {
         loop {
             self.shared.walkers.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst); // see `StreamInner::put_from_outside`
             if self.shared.plumbing.load(Ordering::SeqCst) != 1 {
                 return Walk {
                     shared: &self.shared,
@@ -252,7 +254,7 @@ impl QueuePair {
     fn enter_inner_and_outer(&self, sq: &Syncq, excl: bool) {
         match (&self.def.outer, self.def.oc_excl_outer()) {
             (Some(outer), true) => {
-                outer.enter_excl(&self.streams, &[], false);
+                outer.enter_excl(&self.streams, &[]);
                 sq.enter_under_outer(&self.streams, excl);
             }
             _ => {
@@ -304,6 +306,7 @@ impl StreamInner {
             sq.wait_plumbing(&self.streams);
         }
         self.shared.plumbing.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst); // see `StreamInner::put_from_outside`
         self.wait_walkers();
         sqs
     }
@@ -357,9 +360,14 @@ impl StreamInner {
         next: bool,
     ) -> Result<(), Error> {
         shared.walkers.fetch_add(1, Ordering::SeqCst);
+        // A walker's count and the plumbing word form a store-load pair (Dekker): each
+        // side writes its own word, then reads the other's. The fence orders them in any
+        // memory model, loom's (which treats SeqCst accesses as acquire/release) included.
+        fence(Ordering::SeqCst);
         if shared.plumbing.load(Ordering::SeqCst) == 0 {
             let r = Self::deliver_outside(q, mp, next);
             shared.walkers.fetch_sub(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             if shared.plumbing.load(Ordering::SeqCst) != 0 {
                 q.pair.streams.platform().wake_all(&shared.walkers);
             }

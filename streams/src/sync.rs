@@ -6,16 +6,41 @@
 //! is a stream's operation lock (`STRPLUMB`), held across a push, pop or close, open and
 //! close routines included.
 
+//! Under `--cfg loom` the atomics and locks are loom's, so that `tests/loom.rs` can explore
+//! every interleaving of the perimeter core; reference counts stay `alloc`'s (loom's `Arc`
+//! has no `Weak`).
+
 pub(crate) use alloc::sync::{Arc, Weak};
+#[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    fence,
+};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    fence,
 };
 
+/// A mutual-exclusion lock for short critical sections (loom's, for model checking).
+#[cfg(loom)]
+pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    pub(crate) fn new(v: T) -> Self {
+        Mutex(loom::sync::Mutex::new(v))
+    }
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A mutual-exclusion lock for short critical sections.
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 impl<T> Mutex<T> {
     pub(crate) const fn new(v: T) -> Self {
         Mutex(std::sync::Mutex::new(v))
@@ -33,17 +58,17 @@ impl<T> Mutex<T> {
 /// while this CPU is inside one of the core's locks: a handler spinning on a lock that the
 /// code it interrupted holds would never get it. The platform provides the implementation
 /// (`critical_section::set_impl!`); nested holds are fine.
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 pub(crate) struct Mutex<T>(spin::Mutex<T>);
 
 /// A held [`Mutex`]: the lock is released before the critical section ends.
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 pub(crate) struct MutexGuard<'a, T> {
     guard: core::mem::ManuallyDrop<spin::MutexGuard<'a, T>>,
     restore: critical_section::RestoreState,
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 impl<T> Mutex<T> {
     pub(crate) const fn new(v: T) -> Self {
         Mutex(spin::Mutex::new(v))
@@ -60,7 +85,7 @@ impl<T> Mutex<T> {
     }
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 impl<T> core::ops::Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -68,14 +93,14 @@ impl<T> core::ops::Deref for MutexGuard<'_, T> {
     }
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 impl<T> core::ops::DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.guard
     }
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: the guard is dropped once, here, and not used afterwards.
@@ -89,14 +114,14 @@ impl<T> Drop for MutexGuard<'_, T> {
 /// close routines included, so its holder may block (qwait, qprocsoff). Unlike [`Mutex`] it is
 /// not a critical section under `no_std`: interrupt handlers never take it (they only `put`),
 /// and holding off their upcalls across a blocking wait would stop the wait's own wake-up.
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", loom))]
 pub(crate) type OpLock<T> = Mutex<T>;
 
 /// A stream's operation lock (`STRPLUMB`); see the `std` version. Contention spins.
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 pub(crate) struct OpLock<T>(spin::Mutex<T>);
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 impl<T> OpLock<T> {
     pub(crate) const fn new(v: T) -> Self {
         OpLock(spin::Mutex::new(v))
