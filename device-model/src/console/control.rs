@@ -95,10 +95,12 @@ fn from_driver(s: &Shared, st: &mut CtlState) {
     loop {
         let Some(tx) = st.tx.as_mut() else { return };
         let (head, descs) = match tx.pop(true) {
-            Pop::Chain(c) => {
-                let head = c.head_index();
-                let d: Vec<(GuestAddress, u32)> =
-                    c.readable().map(|d| (d.addr(), d.len())).collect();
+            Pop::Chain(head, bufs) => {
+                let d: Vec<(GuestAddress, u32)> = bufs
+                    .into_iter()
+                    .filter(|&(_, _, w)| !w)
+                    .map(|(a, l, _)| (a, l))
+                    .collect();
                 (head, d)
             }
             Pop::Empty | Pop::Broken => return,
@@ -255,10 +257,12 @@ fn to_driver(s: &Shared, st: &mut CtlState) {
     let mut used = false;
     while let Some(m) = st.out.front() {
         let (head, descs) = match rx.pop(true) {
-            Pop::Chain(c) => {
-                let head = c.head_index();
-                let d: Vec<(GuestAddress, u32)> =
-                    c.writable().map(|d| (d.addr(), d.len())).collect();
+            Pop::Chain(head, bufs) => {
+                let d: Vec<(GuestAddress, u32)> = bufs
+                    .into_iter()
+                    .filter(|&(_, _, w)| w)
+                    .map(|(a, l, _)| (a, l))
+                    .collect();
                 (head, d)
             }
             Pop::Empty | Pop::Broken => break,

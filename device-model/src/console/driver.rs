@@ -175,11 +175,7 @@ fn transmit(port: &Arc<PortShared>, q: Q<'_>) {
         let mut g = lock(&port.tx);
         let Some(ring) = g.as_mut() else { return };
         let (head, descs) = match ring.pop(true) {
-            Pop::Chain(c) => {
-                let head = c.head_index();
-                let d: Vec<_> = c.map(|d| (d.addr(), d.len(), d.is_write_only())).collect();
-                (head, d)
-            }
+            Pop::Chain(head, bufs) => (head, bufs),
             Pop::Empty | Pop::Broken => return,
         };
         let token = Arc::new(TxToken {
@@ -324,11 +320,7 @@ fn receive(port: &Arc<PortShared>, q: Q<'_>) {
             break;
         }
         let (head, descs) = match ring.pop(true) {
-            Pop::Chain(c) => {
-                let head = c.head_index();
-                let d: Vec<_> = c.map(|d| (d.addr(), d.len(), d.is_write_only())).collect();
-                (head, d)
-            }
+            Pop::Chain(head, bufs) => (head, bufs),
             Pop::Empty | Pop::Broken => break,
         };
         let mut written = 0u32;

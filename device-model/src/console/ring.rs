@@ -6,7 +6,7 @@ use crate::virtio::Signals;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// A ring the device is using.
 pub(crate) struct Ring {
@@ -19,14 +19,33 @@ pub(crate) struct Ring {
     pub broken: bool,
 }
 
+/// One buffer of a descriptor chain: guest address, length, device-writable.
+pub(crate) type Buffer = (GuestAddress, u32, bool);
+
 /// What [`Ring::pop`] found.
-pub(crate) enum Pop<'a> {
-    /// A descriptor chain.
-    Chain(DescriptorChain<&'a GuestMemoryMmap>),
+pub(crate) enum Pop {
+    /// A descriptor chain: its head and its buffers, in order.
+    Chain(u16, Vec<Buffer>),
     /// Nothing available (notifications are enabled again).
     Empty,
     /// The ring is broken (or was before): the device asked for a reset.
     Broken,
+}
+
+/// The head and buffers of `chain`; `None` if it does not end. virtio-queue's iterator stops
+/// after a queue's worth of descriptors, so a loop (or a next index out of range) shows as a
+/// last descriptor that still says NEXT; reading on would hand the host the same guest bytes
+/// again and again.
+fn buffers(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<(u16, Vec<Buffer>)> {
+    let head = chain.head_index();
+    let mut unterminated = false;
+    let bufs = chain
+        .map(|d| {
+            unterminated = d.has_next();
+            (d.addr(), d.len(), d.is_write_only())
+        })
+        .collect();
+    (!unterminated).then_some((head, bufs))
 }
 
 impl Ring {
@@ -50,7 +69,7 @@ impl Ring {
 
     /// The next available chain. With `rearm`, an empty ring enables notifications and looks
     /// again, so that a buffer made available meanwhile is not missed (EVENT_IDX or not).
-    pub fn pop(&mut self, rearm: bool) -> Pop<'_> {
+    pub fn pop(&mut self, rearm: bool) -> Pop {
         if self.broken {
             return Pop::Broken;
         }
@@ -74,19 +93,15 @@ impl Ring {
             }
         }
         let _ = self.queue.disable_notification(&*self.mem);
-        let Ring {
-            queue,
-            mem,
-            signals,
-            broken,
-            ..
-        } = self;
-        match queue.pop_descriptor_chain(&**mem) {
-            Some(c) => Pop::Chain(c),
+        // None: a head index out of range, or a chain that does not end.
+        match self
+            .queue
+            .pop_descriptor_chain(&*self.mem)
+            .and_then(buffers)
+        {
+            Some((head, bufs)) => Pop::Chain(head, bufs),
             None => {
-                // A head index out of range.
-                *broken = true;
-                let _ = signals.request_reset();
+                self.break_ring();
                 Pop::Broken
             }
         }

@@ -618,6 +618,39 @@ fn bad_buffers_are_returned_and_a_broken_ring_asks_for_a_reset() {
 }
 
 #[test]
+fn a_descriptor_loop_breaks_the_ring_and_nothing_of_it_reaches_the_host() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    // Two descriptors that name each other, made available by hand: virtio-queue's iterator
+    // stops after a queue's worth of them, which used to hand the host 256 copies.
+    let q = tx_queue(1);
+    let (desc, avail) = (
+        0x10_0000 + u64::from(q) * 0x4000,
+        0x10_0000 + u64::from(q) * 0x4000 + 0x1000,
+    );
+    let buf = r.g.alloc(8);
+    r.g.write(buf, b"loopdata");
+    for (i, next) in [(0u64, 1u16), (1, 0)] {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&buf.to_le_bytes());
+        d[8..12].copy_from_slice(&8u32.to_le_bytes());
+        d[12..14].copy_from_slice(&1u16.to_le_bytes()); // NEXT
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        r.g.write(desc + 16 * i, &d);
+    }
+    r.g.write(avail + 4, &0u16.to_le_bytes());
+    r.g.write(avail + 2, &1u16.to_le_bytes());
+    r.h.queue_notified(q);
+    r.run();
+    assert_ne!(r.g.status() & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.host_read(1), b"");
+    // Port 0 still works until the driver resets the device.
+    r.guest_send(0, b"fine", 4, false);
+    assert_eq!(r.host_read(0), b"fine");
+}
+
+#[test]
 fn a_reset_forgets_old_buffers_and_the_device_starts_again() {
     let mut r = rig(&[("a", true)]);
     r.up(ALL);
