@@ -41,6 +41,10 @@ pub struct VmConfig {
     pub faults: Vec<FaultSpec>,
     /// Where to listen for control commands ([`crate::control`]).
     pub control: Option<PathBuf>,
+    /// Confine the whole process with [`crate::seccomp`] once the VM is set up. For a
+    /// process that exists to run this VM (`perimeter run`): afterwards it can open no file
+    /// and start no program.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -93,6 +97,7 @@ impl Default for VmConfig {
             ports: PortSpec::defaults(),
             faults: Vec::new(),
             control: None,
+            seccomp: false,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod error;
 pub mod irq;
 pub mod loader;
 pub mod results;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

@@ -196,6 +196,12 @@ struct RunArgs {
     /// (instead of the results table; --stats then prints no table either).
     #[arg(long)]
     json: bool,
+
+    /// Run without the seccomp filter. By default, once the VM is set up, the process may
+    /// make only the system calls a running VM needs (no opening files, no new programs, no
+    /// network sockets); any other kills it with SIGSYS.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Writes to standard output; a reader that went away (`| head`) is not an error of the run.
@@ -259,6 +265,7 @@ impl RunArgs {
             },
             faults: self.faults,
             control: self.control,
+            seccomp: !self.no_seccomp,
         }
     }
 }
@@ -278,6 +285,7 @@ impl Default for RunArgs {
             control: None,
             stats: false,
             json: false,
+            no_seccomp: false,
         }
     }
 }

@@ -229,6 +229,13 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         }),
     ];
     let events = EventLoop::start(subscribers, stop.clone())?;
+    if config.seccomp {
+        if let Err(e) = crate::seccomp::install() {
+            shut_down(&stop, Vec::new(), events);
+            return Err(e);
+        }
+        phases.mark("seccomp filter installed");
+    }
     let (mmio, pio) = (Arc::new(mmio), Arc::new(pio));
     let mut threads = Vec::new();
     for (index, fd) in vcpus.into_iter().enumerate() {

@@ -149,8 +149,8 @@ fn bench_refuses_what_it_cannot_do() {
 }
 
 #[test]
-fn the_same_guest_runs_under_qemu_and_its_console_port_loses_data_ours_does_not() {
-    let test = "the_same_guest_runs_under_qemu_and_its_console_port_loses_data_ours_does_not";
+fn the_same_guest_runs_under_qemu_and_ours_loses_nothing_under_a_slow_reader() {
+    let test = "the_same_guest_runs_under_qemu_and_ours_loses_nothing_under_a_slow_reader";
     if !kvm_present(test) || !qemu_present(test) {
         return;
     }
@@ -189,15 +189,18 @@ fn the_same_guest_runs_under_qemu_and_its_console_port_loses_data_ours_does_not(
         assert_eq!(f["problems"].as_array().unwrap().len(), 0, "{cell}: {f}");
         assert_eq!(f["delivered_ratio"], 1.0, "{cell}: {f}");
     }
-    // A console port under a slow reader: perimeter holds the guest back, QEMU drops.
+    // A console port under a slow reader: perimeter holds the guest back. QEMU drops what
+    // its reader cannot take at once, unless the machine is so loaded that the guest itself
+    // writes no faster than the reader reads (seen once with a fuzzer on the other core):
+    // that is QEMU's behaviour, reported here, not asserted.
     let slow = "console tx 4 KiB, slow reader";
     assert_eq!(figures(&doc, slow, "perimeter")["delivered_ratio"], 1.0);
     let q = figures(&doc, slow, "qemu")["delivered_ratio"]
         .as_f64()
         .unwrap();
-    assert!(
-        q < 1.0,
-        "QEMU's virtconsole delivered everything this time ({q}): {table}"
-    );
+    assert!(q <= 1.0, "QEMU delivered more than was sent ({q}): {table}");
+    if q == 1.0 {
+        eprintln!("{test}: QEMU's virtconsole lost nothing under the slow reader this time");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
