@@ -84,6 +84,49 @@ struct BenchArgs {
     /// vcon.rxbuf=BYTES, vcon.rxbufs=N).
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
+
+    /// Instead of the matrix, a soak: one VM for MINUTES (fractions allowed) with every port
+    /// echoing in the guest while host peers send seeded data in random chunks, pause at
+    /// random and compare every byte that comes back; allocation failures injected on both
+    /// sides; perimeter's memory sampled. Exit status 1 if anything differs, is lost or
+    /// dropped, or memory keeps growing.
+    #[arg(long, value_name = "MINUTES", value_parser = parse_minutes,
+          conflicts_with_all = ["vs_qemu", "quick", "runs", "only", "qemu", "kernel"])]
+    soak: Option<Duration>,
+
+    /// Ports of a soak (1 to 31).
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "soak",
+          value_parser = clap::value_parser!(u16).range(1..=31))]
+    ports: u16,
+
+    /// Probability of each injected allocation failure in a soak, host and guest side.
+    #[arg(long, value_name = "P", default_value_t = 0.01, requires = "soak",
+          value_parser = parse_probability)]
+    fault_rate: f64,
+
+    /// Seed of a soak's data, chunk sizes, pauses and faults.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "soak")]
+    seed: u64,
+}
+
+fn parse_minutes(s: &str) -> Result<Duration, String> {
+    let m: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of minutes"))?;
+    if !(m.is_finite() && m > 0.0 && m <= 7.0 * 24.0 * 60.0) {
+        return Err(format!("{s}: more than 0 and at most a week of minutes"));
+    }
+    Ok(Duration::from_secs_f64(m * 60.0))
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a probability"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{s}: a probability is between 0 and 1"));
+    }
+    Ok(p)
 }
 
 impl BenchArgs {
@@ -104,6 +147,9 @@ impl BenchArgs {
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
+    if let Some(duration) = args.soak {
+        return soak(&args, duration);
+    }
     let out = args.out.clone();
     match vmm::bench::run(&args.options()) {
         Ok(report) => {
@@ -116,6 +162,36 @@ fn bench(args: BenchArgs) -> ExitCode {
                 eprintln!("perimeter: {p}");
             }
             ExitCode::from(vmm::bench::status(&report))
+        }
+        Err(e) => {
+            eprintln!("perimeter bench: {e}");
+            ExitCode::from(e.status())
+        }
+    }
+}
+
+fn soak(args: &BenchArgs, duration: Duration) -> ExitCode {
+    let perimeter = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("perimeter bench: cannot find this binary: {e}");
+            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
+        }
+    };
+    let opts = vmm::bench::soak::SoakOptions {
+        duration,
+        ports: args.ports.into(),
+        fault_rate: args.fault_rate,
+        seed: args.seed,
+        perimeter,
+    };
+    match vmm::bench::soak::run(&opts) {
+        Ok(report) => {
+            stdout(&report.table);
+            for p in &report.problems {
+                eprintln!("perimeter: soak: {p}");
+            }
+            ExitCode::from(u8::from(!report.problems.is_empty()))
         }
         Err(e) => {
             eprintln!("perimeter bench: {e}");
@@ -299,8 +375,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // One line: clap's first paragraph (a missing argument is listed under it).
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
+            let words: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = words.join(" ");
             eprintln!(
                 "perimeter: {} (see perimeter --help)",
                 line.trim_start_matches("error: ")

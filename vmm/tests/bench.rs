@@ -204,3 +204,58 @@ fn the_same_guest_runs_under_qemu_and_ours_loses_nothing_under_a_slow_reader() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_short_soak_moves_data_both_ways_on_every_port_and_loses_nothing() {
+    let test = "a_short_soak_moves_data_both_ways_on_every_port_and_loses_nothing";
+    if !kvm_present(test) {
+        return;
+    }
+    // 7 s: past the 5 s warm-up, so that memory is compared too.
+    let o = perimeter(&["bench", "--soak", "0.12", "--ports", "3", "--seed", "9"]);
+    let table = text(&o.stdout);
+    assert_eq!(status(&o), 0, "{table}\n{}", text(&o.stderr));
+    assert!(table.contains("verdict: ok"), "{table}");
+    assert!(table.contains(": bounded"), "{table}");
+    for port in ["p0", "p1", "p2"] {
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with(port))
+            .unwrap_or_else(|| panic!("no row {port}: {table}"))
+            .split_whitespace()
+            .collect();
+        // sent = echoed by the host's count = echoed by the guest's, all compared equal.
+        assert!(row[1].parse::<u64>().unwrap() > 0, "{table}");
+        assert_eq!((row[1], row[1]), (row[2], row[3]), "{table}");
+        assert_eq!(row[4], "equal", "{table}");
+        assert!(
+            row[6].parse::<u64>().unwrap() > 0,
+            "no host fault injected: {table}"
+        );
+    }
+}
+
+#[test]
+fn soak_flags_are_checked() {
+    for (args, needle) in [
+        (&["bench", "--soak", "0"][..], "more than 0"),
+        (&["bench", "--soak", "x"][..], "not a number of minutes"),
+        (&["bench", "--ports", "3"][..], "--soak"),
+        (
+            &["bench", "--soak", "1", "--quick"][..],
+            "cannot be used with",
+        ),
+        (
+            &["bench", "--soak", "1", "--fault-rate", "2"][..],
+            "between 0 and 1",
+        ),
+    ] {
+        let o = perimeter(args);
+        assert_eq!(status(&o), 120, "{args:?}");
+        assert!(
+            text(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}

@@ -14,6 +14,7 @@ pub mod peer;
 pub mod plot;
 pub mod report;
 pub mod sample;
+pub mod soak;
 
 use crate::error::Error;
 use indicatif::{ProgressBar, ProgressStyle};
