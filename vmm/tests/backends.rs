@@ -18,10 +18,23 @@ use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Starts `perimeter run` with `args` (stdout and stderr piped).
-fn start(args: &[&str]) -> Child {
+/// Starts `perimeter run --workload WORKLOAD` on `ports` (each a `--port` value), with JSON
+/// results and statistics on stdout (stdout and stderr piped).
+fn start(workload: &str, ports: &[&str]) -> Child {
+    let mut args = vec![
+        "run",
+        "--workload",
+        workload,
+        "--json",
+        "--stats",
+        "--timeout",
+        "60",
+    ];
+    for p in ports {
+        args.extend(["--port", p]);
+    }
     Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,17 +147,7 @@ fn a_socket_client_that_leaves_mid_transfer_leaves_the_rest_to_the_next() {
     let sock = dir.join("p0.sock");
     let port = format!("name=p0,backend=socket:{}", sock.display());
     let total = 4 << 20;
-    let mut child = start(&[
-        "run",
-        "--workload",
-        "tx:4K:4M:p0",
-        "--port",
-        &port,
-        "--json",
-        "--stats",
-        "--timeout",
-        "60",
-    ]);
+    let mut child = start("tx:4K:4M:p0", &[&port]);
     let (_, stderr) = announced(&mut child, "p0");
     // The first client reads 1 MiB, says it reads no more (shutdown), and takes what was
     // already sent to it; the next client gets the rest.
@@ -198,21 +201,14 @@ fn a_reader_that_pauses_for_seconds_holds_back_only_its_own_port() {
     let sock = dir.join("slow.sock");
     let port = format!("name=slow,backend=socket:{}", sock.display());
     let total = 2 << 20;
-    let mut child = start(&[
-        "run",
-        "--workload",
+    let mut child = start(
         "fairness:2:2M:4K",
-        "--port",
-        "name=con,backend=stdio,console",
-        "--port",
-        &port,
-        "--port",
-        "name=fast,backend=null",
-        "--json",
-        "--stats",
-        "--timeout",
-        "60",
-    ]);
+        &[
+            "name=con,backend=stdio,console",
+            &port,
+            "name=fast,backend=null",
+        ],
+    );
     let (_, stderr) = announced(&mut child, "slow");
     let s = UnixStream::connect(&sock).expect("the socket listens");
     // Two pauses of 1.5 s (the guest calls a port stalled after 2 s without progress).
@@ -301,21 +297,14 @@ fn a_pty_closed_by_its_reader_blocks_only_its_port_and_resumes_when_reopened() {
         return;
     }
     let total = 2 << 20;
-    let mut child = start(&[
-        "run",
-        "--workload",
+    let mut child = start(
         "fairness:2:2M:4K",
-        "--port",
-        "name=con,backend=stdio,console",
-        "--port",
-        "name=tty,backend=pty",
-        "--port",
-        "name=fast,backend=null",
-        "--json",
-        "--stats",
-        "--timeout",
-        "60",
-    ]);
+        &[
+            "name=con,backend=stdio,console",
+            "name=tty,backend=pty",
+            "name=fast,backend=null",
+        ],
+    );
     let (path, stderr) = announced(&mut child, "tty");
     let path = Path::new(&path).to_path_buf();
     let mut got = Vec::new();
@@ -354,21 +343,14 @@ fn a_file_on_a_full_disk_is_reported_undelivered_and_blocks_no_other_port() {
         return;
     }
     // /dev/full fails every write with ENOSPC, as a full disk does.
-    let mut child = start(&[
-        "run",
-        "--workload",
+    let mut child = start(
         "fairness:2:4M:4K",
-        "--port",
-        "name=con,backend=stdio,console",
-        "--port",
-        "name=full,backend=file:/dev/full",
-        "--port",
-        "name=fast,backend=null",
-        "--json",
-        "--stats",
-        "--timeout",
-        "60",
-    ]);
+        &[
+            "name=con,backend=stdio,console",
+            "name=full,backend=file:/dev/full",
+            "name=fast,backend=null",
+        ],
+    );
     let err = rest_of(BufReader::new(child.stderr.take().unwrap()), String::new());
     let (out, err) = finish(child, err);
     assert_eq!(out.status.code(), Some(0), "{err}");
