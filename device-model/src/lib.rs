@@ -6,6 +6,8 @@
 #![deny(missing_docs)]
 
 pub mod console;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
