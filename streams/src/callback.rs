@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::perimeter::Syncq;
 use crate::platform::Ticks;
 use crate::queue::{Entry, Q, QueueRef};
-use crate::sched::Streams;
+use crate::sched::{Streams, Task};
 use crate::stream::QueuePair;
 use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering};
 use alloc::boxed::Box;
@@ -73,8 +73,11 @@ impl CbRec {
         let pair = &self.target.pair;
         let sq = pair.syncq(self.target.side);
         let excl = !pair.def.cb_shared();
-        if !sq.enter(s, excl, &|| self.state() == CbState::Cancelled as u32) {
+        if self.state() == CbState::Cancelled as u32 {
             return; // the canceller retired it
+        }
+        if !sq.enter_task(s, excl, || Task::Callback(self.clone())) {
+            return; // parked: runs again when it can enter (or finds itself cancelled)
         }
         if !self.transition(CbState::Fired, CbState::Running) {
             sq.leave(s, excl, true);

@@ -15,7 +15,8 @@
 //!  bit 6 WANTWAKEUP  a thread sleeps until the word changes (blocking entry, plumbing)
 //!  bit 7 WANTEXWAKEUP a qwait sleeper waits for a thread to leave put/srv/callback
 //!  8..20  count      claims: threads inside (shared or the one exclusive holder)
-//!  20..30 needexcl   threads waiting to enter exclusively (puts defer while > 0)
+//!  20..29 needexcl   threads waiting to enter exclusively (puts defer while > 0)
+//!  bit 29 TASKWAIT   background work is parked here until the word changes
 //!  bit 30 OUTERWAIT  the outer's background writer waits for the count to reach 0
 //!  bit 31 POKE       toggled to wake sleepers for a cancellation or a signal
 //! ```
@@ -25,9 +26,13 @@
 //! **Entries.** `put` never blocks: one CAS takes a claim (and EXCL, unless shared) when
 //! nothing is queued, nothing says stay away, no holder is exclusive and no exclusive entry
 //! waits; otherwise the message goes on the message list and the thread tries to drain.
-//! open/close/srv/callbacks block: a shared entry waits while STAYAWAY|EVENTS|EXCL; an
-//! exclusive one registers in needexcl and waits, in addition, until the message list is
-//! empty and the count is 0, so it runs only after every message deferred before it.
+//! open/close block: a shared entry waits while STAYAWAY|EVENTS|EXCL; an exclusive one
+//! registers in needexcl and waits, in addition, until the message list is empty and the
+//! count is 0, so it runs only after every message deferred before it. srv and callbacks,
+//! which run as background tasks (perhaps on the stack of a blocked thread, on a platform
+//! such as the guest's), never block: under the same conditions they park their task on the
+//! syncq (TASKWAIT) and return; whoever next drops a claim or clears a STAYAWAY bit queues
+//! every parked task again.
 //!
 //! **Leaving** drops the claim (and EXCL), wakes sleepers if a WANT bit was set, and if the
 //! count fell to 0 with work queued and nothing saying stay away, drains.
@@ -72,12 +77,14 @@
 //! routine runs or while a thread sleeps; the operation lock is held across open and close.
 //!
 //! **Who calls what.** put/qwriter/qtimeout/qbufcall paths enter here from any thread; an
-//! interrupt handler may `put` (it never blocks). Blocking entries (open, close, srv,
-//! callbacks, qwait's re-entry) come only from threads that may sleep.
+//! interrupt handler may `put` (it never blocks). Blocking entries (open, close, qwait's
+//! re-entry, plumbing) come only from threads that may sleep; background tasks (srv,
+//! callbacks, the outer's writer) never block on a perimeter, since a platform may run them
+//! on the stack of a thread that is blocked holding what they would wait for.
 
 use crate::msg::Mblk;
 use crate::queue::{Entry, Q, QWCLOSE, QueueRef};
-use crate::sched::Streams;
+use crate::sched::{Streams, Task};
 use crate::sync::{Arc, AtomicU32, Mutex, Ordering, Weak};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -107,7 +114,9 @@ const COUNT_SHIFT: u32 = 8;
 const COUNT_ONE: u32 = 1 << COUNT_SHIFT;
 const COUNT_MASK: u32 = 0xfff << COUNT_SHIFT;
 const NEEDEXCL_ONE: u32 = 1 << 20;
-const NEEDEXCL_MASK: u32 = 0x3ff << 20;
+const NEEDEXCL_MASK: u32 = 0x1ff << 20;
+/// Background work (a service or callback) is parked on this syncq.
+const TASKWAIT: u32 = 1 << 29;
 /// The outer's background writer waits for this syncq's count to reach 0.
 const OUTERWAIT: u32 = 1 << 30;
 /// Toggled by [`Syncq::wake`] so that a sleeper that read the word before sees a change.
@@ -163,6 +172,8 @@ pub(crate) struct Syncq {
     /// The outer perimeter around this syncq's instances, whose background writer the
     /// last thread to leave queues again when OUTERWAIT is set.
     outer: Mutex<Option<Weak<Outer>>>,
+    /// Tasks that could not enter, queued again when the word changes (TASKWAIT).
+    parked: Mutex<Vec<Task>>,
 }
 
 impl Syncq {
@@ -173,6 +184,66 @@ impl Syncq {
             blockers: Mutex::new(0),
             plumber_claims: AtomicU32::new(0),
             outer: Mutex::new(None),
+            parked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether an entry (`excl` or shared) may take a claim in state `st`.
+    fn enterable(st: u32, excl: bool) -> bool {
+        if excl {
+            st & (STAYAWAY | EVENTS | EXCL | MESSAGES) == 0 && count(st) == 0
+        } else {
+            st & (STAYAWAY | EVENTS | EXCL) == 0
+        }
+    }
+
+    /// Entry of background work (srv, a callback): takes a claim if it can now, else parks
+    /// the task `park()` makes, to be queued again once the word changes, and returns false.
+    /// Never blocks.
+    pub(crate) fn enter_task(&self, s: &Streams, excl: bool, park: impl FnOnce() -> Task) -> bool {
+        loop {
+            let st = self.load();
+            if Self::enterable(st, excl) {
+                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+                if self
+                    .state
+                    .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
+            if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+                self.drain(s);
+                continue;
+            }
+            break;
+        }
+        {
+            let mut p = self.parked.lock();
+            p.push(park());
+            self.state.fetch_or(TASKWAIT, Ordering::SeqCst);
+        }
+        s.task_parked();
+        // A change made before TASKWAIT was visible queued nobody: look once more.
+        let st = self.load();
+        if Self::enterable(st, excl) || count(st) == 0 && st & (EXCL | STAYAWAY) == 0 {
+            self.unpark(s);
+        }
+        false
+    }
+
+    /// Queues every parked task again (the word changed).
+    fn unpark(&self, s: &Streams) {
+        let tasks = {
+            let mut p = self.parked.lock();
+            self.state.fetch_and(!TASKWAIT, Ordering::SeqCst);
+            core::mem::take(&mut *p)
+        };
+        for t in tasks {
+            s.push_task(t);
+            s.task_unparked();
         }
     }
 
@@ -189,9 +260,12 @@ impl Syncq {
         new
     }
 
-    /// After a claim was dropped (`old` to `new`): queues the outer's background writer
-    /// again if it waited for this count to reach 0.
+    /// After a claim was dropped (`old` to `new`): queues parked tasks again, and the outer's
+    /// background writer if it waited for this count to reach 0.
     fn after_claim(&self, s: &Streams, old: u32, new: u32) {
+        if old & TASKWAIT != 0 {
+            self.unpark(s);
+        }
         if old & OUTERWAIT != 0 && new & OUTERWAIT == 0 {
             let outer = self.outer.lock().as_ref().and_then(Weak::upgrade);
             if let Some(outer) = outer {
@@ -521,6 +595,9 @@ impl Syncq {
         let old = self.state.fetch_and(!(f | WANTWAKEUP), Ordering::SeqCst);
         if old & WANTWAKEUP != 0 {
             s.platform().wake_all(&self.state);
+        }
+        if old & TASKWAIT != 0 {
+            self.unpark(s);
         }
     }
 

@@ -188,6 +188,18 @@ impl Streams {
         self.0.platform.kick(self);
     }
 
+    /// A running task parked itself on a perimeter: it stays counted as pending work.
+    pub(crate) fn task_parked(&self) {
+        self.0.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A parked task was queued again ([`Streams::push_task`] counted it anew).
+    pub(crate) fn task_unparked(&self) {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.platform.wake_all(&self.0.busy);
+        }
+    }
+
     pub(crate) fn schedule_service(&self, q: QueueRef) {
         self.push_task(Task::Service(q));
     }

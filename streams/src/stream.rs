@@ -11,7 +11,7 @@ use crate::queue::{
     Entry, FLUSHALL, Perim, Q, QENAB, QINSERVICE, QWAITSVC, QWANTW, QWCLOSE, Queue, QueueRef, Side,
     link,
 };
-use crate::sched::Streams;
+use crate::sched::{Streams, Task};
 use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, OpLock, Ordering, Weak, fence};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -192,7 +192,10 @@ impl QueuePair {
         let sq = self.syncq(q.side());
         let excl = !self.def.srv_shared();
         loop {
-            sq.enter(&self.streams, excl, &|| false);
+            let task = || Task::Service(self.self_ref(q.side()));
+            if !sq.enter_task(&self.streams, excl, task) {
+                return; // parked (QINSERVICE stays set): runs again when it can enter
+            }
             if q.flags() & QWCLOSE == 0 {
                 self.module.srv(Q::new(q, Entry::Srv, excl));
             }

@@ -420,3 +420,39 @@ fn qprocsoff_waits_for_a_put_in_progress_and_none_follows_it() {
         m.stop();
     });
 }
+
+/// A D_MTOCEXCL open (which takes the outer perimeter exclusively and waits for every
+/// instance to empty) while a put and the service it queued run in another instance.
+fn exclusive_open_against_a_busy_instance(nested: bool) {
+    model(move || {
+        let m = Model::new(nested);
+        let w = Writerish::default();
+        let def = writer_driver(
+            D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL,
+            &w,
+            Perim::Outer,
+        );
+        let one = Stream::open(&m.streams, &def).unwrap();
+        let t = {
+            let (wq, s) = (one.driver(Side::Write), m.streams.clone());
+            thread::spawn(move || wq.put(msg(&s, 1)).unwrap())
+        };
+        let two = Stream::open(&m.streams, &def).unwrap();
+        t.join().unwrap();
+        m.streams.quiesce();
+        assert_eq!(w.served.load(SeqCst), 1);
+        one.close().unwrap();
+        two.close().unwrap();
+        m.stop();
+    });
+}
+
+#[test]
+fn exclusive_open_against_a_busy_instance_host_platform() {
+    exclusive_open_against_a_busy_instance(false);
+}
+
+#[test]
+fn exclusive_open_against_a_busy_instance_nested_platform() {
+    exclusive_open_against_a_busy_instance(true);
+}
