@@ -159,6 +159,16 @@ struct Lists {
     events: VecDeque<Event>,
 }
 
+/// What one attempt of an entry found.
+enum Step {
+    /// A claim was taken.
+    Entered,
+    /// The word changed under us, or queued work was drained: look again.
+    Again,
+    /// The entry must wait while the word is this.
+    Wait(u32),
+}
+
 /// An inner perimeter (`syncq_t`).
 pub(crate) struct Syncq {
     pub(crate) state: AtomicU32,
@@ -202,23 +212,11 @@ impl Syncq {
     /// Never blocks.
     pub(crate) fn enter_task(&self, s: &Streams, excl: bool, park: impl FnOnce() -> Task) -> bool {
         loop {
-            let st = self.load();
-            if Self::enterable(st, excl) {
-                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
-                if self
-                    .state
-                    .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    return true;
-                }
-                continue;
+            match self.enter_step(s, excl, false) {
+                Step::Entered => return true,
+                Step::Again => continue,
+                Step::Wait(_) => break,
             }
-            if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
-                self.drain(s);
-                continue;
-            }
-            break;
         }
         {
             let mut p = self.parked.lock();
@@ -232,6 +230,30 @@ impl Syncq {
             self.unpark(s);
         }
         false
+    }
+
+    /// One attempt of an entry: take a claim (dropping the caller's needexcl count with
+    /// `counted`), or drain queued work nobody is responsible for, or say what to wait on.
+    fn enter_step(&self, s: &Streams, excl: bool, counted: bool) -> Step {
+        let st = self.load();
+        if Self::enterable(st, excl) {
+            let mut new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+            if counted {
+                new -= NEEDEXCL_ONE;
+            }
+            return match self
+                .state
+                .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => Step::Entered,
+                Err(_) => Step::Again,
+            };
+        }
+        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+            self.drain(s);
+            return Step::Again;
+        }
+        Step::Wait(st)
     }
 
     /// Queues every parked task again (the word changed).
@@ -327,34 +349,17 @@ impl Syncq {
             self.state.fetch_add(NEEDEXCL_ONE, Ordering::SeqCst);
         }
         loop {
-            let st = self.load();
-            let ok = if excl {
-                st & (STAYAWAY | EVENTS | EXCL | MESSAGES) == 0 && count(st) == 0
-            } else {
-                st & (STAYAWAY | EVENTS | EXCL) == 0
+            let st = match self.enter_step(s, excl, excl) {
+                Step::Entered => return true,
+                Step::Again => continue,
+                Step::Wait(st) => st,
             };
-            if ok {
-                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
-                let new = if excl { new - NEEDEXCL_ONE } else { new };
-                if self
-                    .state
-                    .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    return true;
-                }
-                continue;
-            }
             if cancelled() {
                 if excl {
                     let after = self.state.fetch_sub(NEEDEXCL_ONE, Ordering::SeqCst) - NEEDEXCL_ONE;
                     self.after_change(s, after);
                 }
                 return false;
-            }
-            if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
-                self.drain(s);
-                continue;
             }
             self.sleep(s, st);
         }
