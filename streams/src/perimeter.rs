@@ -51,7 +51,8 @@
 //! OUTERWAIT there, releases BUSY with the WRITER marks left in place, and returns; the
 //! thread whose leaving brings that count to 0 clears OUTERWAIT and queues the writer
 //! again. A writer task that finds BUSY taken leaves RERUN for the holder, which queues it
-//! again when it lets go. An exclusive outer is always taken *before* an inner (D_MTOCEXCL
+//! again when it lets go. A writer waiting either way stays counted as pending work, so
+//! `quiesce` does not return before it has run. An exclusive outer is always taken *before* an inner (D_MTOCEXCL
 //! open/close and qwait's return take the outer, then their inner ignoring WRITER and the
 //! work deferred behind it), so no thread waits for BUSY while holding an inner that the
 //! holder waits for; a qwriter(PERIM_OUTER) caller that holds its inner never waits for
@@ -293,12 +294,14 @@ impl Syncq {
             if let Some(outer) = outer {
                 s.schedule_outer(outer);
             }
+            s.task_unparked();
         }
     }
 
     /// The background writer of the outer around this syncq waits for its count to reach
-    /// 0: false if it already is, else the thread that leaves last queues the writer.
-    fn park_writer(&self) -> bool {
+    /// 0: false if it already is, else the thread that leaves last queues the writer. A set
+    /// OUTERWAIT counts as pending work (for quiesce) until it is cleared.
+    fn park_writer(&self, s: &Streams) -> bool {
         let mut st = self.load();
         loop {
             if count(st) == 0 {
@@ -310,7 +313,12 @@ impl Syncq {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    if st & OUTERWAIT == 0 {
+                        s.task_parked();
+                    }
+                    return true;
+                }
                 Err(now) => st = now,
             }
         }
@@ -709,6 +717,7 @@ const O_BUSY: u32 = 1;
 const O_EVENTS: u32 = 2;
 const O_WANT: u32 = 4;
 /// A background writer found BUSY taken: whoever releases it queues the writer again.
+/// While set it counts as pending work (for quiesce).
 const O_RERUN: u32 = 8;
 
 /// An outer perimeter: a readers/writer gate around every instance of a module.
@@ -816,12 +825,7 @@ impl Outer {
                     sq.clear_flags_nodrain(s, WRITER);
                 }
             }
-            let old = self
-                .state
-                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
-            if old & O_WANT != 0 {
-                s.platform().wake_all(&self.state);
-            }
+            let old = self.release(s);
             let list = inners.clone();
             drop(inners);
             if pending {
@@ -831,6 +835,10 @@ impl Outer {
                 for sq in &list {
                     sq.kick_drain(s);
                 }
+            }
+            if old & O_RERUN != 0 {
+                // A writer that came meanwhile found nothing left, or is queued above.
+                s.task_unparked();
             }
             return;
         }
@@ -904,22 +912,33 @@ impl Outer {
                 return true;
             }
             self.queue_event(ev);
-            let old = self
-                .state
-                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
-            if old & O_WANT != 0 {
-                s.platform().wake_all(&self.state);
+            let old = self.release(s);
+            s.schedule_outer(self.clone());
+            if old & O_RERUN != 0 {
+                s.task_unparked();
             }
-        } else {
-            // Under the inners lock, so that a holder's exit cannot clear this WRITER mark
-            // after it looked for queued events.
-            let inners = self.inners.lock();
-            caller.set_flags(WRITER);
-            self.queue_event(ev);
-            drop(inners);
+            return false;
         }
+        // Under the inners lock, so that a holder's exit cannot clear this WRITER mark after
+        // it looked for queued events.
+        let inners = self.inners.lock();
+        caller.set_flags(WRITER);
+        self.queue_event(ev);
+        drop(inners);
         s.schedule_outer(self.clone());
         false
+    }
+
+    /// Releases BUSY (and RERUN, which the caller answers) and wakes its waiters: the old
+    /// word.
+    fn release(&self, s: &Streams) -> u32 {
+        let old = self
+            .state
+            .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
+        if old & O_WANT != 0 {
+            s.platform().wake_all(&self.state);
+        }
+        old
     }
 
     fn queue_event(&self, ev: Event) {
@@ -947,7 +966,12 @@ impl Outer {
                 .state
                 .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) if st & O_BUSY != 0 => return,
+                Ok(_) if st & O_BUSY != 0 => {
+                    if st & O_RERUN == 0 {
+                        s.task_parked();
+                    }
+                    return;
+                }
                 Ok(_) => break,
                 Err(now) => st = now,
             }
@@ -956,16 +980,12 @@ impl Outer {
         for sq in &inners {
             sq.set_flags(WRITER);
         }
-        if inners.iter().any(|sq| sq.park_writer()) {
+        if inners.iter().any(|sq| sq.park_writer(s)) {
             // Events stay queued, so the WRITER marks stay too.
-            let old = self
-                .state
-                .fetch_and(!(O_BUSY | O_WANT | O_RERUN), Ordering::SeqCst);
-            if old & O_WANT != 0 {
-                s.platform().wake_all(&self.state);
-            }
+            let old = self.release(s);
             if old & O_RERUN != 0 {
                 s.schedule_outer(self.clone());
+                s.task_unparked();
             }
             return;
         }

@@ -244,6 +244,52 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
     assert_eq!(rec.overlaps(), 0);
 }
 
+/// The background writer that waits for a busy instance (OUTERWAIT), or for the outer
+/// held by another thread (RERUN), is pending work: quiesce returns only after it ran.
+#[test]
+fn quiesce_waits_for_an_outer_writer_parked_on_a_busy_instance() {
+    let _w = watchdog(60);
+    let s = host();
+    let (rec, gate, inside) = (Recorder::new(), Latch::new(), Counter::new());
+    let fns = Fns::pass().put({
+        let (rec, gate, inside) = (rec.clone(), gate.clone(), inside.clone());
+        move |q, mp| match text(&mp).as_str() {
+            "hold" => {
+                inside.add();
+                gate.wait();
+            }
+            "outer" => {
+                let r2 = rec.clone();
+                q.qwriter(mp, move |_q, _m| r2.note("f"), Perim::Outer)
+                    .unwrap();
+            }
+            _ => {}
+        }
+    });
+    let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
+    let (s1, s2) = (
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+        Stream::open(&s, &sink_driver("d")).unwrap(),
+    );
+    s1.push(&m).unwrap();
+    s2.push(&m).unwrap();
+    thread::scope(|t| {
+        t.spawn(|| s2.queue(1, Side::Write).unwrap().put(data(&s, b"hold")));
+        inside.wait_for(1);
+        s1.queue(1, Side::Read)
+            .unwrap()
+            .put(data(&s, b"outer"))
+            .unwrap();
+        // The scenario: the instance stays busy for a while after quiesce is called.
+        t.spawn(|| {
+            thread::sleep(std::time::Duration::from_millis(200));
+            gate.open();
+        });
+        s.quiesce();
+        assert_eq!(rec.log(), ["f"], "quiesce returned before the writer ran");
+    });
+}
+
 #[test]
 fn scenario_38_bad_perimeters_are_errors() {
     let (_p, s) = det();
