@@ -276,7 +276,12 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     shut_down(&stop, threads, events);
     drop(control);
     phases.mark("threads joined");
-    let console = console.finish(CONSOLE_GRACE);
+    let mut console = console.finish(CONSOLE_GRACE);
+    console.transport = console_transport
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counters();
     phases.mark("console output delivered");
     drop((router, vm));
     phases.mark("VM closed");

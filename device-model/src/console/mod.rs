@@ -193,6 +193,8 @@ impl ConsoleHandle {
                 .collect(),
             control_in: self.0.control_in.load(Ordering::Relaxed),
             control_out: self.0.control_out.load(Ordering::Relaxed),
+            control_ignored: self.0.control_ignored.load(Ordering::Relaxed),
+            transport: Default::default(),
             pool_calls: pool.calls,
             pool_failed_capacity: pool.failed_capacity,
             pool_failed_injected: pool.failed_injected,

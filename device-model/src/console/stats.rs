@@ -128,6 +128,10 @@ pub struct ConsoleStats {
     pub control_in: u64,
     /// Control messages to the driver.
     pub control_out: u64,
+    /// Control messages from the driver that were ignored (unknown port or event).
+    pub control_ignored: u64,
+    /// The transport's counters (filled in by whoever owns the transport).
+    pub transport: crate::virtio::TransportCounters,
     /// Allocation calls on the STREAMS pool.
     pub pool_calls: u64,
     /// Allocations refused because the pool was full.
@@ -181,13 +185,23 @@ impl ConsoleStats {
             );
         }
         s += &format!(
-            "control: {} in, {} out; pool: {} calls, {} refused (full), {} refused (injected), peak {} bytes\n",
+            "control: {} in ({} ignored), {} out; pool: {} calls, {} refused (full), {} refused (injected), peak {} bytes\n",
             self.control_in,
+            self.control_ignored,
             self.control_out,
             self.pool_calls,
             self.pool_failed_capacity,
             self.pool_failed_injected,
             self.pool_peak_bytes
+        );
+        let t = &self.transport;
+        s += &format!(
+            "transport: {} resets, {} reset requests, {} failed activations, {} refused accesses, {} refused status writes\n",
+            t.resets,
+            t.reset_requests,
+            t.failed_activations,
+            t.refused_accesses,
+            t.refused_transitions
         );
         s
     }

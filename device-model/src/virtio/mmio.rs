@@ -35,7 +35,7 @@ pub const MMIO_VERSION: u32 = 2;
 pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"PRMT");
 
 /// Counters of what the driver did that the transport refused or acted on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportCounters {
     /// Register accesses refused: bad width or alignment, unknown register, wrong status.
     pub refused_accesses: u64,
@@ -47,6 +47,8 @@ pub struct TransportCounters {
     pub failed_activations: u64,
     /// Resets (status written with 0).
     pub resets: u64,
+    /// Times the device set DEVICE_NEEDS_RESET (a broken ring, a failed activation).
+    pub reset_requests: u64,
 }
 
 /// A virtio-mmio transport carrying one device.
@@ -119,7 +121,10 @@ impl MmioTransport {
 
     /// What was refused and done so far.
     pub fn counters(&self) -> TransportCounters {
-        self.counters
+        TransportCounters {
+            reset_requests: self.signals.reset_requests(),
+            ..self.counters
+        }
     }
 
     /// The device this transport carries.

@@ -3,7 +3,7 @@
 //! them in InterruptStatus and Status and takes InterruptACK).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
 /// Raises the device's interrupt (for KVM: writes an irqfd routed as MSI).
@@ -14,6 +14,7 @@ pub struct Signals {
     status: AtomicU32,
     needs_reset: AtomicBool,
     generation: AtomicU32,
+    reset_requests: AtomicU64,
     trigger: Trigger,
 }
 
@@ -24,6 +25,7 @@ impl Signals {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
             generation: AtomicU32::new(0),
+            reset_requests: AtomicU64::new(0),
             trigger,
         }
     }
@@ -52,8 +54,15 @@ impl Signals {
     /// The device cannot go on until the driver resets it (sets DEVICE_NEEDS_RESET and raises a
     /// configuration interrupt, virtio 1.2 §2.1.2).
     pub fn request_reset(&self) -> io::Result<()> {
-        self.needs_reset.store(true, Ordering::Release);
+        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+            self.reset_requests.fetch_add(1, Ordering::Relaxed);
+        }
         self.config_changed()
+    }
+
+    /// Times the device asked for a reset it did not already wait for.
+    pub fn reset_requests(&self) -> u64 {
+        self.reset_requests.load(Ordering::Relaxed)
     }
 
     /// The InterruptStatus register.
