@@ -227,7 +227,8 @@ struct RunArgs {
     /// tx:SIZE:TOTAL[:PORT] (guest to host, CRC checked by the host), rx:SIZE:TOTAL[:PORT]
     /// (host pattern to guest, checked in the guest), pingpong:SIZE:COUNT[:PORT] (round-trip
     /// latency). Sizes take K, M, G. Also: boot, exit:N, panic, fault, ud, hang, uart, svc:N,
-    /// vd-echo[:BYTES] (the crates.io virtio-drivers console).
+    /// vd-echo[:BYTES] (the crates.io virtio-drivers console), hostile (the guest breaks its
+    /// console's rings, registers and control messages case by case; see RELIABILITY.md).
     #[arg(long, value_name = "NAME[:ARGS]", value_parser = parse_workload)]
     workload: Option<String>,
 

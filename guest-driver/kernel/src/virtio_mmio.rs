@@ -8,26 +8,43 @@ const VERSION: u64 = 0x004;
 const DEVICE_ID: u64 = 0x008;
 const DEVICE_FEATURES: u64 = 0x010;
 const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = 0x050;
+/// DriverFeatures.
+pub const DRIVER_FEATURES: u64 = 0x020;
+/// DriverFeaturesSel.
+pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+/// QueueSel.
+pub const QUEUE_SEL: u64 = 0x030;
+/// QueueNumMax.
+pub const QUEUE_NUM_MAX: u64 = 0x034;
+/// QueueNum.
+pub const QUEUE_NUM: u64 = 0x038;
+/// QueueReady.
+pub const QUEUE_READY: u64 = 0x044;
+/// QueueNotify.
+pub const QUEUE_NOTIFY: u64 = 0x050;
 const INTERRUPT_STATUS: u64 = 0x060;
 const INTERRUPT_ACK: u64 = 0x064;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC: u64 = 0x080;
-const QUEUE_DRIVER: u64 = 0x090;
-const QUEUE_DEVICE: u64 = 0x0a0;
-const CONFIG: u64 = 0x100;
+/// Status.
+pub const STATUS: u64 = 0x070;
+/// QueueDescLow (High follows).
+pub const QUEUE_DESC: u64 = 0x080;
+/// QueueDriverLow (High follows).
+pub const QUEUE_DRIVER: u64 = 0x090;
+/// QueueDeviceLow (High follows).
+pub const QUEUE_DEVICE: u64 = 0x0a0;
+/// The start of the device's configuration space.
+pub const CONFIG: u64 = 0x100;
 
-const ACKNOWLEDGE: u32 = 1;
-const DRIVER: u32 = 2;
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const NEEDS_RESET: u32 = 64;
+/// Status ACKNOWLEDGE.
+pub const ACKNOWLEDGE: u32 = 1;
+/// Status DRIVER.
+pub const DRIVER: u32 = 2;
+/// Status DRIVER_OK.
+pub const DRIVER_OK: u32 = 4;
+/// Status FEATURES_OK.
+pub const FEATURES_OK: u32 = 8;
+/// Status DEVICE_NEEDS_RESET.
+pub const NEEDS_RESET: u32 = 64;
 
 /// VIRTIO_F_VERSION_1.
 pub const F_VERSION_1: u64 = 1 << 32;
@@ -63,6 +80,16 @@ impl Transport {
 
     fn w(&self, off: u64, v: u32) {
         write_u32(self.base + off, v)
+    }
+
+    /// Reads the register at `off` (any register: for drivers that test the device).
+    pub fn read_reg(&self, off: u64) -> u32 {
+        self.r(off)
+    }
+
+    /// Writes `v` to the register at `off`, whatever the device's state.
+    pub fn write_reg(&self, off: u64, v: u32) {
+        self.w(off, v)
     }
 
     /// Resets the device and negotiates: accepts the offered features among `wanted`

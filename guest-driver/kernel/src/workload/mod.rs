@@ -21,8 +21,11 @@
 //! * `hang`: halts forever (for the VMM's `--timeout`).
 //! * `vd-echo[:BYTES]`: the crates.io `virtio-drivers` console echoes BYTES (default 1 MiB)
 //!   received on port 0 back to the host, then exits 0.
+//! * `hostile`: the guest breaks its own virtio-console's rings, registers and control
+//!   messages one case at a time and checks that the device holds ([`hostile`]).
 
 mod console;
+mod hostile;
 mod report;
 mod stream_io;
 
@@ -171,6 +174,7 @@ pub fn run() -> ! {
                 .parse()
                 .unwrap_or_else(|_| panic!("workload vd-echo needs a byte count, got {n:?}")),
         }),
+        "hostile" => hostile::run(),
         "hang" => {
             let never = AtomicU64::new(0);
             loop {
