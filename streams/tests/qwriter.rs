@@ -163,6 +163,18 @@ fn scenario_36_deferred_qwriter_events_run_fifo_before_deferred_messages() {
     assert_eq!(log, ["+f1", "+f2", "+f3", "+rput:m1", "+wput:m2"]);
 }
 
+/// Two streams over sink drivers, each with an instance of a D_MTOUTPERIM module of `fns`.
+fn two_instances(s: &Streams, fns: Fns) -> (Stream, Stream) {
+    let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
+    let (s1, s2) = (
+        Stream::open(s, &sink_driver("d")).unwrap(),
+        Stream::open(s, &sink_driver("d")).unwrap(),
+    );
+    s1.push(&m).unwrap();
+    s2.push(&m).unwrap();
+    (s1, s2)
+}
+
 #[test]
 fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
     let _w = watchdog(60);
@@ -198,13 +210,7 @@ fn scenario_37_qwriter_outer_waits_for_every_instance_and_holds_them_off() {
             }
         }
     });
-    let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
-    let (s1, s2) = (
-        Stream::open(&s, &sink_driver("d")).unwrap(),
-        Stream::open(&s, &sink_driver("d")).unwrap(),
-    );
-    s1.push(&m).unwrap();
-    s2.push(&m).unwrap();
+    let (s1, s2) = two_instances(&s, fns);
     let (m1, m2) = (
         s1.queue(1, Side::Write).unwrap(),
         s2.queue(1, Side::Write).unwrap(),
@@ -266,13 +272,7 @@ fn quiesce_waits_for_an_outer_writer_parked_on_a_busy_instance() {
             _ => {}
         }
     });
-    let m = def("M", D_MP | D_MTQPAIR | D_MTOUTPERIM, (false, false), fns);
-    let (s1, s2) = (
-        Stream::open(&s, &sink_driver("d")).unwrap(),
-        Stream::open(&s, &sink_driver("d")).unwrap(),
-    );
-    s1.push(&m).unwrap();
-    s2.push(&m).unwrap();
+    let (s1, s2) = two_instances(&s, fns);
     thread::scope(|t| {
         t.spawn(|| s2.queue(1, Side::Write).unwrap().put(data(&s, b"hold")));
         inside.wait_for(1);

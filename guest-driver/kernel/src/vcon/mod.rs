@@ -14,6 +14,8 @@
 
 mod control;
 mod port;
+
+pub use control::event;
 pub use port::COUNTERS;
 pub mod virtq;
 

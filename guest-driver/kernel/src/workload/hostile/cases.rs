@@ -1,8 +1,9 @@
 //! The hostile cases, in the order they run.
 
-use super::raw::{BUF, NEXT, QSIZE, Raw, WRITE, event, rx_queue, tx_queue};
+use super::raw::{BUF, NEXT, QSIZE, Raw, WRITE, rx_queue, tx_queue};
 use super::{Case, Outcome, Ports};
 use crate::clock;
+use crate::vcon::event;
 use crate::virtio_mmio as reg;
 use alloc::format;
 use alloc::string::String;

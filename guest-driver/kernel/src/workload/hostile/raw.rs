@@ -6,6 +6,7 @@
 //! cases need. Every queue gets its own zeroed pages, reused across resets.
 
 use crate::clock;
+use crate::vcon::event;
 use crate::virtio_mmio::{self as reg, F_VERSION_1, Transport};
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::format;
@@ -31,20 +32,6 @@ const PAGE: usize = 4096;
 pub const BUF: usize = 512;
 /// How long the device gets to answer anything.
 const TIMEOUT_NS: u64 = 5_000_000_000;
-
-/// Control events (virtio 1.2 §5.3.6.2).
-pub mod event {
-    /// Driver: ready (or not).
-    pub const DEVICE_READY: u16 = 0;
-    /// Device: a port exists.
-    pub const DEVICE_ADD: u16 = 1;
-    /// Driver: a port is ready.
-    pub const PORT_READY: u16 = 3;
-    /// Either side: a port opened (or closed).
-    pub const PORT_OPEN: u16 = 6;
-    /// Device: a port's name.
-    pub const PORT_NAME: u16 = 7;
-}
 
 /// Port `p`'s receiveq.
 pub fn rx_queue(p: u32) -> u16 {
