@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{kvm_present, text, tmp_dir};
+use common::{json, kvm_present, port_stats, tmp_dir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -74,17 +74,6 @@ fn finish(child: Child, stderr: thread::JoinHandle<String>) -> (Output, String) 
     (out, stderr.join().unwrap())
 }
 
-/// The JSON document of a `--json` run.
-fn json(out: &Output) -> Value {
-    let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {stdout}"));
-    serde_json::from_str(line).expect("valid JSON")
-}
-
 /// The fields of the guest's result for `workload` on `port`.
 fn result(doc: &Value, workload: &str, port: &str) -> Vec<(String, String)> {
     let fields = |r: &Value| -> Vec<(String, String)> {
@@ -112,16 +101,6 @@ fn field<'a>(r: &'a [(String, String)], key: &str) -> &'a str {
         .find(|(k, _)| k == key)
         .unwrap_or_else(|| panic!("no {key} in {r:?}"))
         .1
-}
-
-/// The statistics of port `name`.
-fn port_stats<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no port {name}: {doc}"))
 }
 
 /// Reads from `s` until end of file.

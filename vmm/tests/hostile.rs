@@ -7,26 +7,7 @@
 
 mod common;
 
-use common::{kvm_present, perimeter, status, text};
-use serde_json::Value;
-
-/// The statistics line of a `--json` run.
-fn json(stdout: &str) -> Value {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("{\"ports\""))
-        .unwrap_or_else(|| panic!("no JSON statistics in {stdout}"));
-    serde_json::from_str(line).expect("valid JSON")
-}
-
-fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no port {name}"))
-}
+use common::{json, kvm_present, perimeter, port_stats, status, text};
 
 #[test]
 fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_holds() {
@@ -62,7 +43,7 @@ fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_ho
         "{stdout}"
     );
     assert!(!stdout.contains("FAILED"), "{stdout}");
-    let st = json(&stdout);
+    let st = json(&o);
     assert_eq!(
         st["results"][0]["fields"][4],
         serde_json::json!(["check", "ok"])
@@ -70,7 +51,8 @@ fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_ho
 
     // Nothing of a bad transmit buffer reached the sink, nor anything of the source's data
     // a read-only receive buffer; the device counted them as bad.
-    let (sink, source, echo) = (port(&st, "sink"), port(&st, "source"), port(&st, "echo"));
+    let port = |name| port_stats(&st, name);
+    let (sink, source, echo) = (port("sink"), port("source"), port("echo"));
     assert_eq!(sink["tx_bytes"], 0, "{sink}");
     assert_eq!(sink["out_bytes"], 0, "{sink}");
     assert!(sink["bad_descriptors"].as_u64().unwrap() >= 4, "{sink}");

@@ -59,3 +59,24 @@ pub fn data(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The JSON document of a `--json` run (its last line that starts with `{`).
+pub fn json(out: &Output) -> serde_json::Value {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {stdout}"));
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+/// The statistics of port `name` in a `--json` document.
+pub fn port_stats<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name}: {doc}"))
+}
