@@ -18,7 +18,8 @@ pub const MIN_HEAP_BYTES: u64 = 1 << 20;
 pub enum Kernel {
     /// The guest built from `guest-driver/` and embedded in the binary.
     Embedded,
-    /// A 64-bit ELF image from a file.
+    /// A file: a 64-bit ELF image of ours, or a Linux bzImage or vmlinux (told apart by
+    /// their contents).
     File(PathBuf),
 }
 
@@ -31,8 +32,10 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// RAM in MiB.
     pub memory_mib: u64,
-    /// Guest command line.
+    /// Guest command line (for Linux, after perimeter's own part).
     pub cmdline: String,
+    /// Initial RAM disk for a Linux kernel.
+    pub initrd: Option<PathBuf>,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
     /// The console's ports, port 0 first (default: one console port on stdio).
@@ -93,6 +96,7 @@ impl Default for VmConfig {
             vcpus: 1,
             memory_mib: 64,
             cmdline: String::new(),
+            initrd: None,
             timeout: None,
             ports: PortSpec::defaults(),
             faults: Vec::new(),

@@ -94,6 +94,13 @@ impl MsiRouter {
                 source: e,
             });
         }
+        drop(table);
+        self.pin(gsi)
+    }
+
+    /// An irqfd on `gsi` as routed now: for GSIs 0–23, KVM's default route to that IOAPIC
+    /// pin (edge: KVM's irqfd pulses the line), which legacy guests like Linux program.
+    pub fn pin(&self, gsi: u32) -> Result<EventFd, Error> {
         let fd = EventFd::new(EFD_NONBLOCK).map_err(Error::host("eventfd for an irqfd"))?;
         self.vm
             .register_irqfd(&fd, gsi)

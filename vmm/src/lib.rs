@@ -8,6 +8,7 @@
 //! | [`control`] | the control socket: list and remove ports while the guest runs |
 //! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
+//! | [`linux`] | booting Linux: zero page, MP table, CPUID profile, reset and panic |
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
 //! | [`vcpu`] | vCPU threads and exit dispatch |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
@@ -24,6 +25,7 @@ pub mod control;
 pub mod devices;
 pub mod error;
 pub mod irq;
+pub mod linux;
 pub mod loader;
 pub mod results;
 pub mod seccomp;

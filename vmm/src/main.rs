@@ -203,10 +203,18 @@ fn soak(args: &BenchArgs, duration: Duration) -> ExitCode {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Guest image to boot: a static 64-bit x86 ELF, entered in long mode at its entry point on
-    /// every vCPU (rdi = boot parameters, rsi = CPU index). Default: the guest built from
-    /// guest-driver/ and embedded in this binary.
+    /// every vCPU (rdi = boot parameters, rsi = CPU index); or a Linux bzImage or vmlinux,
+    /// booted on one vCPU with its console on COM1 (ttyS0) and the virtio console declared on
+    /// its command line (see images/linux/). A Linux run ends when the guest reboots: status
+    /// 0, or init's exit status when init exited, or 122 after a kernel panic. Default: the
+    /// guest built from guest-driver/ and embedded in this binary.
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+
+    /// Initial RAM disk for a Linux --kernel (an uncompressed cpio boots fastest where
+    /// kernel code is emulated).
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
 
     /// Number of vCPUs, 1 to 8. Each runs on its own host thread.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -217,7 +225,9 @@ struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     memory: u64,
 
-    /// Guest command line, passed as it is (--workload and --guest-fault add to it).
+    /// Guest command line, passed as it is (--workload and --guest-fault add to it). For
+    /// Linux it follows perimeter's part: console=ttyS0 reboot=k panic=-1, the PVM host's
+    /// CPU options, and virtio_mmio.device=... for the console.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
 
@@ -334,6 +344,7 @@ impl RunArgs {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             cmdline: guest_cmdline(&self.cmdline, self.workload.as_deref(), &self.guest_faults),
+            initrd: self.initrd,
             timeout: self.timeout,
             ports: if self.ports.is_empty() {
                 PortSpec::defaults()
@@ -351,6 +362,7 @@ impl Default for RunArgs {
     fn default() -> Self {
         RunArgs {
             kernel: None,
+            initrd: None,
             vcpus: 1,
             memory: 64,
             cmdline: String::new(),

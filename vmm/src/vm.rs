@@ -9,10 +9,11 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::ControlSocket;
 use crate::devices::debug::{DebugPage, IrqTestRelay};
-use crate::devices::serial::{COM1_BASE, COM1_SIZE, SerialPort};
-use crate::devices::virtio_mmio;
+use crate::devices::serial::{COM1_BASE, COM1_SIZE, IrqLine, SerialPort};
+use crate::devices::virtio_mmio::{self, Irq};
 use crate::error::{Error, Outcome};
 use crate::irq::MsiRouter;
+use crate::linux::{self, legacy};
 use crate::loader;
 use crate::results::GuestResult;
 use crate::vcpu::{self, Vcpu};
@@ -21,10 +22,10 @@ use device_model::rng::{Rng, RngEvents};
 use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
 use guest_abi::{BootParams, IRQ_TEST_VECTOR, MmioDevice, MmioKind, debug, layout};
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
-    kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu,
+    kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -74,6 +75,18 @@ pub struct RunReport {
 /// its backends.
 const CONSOLE_GRACE: Duration = Duration::from_secs(2);
 
+/// The transport slot of the virtio console (slot 0 holds a virtio-rng).
+const CONSOLE_SLOT: u32 = 1;
+
+/// How the vCPUs enter the image.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// The project's guests: every vCPU at `entry`, rdi = boot parameters, rsi = CPU index.
+    Perimeter(u64),
+    /// Linux's 64-bit boot protocol on one vCPU.
+    Linux(u64),
+}
+
 /// Boots `config` with output to the process's stdout/stderr and runs it to its end.
 pub fn run(config: &VmConfig) -> Result<RunReport, Error> {
     run_with_output(config, Output::stdio())
@@ -91,8 +104,40 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
             source: io::Error::other(e),
         },
     )?;
-    let loaded = loader::load(&mem, &name, &image, mem_size)?;
     boot::write_entry_tables(&mem)?;
+    let pvm = linux::cpuid::pvm_host();
+    let entry = match linux::detect(&image) {
+        None if config.initrd.is_some() => {
+            return Err(Error::BadInput(format!(
+                "--initrd is for Linux kernels, and {name} is not one"
+            )));
+        }
+        None => Entry::Perimeter(loader::load(&mem, &name, &image, mem_size)?.entry),
+        Some(format) => {
+            if config.vcpus != 1 {
+                return Err(Error::BadInput(format!(
+                    "--vcpus {}: perimeter boots Linux on one vCPU",
+                    config.vcpus
+                )));
+            }
+            let initrd = match &config.initrd {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    Error::BadInput(format!("cannot read initrd {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            let setup = linux::Setup {
+                image: &image,
+                format,
+                initrd: initrd.as_deref(),
+                cmdline: &config.cmdline,
+                console_base: virtio_mmio::slot_base(CONSOLE_SLOT),
+                pvm,
+            };
+            Entry::Linux(linux::load(&mem, &name, mem_size, &setup)?)
+        }
+    };
+    let is_linux = matches!(entry, Entry::Linux(_));
     phases.mark("memory mapped, image loaded");
 
     let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
@@ -101,7 +146,16 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    if is_linux {
+        // Linux calibrates against the PIT when kvmclock cannot tell it the TSC's rate.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    }
     register_memory(&vm, &mem)?;
+    let router = MsiRouter::new(vm.clone());
     phases.mark("VM, irqchip and memory slot created");
 
     let (tx, rx) = mpsc::channel();
@@ -117,14 +171,21 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, Arc::new(page))
         .map_err(Error::BadInput)?;
     let mut pio = Bus::new();
-    pio.insert(
-        COM1_BASE,
-        COM1_SIZE,
-        Arc::new(SerialPort::new(output.serial)),
-    )
-    .map_err(Error::BadInput)?;
+    let serial = if is_linux {
+        let panic = legacy::PanicNote::default();
+        let reset = legacy::ResetPort::new(tx.clone(), panic.clone());
+        pio.insert(legacy::I8042_COMMAND, 1, Arc::new(reset))
+            .map_err(Error::BadInput)?;
+        pio.insert(legacy::CMOS_BASE, 2, Arc::new(legacy::Cmos))
+            .map_err(Error::BadInput)?;
+        let out = Box::new(legacy::PanicWatch::new(output.serial, panic));
+        SerialPort::new(out, IrqLine(Some(router.pin(linux::COM1_GSI)?)))
+    } else {
+        SerialPort::new(output.serial, IrqLine(None))
+    };
+    pio.insert(COM1_BASE, COM1_SIZE, Arc::new(serial))
+        .map_err(Error::BadInput)?;
 
-    let router = MsiRouter::new(vm.clone());
     let mut pairs = Vec::new();
     for cpu in 0..config.vcpus {
         let irq = router.add(cpu, IRQ_TEST_VECTOR)?;
@@ -142,8 +203,15 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let rng = Arc::new(Mutex::new(Rng::new(Box::new(
         std::fs::File::open("/dev/urandom").map_err(Error::host("opening /dev/urandom"))?,
     ))));
-    let (rng_entry, rng_transport) =
-        virtio_mmio::attach(&vm, &router, &mut mmio, &mem, 0, rng.clone(), 0)?;
+    let (rng_entry, rng_transport) = virtio_mmio::attach(
+        &vm,
+        &router,
+        &mut mmio,
+        &mem,
+        0,
+        rng.clone(),
+        Irq::Msi { dest: 0 },
+    )?;
     let rng_notify = rng_transport
         .0
         .lock()
@@ -154,14 +222,21 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
 
     // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
     let console = ConsoleRuntime::start(&config.ports, &config.faults).map_err(Error::BadInput)?;
+    let console_irq = if is_linux {
+        Irq::Pin(linux::CONSOLE_GSI)
+    } else {
+        Irq::Msi {
+            dest: config.vcpus - 1,
+        }
+    };
     let (console_entry, console_transport) = virtio_mmio::attach(
         &vm,
         &router,
         &mut mmio,
         &mem,
-        1,
+        CONSOLE_SLOT,
         console.device(),
-        config.vcpus - 1,
+        console_irq,
     )?;
     let console_notify = console_transport
         .0
@@ -185,12 +260,16 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         None => None,
     };
 
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    if is_linux && pvm {
+        let deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        linux::cpuid::qemu64_profile(&mut cpuid, deadline);
+    }
     let mut vcpus = Vec::new();
     for cpu in 0..config.vcpus {
-        vcpus.push(create_vcpu(&vm, &cpuid, cpu, loaded.entry)?);
+        vcpus.push(create_vcpu(&vm, &cpuid, cpu, entry)?);
     }
     // Some hosts cannot report the TSC rate; the guest's clock then reads 0 kHz and says so.
     let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0);
@@ -212,7 +291,9 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     params.mmio[1] = rng_entry;
     params.mmio[2] = console_entry;
     params.mmio_count = 3;
-    boot::write_boot_params(&mem, &params, &config.cmdline)?;
+    if !is_linux {
+        boot::write_boot_params(&mem, &params, &config.cmdline)?;
+    }
     phases.mark("devices and vCPUs created");
 
     vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
@@ -319,7 +400,7 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
     Ok(())
 }
 
-fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: u64) -> Result<VcpuFd, Error> {
+fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: Entry) -> Result<VcpuFd, Error> {
     let fd = vm
         .create_vcpu(cpu.into())
         .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
@@ -335,10 +416,12 @@ fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: u64) -> Result<VcpuFd,
     fd.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
     let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-    fd.set_sregs(&boot::long_mode_sregs(sregs))
-        .map_err(Error::kvm("KVM_SET_SREGS"))?;
-    fd.set_regs(&boot::entry_regs(entry, cpu))
-        .map_err(Error::kvm("KVM_SET_REGS"))?;
+    let (sregs, regs) = match entry {
+        Entry::Perimeter(rip) => (boot::long_mode_sregs(sregs), boot::entry_regs(rip, cpu)),
+        Entry::Linux(rip) => (linux::sregs(sregs), linux::regs(rip)),
+    };
+    fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+    fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,

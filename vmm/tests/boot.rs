@@ -168,12 +168,37 @@ fn bad_input_gives_status_120_and_one_clear_line() {
     let script = dir.join("not-elf");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     let script = script.to_str().unwrap();
-    let cases: [(&[&str], &str); 15] = [
+    // Only a setup header's signature: a Linux image to perimeter, but not a loadable one.
+    let fake_bz = dir.join("bzImage");
+    let mut bytes = vec![0u8; 4096];
+    bytes[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(&fake_bz, bytes).unwrap();
+    let fake_bz = fake_bz.to_str().unwrap();
+    let cases: [(&[&str], &str); 19] = [
         (
             &["run", "--kernel", "/nonexistent/kernel"],
             "cannot read kernel /nonexistent/kernel",
         ),
         (&["run", "--kernel", script], "not an ELF file"),
+        (
+            &["run", "--initrd", script],
+            "--initrd is for Linux kernels, and the embedded guest is not one",
+        ),
+        (
+            &[
+                "run",
+                "--kernel",
+                fake_bz,
+                "--initrd",
+                "/nonexistent/initrd",
+            ],
+            "cannot read initrd /nonexistent/initrd",
+        ),
+        (
+            &["run", "--kernel", fake_bz, "--vcpus", "2"],
+            "perimeter boots Linux on one vCPU",
+        ),
+        (&["run", "--kernel", fake_bz], "not a loadable bzImage"),
         (&["run", "--memory", "2"], "--memory 2 MiB is out of range"),
         (&["run", "--vcpus", "0"], "--vcpus 0 is out of range"),
         (
@@ -226,6 +251,7 @@ fn help_explains_every_flag_of_run() {
     let out = text(&o.stdout);
     for flag in [
         "--kernel",
+        "--initrd",
         "--vcpus",
         "--memory",
         "--cmdline",

@@ -1,36 +1,38 @@
 //! The 8250 UART at 0x3f8 (vm-superio), for guests that use port I/O. Output goes to the host's
-//! standard output; the UART's interrupt line is not wired (no guest of ours needs it yet).
+//! standard output. Its interrupt line is an irqfd when the guest needs one (Linux transmits
+//! from its interrupt handler once user space writes to the console), else nowhere.
 
 use crate::bus::{Action, BusDevice};
 use std::io::Write;
 use std::sync::Mutex;
 use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
 
 /// COM1's I/O base.
 pub const COM1_BASE: u64 = 0x3f8;
 /// Number of COM1 registers.
 pub const COM1_SIZE: u64 = 8;
 
-/// An interrupt line to nowhere.
-pub struct NoInterrupt;
+/// The UART's interrupt line: an irqfd, or nowhere.
+pub struct IrqLine(pub Option<EventFd>);
 
-impl Trigger for NoInterrupt {
-    type E = std::convert::Infallible;
+impl Trigger for IrqLine {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        self.0.as_ref().map_or(Ok(()), |fd| fd.write(1))
     }
 }
 
 /// COM1 on the port-I/O bus.
 pub struct SerialPort {
-    uart: Mutex<Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+    uart: Mutex<Serial<IrqLine, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
 }
 
 impl SerialPort {
-    /// A UART that writes what the guest sends to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// A UART that writes what the guest sends to `out` and raises `irq`.
+    pub fn new(out: Box<dyn Write + Send>, irq: IrqLine) -> Self {
         SerialPort {
-            uart: Mutex::new(Serial::new(NoInterrupt, out)),
+            uart: Mutex::new(Serial::new(irq, out)),
         }
     }
 }
@@ -67,7 +69,7 @@ mod tests {
     #[test]
     fn bytes_written_to_thr_reach_the_sink_and_lsr_says_empty() {
         let sink = Sink::default();
-        let port = SerialPort::new(Box::new(sink.clone()));
+        let port = SerialPort::new(Box::new(sink.clone()), IrqLine(None));
         for b in b"hi\n" {
             port.write(0, 0, &[*b]);
         }
@@ -75,5 +77,17 @@ mod tests {
         let mut lsr = [0u8];
         port.read(0, 5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "transmitter holding register empty");
+    }
+
+    #[test]
+    fn transmit_interrupt_reaches_the_irqfd() {
+        let fd = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let port = SerialPort::new(
+            Box::new(std::io::sink()),
+            IrqLine(Some(fd.try_clone().unwrap())),
+        );
+        port.write(0, 1, &[0x02]); // IER: transmitter empty
+        port.write(0, 0, b"x");
+        assert!(fd.read().unwrap() >= 1);
     }
 }

@@ -1,5 +1,6 @@
 //! Putting a virtio device on the MMIO bus: its transport, queue notifications as ioeventfds
-//! (datamatch = queue index on QueueNotify) and its interrupt as an irqfd routed as MSI.
+//! (datamatch = queue index on QueueNotify) and its interrupt as an irqfd, routed as an MSI
+//! (our guests) or to an IOAPIC pin (Linux, which finds the device on its command line).
 
 use crate::bus::{Action, Bus, BusDevice};
 use crate::error::Error;
@@ -31,8 +32,25 @@ impl BusDevice for VirtioMmio {
     }
 }
 
-/// Puts `device` in transport slot `slot` with its interrupt sent to x2APIC ID `dest`; returns
-/// its boot-parameter entry and its transport.
+/// Where a device's interrupt goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Irq {
+    /// An MSI to this x2APIC ID, at the slot's vector (`DEVICE_VECTOR_BASE + slot`).
+    Msi {
+        /// The destination CPU.
+        dest: u32,
+    },
+    /// An IOAPIC pin (GSI 0–23).
+    Pin(u32),
+}
+
+/// The MMIO base of transport slot `slot`.
+pub fn slot_base(slot: u32) -> u64 {
+    layout::VIRTIO_MMIO_BASE + u64::from(slot) * layout::VIRTIO_MMIO_SIZE
+}
+
+/// Puts `device` in transport slot `slot` with its interrupt sent to `irq`; returns its
+/// boot-parameter entry and its transport.
 pub fn attach(
     vm: &VmFd,
     router: &MsiRouter,
@@ -40,12 +58,15 @@ pub fn attach(
     mem: &GuestMemoryMmap,
     slot: u32,
     device: Arc<Mutex<dyn VirtioDevice>>,
-    dest: u32,
+    irq: Irq,
 ) -> Result<(MmioDevice, Arc<VirtioMmio>), Error> {
-    let base = layout::VIRTIO_MMIO_BASE + u64::from(slot) * layout::VIRTIO_MMIO_SIZE;
+    let base = slot_base(slot);
     let vector = u8::try_from(u32::from(DEVICE_VECTOR_BASE) + slot)
         .map_err(|_| Error::BadInput(format!("no interrupt vector for virtio slot {slot}")))?;
-    let irq = router.add(dest, vector)?;
+    let (irq, dest) = match irq {
+        Irq::Msi { dest } => (router.add(dest, vector)?, dest),
+        Irq::Pin(gsi) => (router.pin(gsi)?, 0),
+    };
     let signals = Arc::new(Signals::new(Box::new(move || irq.write(1))));
     let transport =
         MmioTransport::new(device, mem.clone(), signals).map_err(|e: io::Error| Error::Host {
