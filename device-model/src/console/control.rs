@@ -183,6 +183,11 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
         }
         (event::PORT_OPEN, Some(p)) => {
             p.guest_open.store(c.value != 0, Ordering::Release);
+            let count = match c.value {
+                0 => &p.counters.guest_closes,
+                _ => &p.counters.guest_opens,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
             if c.value != 0 {
                 p.kick_rx(); // deliver what the host sent while the port was closed
             }

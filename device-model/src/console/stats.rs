@@ -36,6 +36,10 @@ pub struct PortCounters {
     pub drops: AtomicU64,
     /// Times a client connected to the backend (socket backends).
     pub connects: AtomicU64,
+    /// PORT_OPEN messages from the driver saying the guest opened the port.
+    pub guest_opens: AtomicU64,
+    /// PORT_OPEN messages from the driver saying the guest closed the port.
+    pub guest_closes: AtomicU64,
 }
 
 impl PortCounters {
@@ -84,6 +88,10 @@ pub struct PortStats {
     pub drops: u64,
     /// See [`PortCounters::connects`].
     pub connects: u64,
+    /// See [`PortCounters::guest_opens`].
+    pub guest_opens: u64,
+    /// See [`PortCounters::guest_closes`].
+    pub guest_closes: u64,
     /// CRC-32 of everything the backend took from the port (`null` and `file` backends).
     pub out_crc32: Option<u32>,
     /// Bytes still held in the stream for the backend when the snapshot was taken.
@@ -113,6 +121,8 @@ impl PortStats {
             bad_descriptors: g(&c.bad_descriptors),
             drops: g(&c.drops),
             connects: g(&c.connects),
+            guest_opens: g(&c.guest_opens),
+            guest_closes: g(&c.guest_closes),
             out_crc32: None,
             pending_out_bytes: 0,
         }

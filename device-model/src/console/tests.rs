@@ -301,6 +301,11 @@ fn the_multiport_handshake_names_ports_and_marks_the_console() {
     // Control messages for ports that do not exist are ignored.
     r.ctl_send(99, event::PORT_OPEN, 1);
     assert_eq!(r.g.status() & DEVICE_NEEDS_RESET, 0);
+    // The guest's opens and closes are counted (the handshake opened each port once).
+    r.ctl_send(1, event::PORT_OPEN, 0);
+    r.run();
+    let p1 = &r.h.stats(&[]).ports[1];
+    assert_eq!((p1.guest_opens, p1.guest_closes), (2, 1));
 }
 
 #[test]
