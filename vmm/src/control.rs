@@ -3,8 +3,11 @@
 //! A UNIX stream socket; each line is one command, each answer one line (`ok ...` or
 //! `error: ...`):
 //!
-//! * `ports`: the ports, as `ok 0:console 1:echo ...` (removed ones marked `(removed)`);
-//! * `remove NAME`: removes the port (DEVICE_REMOVE); the guest's driver hangs up its stream.
+//! * `ports`: the ports, as `ok 0:console 1:echo ...` (ports not plugged in, removed or
+//!   `unplugged` from the start, marked `(removed)`);
+//! * `remove NAME`: removes the port (DEVICE_REMOVE); the guest's driver hangs up its stream;
+//! * `add NAME`: plugs a removed or `unplugged` port in (DEVICE_ADD); the guest's driver
+//!   sets it up as at boot.
 
 use device_model::console::ConsoleHandle;
 use std::io::{BufRead, BufReader, Write};
@@ -41,15 +44,23 @@ pub fn answer(console: &ConsoleHandle, names: &[String], line: &str) -> String {
                 .collect();
             format!("ok {}", list.join(" "))
         }
-        (Some("remove"), Some(name), None) => match names.iter().position(|n| n == name) {
-            Some(id) => match console.remove_port(id as u32) {
-                Ok(()) => format!("ok removed {name}"),
+        (Some(verb @ ("remove" | "add")), Some(name), None) => {
+            let Some(id) = names.iter().position(|n| n == name) else {
+                return format!("error: no port named {name:?}");
+            };
+            let (done, result) = match verb {
+                "remove" => ("removed", console.remove_port(id as u32)),
+                _ => ("added", console.add_port(id as u32)),
+            };
+            match result {
+                Ok(()) => format!("ok {done} {name}"),
                 Err(e) => format!("error: {e}"),
-            },
-            None => format!("error: no port named {name:?}"),
-        },
+            }
+        }
         (None, _, _) => "error: empty command".into(),
-        _ => format!("error: unknown command {line:?}: expected `ports` or `remove NAME`"),
+        _ => format!(
+            "error: unknown command {line:?}: expected `ports`, `remove NAME` or `add NAME`"
+        ),
     }
 }
 
@@ -152,8 +163,12 @@ mod tests {
         let names = vec!["a".to_string(), "b".to_string()];
         assert_eq!(answer(&h, &names, "ports"), "ok 0:a 1:b");
         assert_eq!(answer(&h, &names, "remove b"), "ok removed b");
-        assert!(answer(&h, &names, "remove b").contains("already removed"));
+        assert!(answer(&h, &names, "remove b").contains("not plugged in"));
         assert_eq!(answer(&h, &names, "ports"), "ok 0:a 1:b(removed)");
+        assert_eq!(answer(&h, &names, "add b"), "ok added b");
+        assert!(answer(&h, &names, "add b").contains("already plugged in"));
+        assert_eq!(answer(&h, &names, "ports"), "ok 0:a 1:b");
+        assert!(answer(&h, &names, "add zz").contains("no port named"));
         assert!(answer(&h, &names, "remove zz").contains("no port named"));
         assert!(answer(&h, &names, "fly away").starts_with("error: unknown command"));
         assert!(answer(&h, &names, "").starts_with("error: empty"));

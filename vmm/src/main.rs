@@ -256,9 +256,10 @@ struct RunArgs {
     /// a console port), echo (echo), sink (null), source (pattern). KIND: stdio |
     /// socket:PATH (listen; clients may come and go) | connect:PATH | pty (its path is
     /// printed; window size reaches the guest) | file:OUT[:IN] | null (discard, count,
-    /// checksum) | pattern (deterministic source, for benchmarks) | echo (back to the guest). `console` marks a console port; `modules=a+b` pushes STREAMS modules
-    /// (pass, crlf) from the head down.
-    #[arg(long = "port", value_name = "name=NAME,backend=KIND[,console][,modules=a+b]",
+    /// checksum) | pattern (deterministic source, for benchmarks) | echo (back to the guest). `console` marks a console port; `unplugged` leaves the port out until
+    /// `add NAME` on --control; `modules=a+b` pushes STREAMS modules (pass, crlf) from the
+    /// head down.
+    #[arg(long = "port", value_name = "name=NAME,backend=KIND[,console][,unplugged][,modules=a+b]",
           value_parser = PortSpec::parse)]
     ports: Vec<PortSpec>,
 
@@ -270,7 +271,8 @@ struct RunArgs {
     faults: Vec<FaultSpec>,
 
     /// Listen on a UNIX socket for commands while the guest runs, one per line: `ports`
-    /// (list them), `remove NAME` (hot-remove a port: the guest's stream is hung up).
+    /// (list them), `remove NAME` (hot-remove a port: the guest's stream is hung up), `add
+    /// NAME` (hot-add a removed or `unplugged` port).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 

@@ -44,7 +44,7 @@ pub(crate) struct CtlState {
     ready: Vec<bool>,
     /// Messages for the driver waiting for control receive buffers.
     out: VecDeque<Vec<u8>>,
-    /// Ports whose DEVICE_REMOVE was sent.
+    /// Ports the driver does not have: never added (unplugged at DEVICE_READY) or removed.
     removed: Vec<u32>,
 }
 
@@ -131,7 +131,11 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
     match (c.event, port) {
         (event::DEVICE_READY, _) if c.value == 1 => {
             st.device_ready = true;
-            for p in s.ports.iter().filter(|p| !p.removed()) {
+            for p in &s.ports {
+                if p.removed() {
+                    st.removed.push(p.id);
+                    continue;
+                }
                 let add = Control {
                     id: p.id,
                     event: event::DEVICE_ADD,
@@ -232,6 +236,21 @@ fn host_events(s: &Shared, st: &mut CtlState) {
                 };
                 send(s, st, remove, &[]);
             }
+            continue;
+        }
+        if st.removed.contains(&p.id) {
+            // Plugged in again (or for the first time): the driver answers DEVICE_ADD with
+            // PORT_READY, which tells it everything else.
+            st.removed.retain(|&id| id != p.id);
+            if let Some(r) = st.ready.get_mut(p.id as usize) {
+                *r = false;
+            }
+            let add = Control {
+                id: p.id,
+                event: event::DEVICE_ADD,
+                value: 1,
+            };
+            send(s, st, add, &[]);
             continue;
         }
         if !ready {

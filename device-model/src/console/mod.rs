@@ -159,9 +159,23 @@ impl ConsoleHandle {
     pub fn remove_port(&self, id: u32) -> Result<(), String> {
         let p = self.port(id).ok_or_else(|| format!("no port {id}"))?;
         if p.removed.swap(true, Ordering::AcqRel) {
-            return Err(format!("port {} is already removed", p.config.name));
+            return Err(format!("port {} is not plugged in", p.config.name));
         }
         p.guest_open.store(false, Ordering::Release);
+        p.host_event.store(true, Ordering::Release);
+        self.0.control(HOST_EVENT);
+        Ok(())
+    }
+
+    /// Plugs port `id` in while the guest runs (DEVICE_ADD): an unplugged port, or one
+    /// removed before. The driver then asks for its name and state as at start; host data
+    /// that waited while it was out is delivered once the guest opens it. Fails for an
+    /// unknown port or one that is plugged in.
+    pub fn add_port(&self, id: u32) -> Result<(), String> {
+        let p = self.port(id).ok_or_else(|| format!("no port {id}"))?;
+        if !p.removed.swap(false, Ordering::AcqRel) {
+            return Err(format!("port {} is already plugged in", p.config.name));
+        }
         p.host_event.store(true, Ordering::Release);
         self.0.control(HOST_EVENT);
         Ok(())

@@ -22,6 +22,9 @@ pub struct PortConfig {
     pub name: String,
     /// Whether it is a console (CONSOLE_PORT: Linux's hvc).
     pub console: bool,
+    /// Whether the driver is told about it at start; an unplugged port waits for
+    /// [`ConsoleHandle::add_port`](super::ConsoleHandle::add_port) (DEVICE_ADD).
+    pub plugged: bool,
 }
 
 /// Locks `m`, going on after a panic elsewhere (the data stays consistent: every critical
@@ -50,7 +53,8 @@ pub struct PortShared {
     /// Host-side events for the control plane: the open state or the size changed, or the
     /// port was removed.
     pub(crate) host_event: AtomicBool,
-    /// The host removed the port (DEVICE_REMOVE): nothing more is delivered to the guest.
+    /// The port is not plugged in: never added, or removed by the host (DEVICE_REMOVE).
+    /// Nothing is delivered to the guest; host data waits until it is added again.
     pub(crate) removed: AtomicBool,
     /// Console size, `cols << 16 | rows`.
     size: AtomicU32,
@@ -66,6 +70,7 @@ impl PortShared {
     pub(crate) fn new(id: u32, config: PortConfig) -> Arc<Self> {
         Arc::new(PortShared {
             id,
+            removed: AtomicBool::new(!config.plugged),
             config,
             counters: PortCounters::default(),
             rx: Mutex::new(None),
@@ -73,7 +78,6 @@ impl PortShared {
             guest_open: AtomicBool::new(false),
             host_open: AtomicBool::new(false),
             host_event: AtomicBool::new(false),
-            removed: AtomicBool::new(false),
             size: AtomicU32::new(0),
             emerg: Mutex::new(Vec::new()),
             queues: Mutex::new(None),

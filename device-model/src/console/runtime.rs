@@ -41,6 +41,7 @@ impl ConsoleRuntime {
                 let c = PortConfig {
                     name: s.name.clone(),
                     console: s.console,
+                    plugged: !s.unplugged,
                 };
                 Ok((c, m))
             })

@@ -32,6 +32,7 @@ fn rig_with(ports: &[(&str, bool)], config: StreamsConfig) -> Rig {
                 PortConfig {
                     name: n.to_string(),
                     console: *c,
+                    plugged: true,
                 },
                 Vec::new(),
             )
@@ -340,7 +341,7 @@ fn a_removed_port_is_announced_and_gets_nothing_more() {
     r.up(ALL);
     r.handshake();
     r.h.remove_port(1).unwrap();
-    assert!(r.h.remove_port(1).unwrap_err().contains("already removed"));
+    assert!(r.h.remove_port(1).unwrap_err().contains("not plugged in"));
     assert!(r.h.remove_port(9).is_err());
     r.run();
     let seen = r.ctl_recv();
@@ -362,6 +363,52 @@ fn a_removed_port_is_announced_and_gets_nothing_more() {
     r.ctl_send(1, event::PORT_OPEN, 1);
     assert!(!r.h.port(1).unwrap().guest_open());
     assert_eq!(r.g.status() & DEVICE_NEEDS_RESET, 0);
+    // Plugged in again: announced, named on PORT_READY, and the data that waited arrives
+    // once the guest opens it.
+    r.h.add_port(1).unwrap();
+    assert!(r.h.add_port(1).unwrap_err().contains("already plugged in"));
+    r.run();
+    let seen = r.ctl_recv();
+    assert!(
+        seen.iter()
+            .any(|(c, _)| c.id == 1 && c.event == event::DEVICE_ADD),
+        "{seen:?}"
+    );
+    r.ctl_send(1, event::PORT_READY, 1);
+    let seen = r.ctl_recv();
+    assert!(
+        seen.iter()
+            .any(|(c, p)| c.id == 1 && c.event == event::PORT_NAME && p == b"b"),
+        "{seen:?}"
+    );
+    r.ctl_send(1, event::PORT_OPEN, 1);
+    r.post(rx_queue(1), 64, true, false);
+    r.kick(rx_queue(1));
+    assert_eq!(r.guest_recv(1), b"too late");
+}
+
+#[test]
+fn an_unplugged_port_is_announced_only_when_added() {
+    let mut r = rig(&[("a", true), ("later", false)]);
+    r.h.remove_port(1).unwrap(); // as `--port ...,unplugged` starts it
+    r.up(ALL);
+    for _ in 0..8 {
+        r.post(CTRL_RX_QUEUE, 256, true, false);
+    }
+    r.kick(CTRL_RX_QUEUE);
+    r.ctl_send(0, event::DEVICE_READY, 1);
+    let adds = |seen: &[(Control, Vec<u8>)]| -> Vec<u32> {
+        seen.iter()
+            .filter(|(c, _)| c.event == event::DEVICE_ADD)
+            .map(|(c, _)| c.id)
+            .collect()
+    };
+    let seen = r.ctl_recv();
+    assert_eq!(adds(&seen), [0]);
+    assert!(!seen.iter().any(|(c, _)| c.event == event::DEVICE_REMOVE));
+    r.h.add_port(1).unwrap();
+    r.run();
+    assert_eq!(adds(&r.ctl_recv()), [1]);
 }
 
 #[test]

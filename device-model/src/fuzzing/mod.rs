@@ -109,6 +109,7 @@ impl Rig {
                 let config = PortConfig {
                     name: format!("p{i}"),
                     console: i == 0,
+                    plugged: true,
                 };
                 (config, Vec::new())
             })

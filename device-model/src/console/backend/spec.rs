@@ -1,4 +1,4 @@
-//! Parsing `--port name=NAME,backend=KIND[,console][,modules=a+b]` and `--fault ...`.
+//! Parsing `--port name=NAME,backend=KIND[,console][,unplugged][,modules=a+b]` and `--fault ...`.
 
 use std::path::PathBuf;
 use streams::FaultPolicy;
@@ -38,6 +38,8 @@ pub struct PortSpec {
     pub backend: BackendKind,
     /// Whether it is a console port.
     pub console: bool,
+    /// Left out at start, plugged in later (`add NAME` on the control socket).
+    pub unplugged: bool,
     /// Modules to push, from the head down.
     pub modules: Vec<String>,
     /// The backend as written (for tables).
@@ -58,6 +60,7 @@ impl PortSpec {
         let mut name = None;
         let mut backend = None;
         let mut console = false;
+        let mut unplugged = false;
         let mut modules = Vec::new();
         for part in s.split(',') {
             let (k, v) = match part.split_once('=') {
@@ -73,6 +76,7 @@ impl PortSpec {
                 }
                 ("backend", Some(v)) => backend = Some((parse_backend(v)?, v.to_string())),
                 ("console", None) => console = true,
+                ("unplugged", None) => unplugged = true,
                 ("modules", Some(v)) => {
                     for m in v.split('+') {
                         if super::super::modules::lookup(m).is_none() {
@@ -85,7 +89,7 @@ impl PortSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown port option {part:?}: expected name=NAME, backend=KIND, console, modules=a+b"
+                        "unknown port option {part:?}: expected name=NAME, backend=KIND, console, unplugged, modules=a+b"
                     ));
                 }
             }
@@ -96,6 +100,7 @@ impl PortSpec {
             name,
             backend,
             console,
+            unplugged,
             modules,
             backend_text,
         })
@@ -121,6 +126,7 @@ impl PortSpec {
                 .into(),
                 backend,
                 console: false,
+                unplugged: false,
                 modules: Vec::new(),
             });
         }
@@ -133,6 +139,7 @@ impl PortSpec {
             name: "console".into(),
             backend: BackendKind::Stdio,
             console: true,
+            unplugged: false,
             modules: Vec::new(),
             backend_text: "stdio".into(),
         }
@@ -185,6 +192,12 @@ pub fn check_ports(ports: &[PortSpec]) -> Result<(), String> {
         if ports[..i].iter().any(|q| q.name == p.name) {
             return Err(format!("two ports are named {:?}", p.name));
         }
+    }
+    if ports[0].unplugged {
+        return Err(format!(
+            "port 0 ({}) cannot be unplugged: a driver without MULTIPORT sees only port 0",
+            ports[0].name
+        ));
     }
     if ports
         .iter()
@@ -272,6 +285,15 @@ mod tests {
         }
         let two = [PortSpec::default_console(), PortSpec::default_console()];
         assert!(check_ports(&two).unwrap_err().contains("named"));
+        let late = PortSpec::parse("name=late,backend=echo,unplugged").unwrap();
+        assert!(late.unplugged);
+        let first = vec![late.clone(), PortSpec::default_console()];
+        assert!(
+            check_ports(&first)
+                .unwrap_err()
+                .contains("cannot be unplugged")
+        );
+        assert!(check_ports(&[PortSpec::default_console(), late]).is_ok());
     }
 
     #[test]
