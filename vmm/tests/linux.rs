@@ -1,7 +1,9 @@
 //! Linux's own virtio_console driver against perimeter's device: boots the Linux test guest
 //! (`images/linux/`) with the conformance program as PID 1 and checks both sides: the guest's
-//! lines (port names, hvc0, data both ways) and the host's (what reached each backend, the
-//! guest's PORT_OPEN events, init's exit status through the reset port).
+//! lines (port names, hvc0, data both ways, a resize, hot-remove and hot-add) and the host's
+//! (what reached each backend, the guest's PORT_OPEN events, init's exit status through the
+//! reset port). The test plays the host's part while the guest runs: it resizes the pty and
+//! removes and adds ports on the control socket when the guest says it waits for that.
 //!
 //! Slow where kernel code is emulated (kvm_pvm: about 3 minutes), so it runs only when
 //! `PERIMETER_LINUX=1` is set (`scripts/test-linux` builds the kernel and initramfs, then sets
@@ -10,11 +12,19 @@
 
 mod common;
 
-use common::{json, perimeter, port_stats, status, text, tmp_dir};
-use std::path::PathBuf;
+use common::{port_stats, tmp_dir};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 
 /// Bytes each data check moves (per direction).
 const BYTES: u64 = 256 * 1024;
+/// The size the test gives the pty behind hvc1.
+const SIZE: (u16, u16) = (123, 45);
 
 /// The kernel and initramfs the scripts in images/linux/ build.
 fn artifacts() -> (PathBuf, PathBuf) {
@@ -22,7 +32,7 @@ fn artifacts() -> (PathBuf, PathBuf) {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/perimeter"))
         .join("linux");
-    let variant = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+    let variant = if Path::new("/sys/module/kvm_pvm").exists() {
         "pvm"
     } else {
         "stock"
@@ -44,7 +54,7 @@ fn artifacts() -> (PathBuf, PathBuf) {
 fn wanted(test: &str) -> bool {
     if std::env::var("PERIMETER_LINUX").as_deref() == Ok("1") {
         assert!(
-            std::path::Path::new("/dev/kvm").exists(),
+            Path::new("/dev/kvm").exists(),
             "PERIMETER_LINUX=1 but /dev/kvm is missing"
         );
         return true;
@@ -64,6 +74,58 @@ fn passed<'a>(stdout: &'a str, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{ok}` line in the guest's output:\n{stdout}"))
 }
 
+/// Sends one command on the control socket; its answer must start with `ok`.
+fn control(socket: &Path, command: &str) {
+    let mut s = UnixStream::connect(socket).expect("the control socket accepts");
+    writeln!(s, "{command}").unwrap();
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("ok"), "{command}: {answer}");
+}
+
+/// Sets the window size of the terminal at `pty` (the slave side the user would open).
+fn set_window(pty: &Path, (cols, rows): (u16, u16)) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(pty)
+        .unwrap();
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+    assert_eq!(
+        unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    f
+}
+
+/// A line from perimeter: stdout (the guest's console) or stderr (perimeter's own).
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+fn forward<R: std::io::Read + Send + 'static>(
+    from: R,
+    to: mpsc::Sender<Line>,
+    wrap: fn(String) -> Line,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if to.send(wrap(line)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 #[test]
 fn linux_virtio_console_driver_passes_the_conformance_run() {
     if !wanted("linux_virtio_console_driver_passes_the_conformance_run") {
@@ -72,48 +134,87 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
     let (kernel, initrd) = artifacts();
     let dir = tmp_dir("linux");
     let console_out = dir.join("console.out");
+    let socket = dir.join("control.sock");
     let cmdline = format!(
-        "rdinit=/conform conform_ports=console,echo,sink,source,idle conform_bytes={BYTES}"
+        "rdinit=/conform conform_ports=console,echo,sink,source,idle,tty,echo-hot \
+         conform_bytes={BYTES} conform_resize=hvc1:{}x{} conform_remove=echo-hot \
+         conform_add=echo-late",
+        SIZE.0, SIZE.1
     );
     let console = format!(
         "name=console,backend=file:{},console",
         console_out.display()
     );
-    let o = perimeter(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--memory",
-        "256",
-        "--timeout",
-        "900",
-        "--cmdline",
-        &cmdline,
-        "--port",
-        &console,
-        "--port",
-        "name=echo,backend=echo",
-        "--port",
-        "name=sink,backend=null",
-        "--port",
-        "name=source,backend=pattern",
-        "--port",
-        "name=idle,backend=null",
-        "--json",
-    ]);
-    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
-    eprintln!("{stdout}\n{stderr}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--memory", "256", "--timeout", "900", "--json", "--control"])
+        .arg(&socket)
+        .args(["--cmdline", &cmdline, "--port", &console])
+        .args(["--port", "name=echo,backend=echo"])
+        .args(["--port", "name=sink,backend=null"])
+        .args(["--port", "name=source,backend=pattern"])
+        .args(["--port", "name=idle,backend=null"])
+        .args(["--port", "name=tty,backend=pty,console"])
+        .args(["--port", "name=echo-hot,backend=echo"])
+        .args(["--port", "name=echo-late,backend=echo,unplugged"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perimeter starts");
+    let (tx, rx) = mpsc::channel();
+    forward(child.stdout.take().unwrap(), tx.clone(), Line::Out);
+    forward(child.stderr.take().unwrap(), tx, Line::Err);
+
+    // Play the host's part as the guest asks for it.
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut pty = None;
+    let mut held = Vec::new();
+    for line in rx {
+        match line {
+            Line::Err(l) => {
+                if let Some(path) = l.strip_prefix("perimeter: port tty: ") {
+                    pty = Some(PathBuf::from(path));
+                }
+                stderr += &l;
+                stderr.push('\n');
+            }
+            Line::Out(l) => {
+                eprintln!("{l}");
+                if let Some(what) = l.strip_prefix("conform: waiting: ") {
+                    let words: Vec<&str> = what.split_whitespace().collect();
+                    match words.as_slice() {
+                        ["resize", "hvc1", ..] => {
+                            let pty = pty.as_ref().expect("perimeter printed the pty's path");
+                            held.push(set_window(pty, SIZE));
+                        }
+                        ["remove", name] => control(&socket, &format!("remove {name}")),
+                        ["add", name] => control(&socket, &format!("add {name}")),
+                        _ => panic!("the guest waits for something the test cannot do: {l}"),
+                    }
+                }
+                stdout += &l;
+                stdout.push('\n');
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    eprintln!("{stderr}");
     assert_eq!(
-        status(&o),
-        0,
+        status.code(),
+        Some(0),
         "init's exit status is the number of failed checks"
     );
-    assert!(stdout.contains("conform: 6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("conform: 11 passed, 0 failed"), "{stdout}");
 
-    // Names in port order, as Linux shows them.
-    assert_eq!(passed(&stdout, "names"), "console echo sink source idle");
+    // Names in port order, as Linux shows them (echo-late is not plugged in at boot).
+    assert_eq!(
+        passed(&stdout, "names"),
+        "console echo sink source idle tty echo-hot"
+    );
     // hvc0 is the console port: its line reached the console port's backend.
     passed(&stdout, "hvc0");
     let console_text = std::fs::read_to_string(&console_out).unwrap();
@@ -122,7 +223,12 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
         "{console_text:?}"
     );
 
-    let doc = json(&o);
+    let doc: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("a JSON document");
     // Guest to host: the null backend took every byte, with the guest's checksum.
     let sink_line = passed(&stdout, "port 2 (sink)");
     let sink = port_stats(&doc, "sink");
@@ -135,14 +241,13 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
     // Host to guest: the guest checked the pattern; the host counted what it delivered.
     passed(&stdout, "port 3 (source)");
     assert!(port_stats(&doc, "source")["rx_bytes"].as_u64().unwrap() >= BYTES);
-    // Both ways through the echo backend.
+    // Both ways through the echo backend: the stream, then 200 round trips of 64 bytes.
     let echo_line = passed(&stdout, "port 1 (echo)");
     assert!(
         echo_line.contains("200 round trips of 64 bytes"),
         "{echo_line}"
     );
     let echo = port_stats(&doc, "echo");
-    // The stream, then the round trips of 64 bytes.
     let both = Some(BYTES + 200 * 64);
     assert_eq!(
         (echo["tx_bytes"].as_u64(), echo["rx_bytes"].as_u64()),
@@ -151,11 +256,24 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
     );
     // Every data port was opened and closed by the guest, and the device saw both.
     passed(&stdout, "port 4 (idle)");
-    for name in ["echo", "sink", "source", "idle"] {
+    for name in ["echo", "sink", "source", "idle", "echo-hot", "echo-late"] {
         let p = port_stats(&doc, name);
         assert!(p["guest_opens"].as_u64() >= Some(1), "{p}");
         assert!(p["guest_closes"].as_u64() >= Some(1), "{p}");
         assert_eq!(p["drops"], 0, "{p}");
     }
+    // The resize reached the guest's tty through RESIZE.
+    let resized = passed(&stdout, "resize hvc1");
+    assert!(
+        resized.contains(&format!("became {}x{}", SIZE.0, SIZE.1)),
+        "{resized}"
+    );
+    // Removed while open, then added back and used; added from unplugged and used.
+    passed(&stdout, "remove echo-hot");
+    assert!(passed(&stdout, "add echo-hot again").contains("16384 bytes both ways"));
+    assert!(passed(&stdout, "add echo-late").contains("16384 bytes both ways"));
+    assert!(port_stats(&doc, "echo-hot")["guest_opens"].as_u64() >= Some(2));
+    assert_eq!(doc["transport"]["reset_requests"], 0, "{doc}");
+    drop(held);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,6 +3,7 @@
 use crate::system;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -49,15 +50,59 @@ struct Port {
     dev: PathBuf,
 }
 
+/// What to check, from the kernel command line.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The names of the ports plugged in at boot, in port order.
+    pub expected: Vec<String>,
+    /// Bytes per data check.
+    pub bytes: usize,
+    /// How long to wait for anything the host does.
+    pub timeout: Duration,
+    /// A console tty whose size the host changes, and the size it sets.
+    pub resize: Option<(String, u16, u16)>,
+    /// A port the host removes and then adds back.
+    pub remove: Option<String>,
+    /// A port the host adds (unplugged at boot).
+    pub add: Option<String>,
+}
+
+impl Plan {
+    /// Reads `conform_resize=hvcN:COLSxROWS`, `conform_remove=NAME` and `conform_add=NAME`
+    /// from `var` (the environment).
+    pub fn hotplug_from(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = var("conform_resize") {
+            let parsed = v.split_once(':').and_then(|(tty, size)| {
+                let (c, r) = size.split_once('x')?;
+                Some((tty.to_string(), c.parse().ok()?, r.parse().ok()?))
+            });
+            self.resize =
+                Some(parsed.ok_or(format!("conform_resize={v}: expected hvcN:COLSxROWS"))?);
+        }
+        self.remove = var("conform_remove");
+        self.add = var("conform_add");
+        Ok(())
+    }
+}
+
+/// Says what the guest waits for; the host's test acts on these lines.
+fn waiting(what: &str) {
+    println!("conform: waiting: {what}");
+}
+
 /// Runs every check.
-pub fn run_all(report: &mut Report, expected: &[String], bytes: usize, timeout: Duration) {
+pub fn run_all(report: &mut Report, plan: &Plan) {
+    let (expected, bytes, timeout) = (&plan.expected, plan.bytes, plan.timeout);
     let ports = wait_for_ports(expected.len(), timeout);
     report.record("names", check_names(&ports, expected));
     report.record("hvc0", check_hvc0());
     for p in &ports {
         let what = format!("port {} ({})", p.id, p.name);
         let result = if p.name.starts_with("echo") {
-            echo(p, bytes).and_then(|stream| Ok(format!("{stream}; {}", round_trips(p)?)))
+            echo(p, bytes).and_then(|stream| match p.name.as_str() {
+                "echo" => Ok(format!("{stream}; {}", round_trips(p)?)),
+                _ => Ok(stream),
+            })
         } else if p.name.starts_with("sink") {
             sink(p, bytes)
         } else if p.name.starts_with("source") {
@@ -69,6 +114,90 @@ pub fn run_all(report: &mut Report, expected: &[String], bytes: usize, timeout: 
         };
         report.record(&what, result);
     }
+    if let Some((tty, cols, rows)) = &plan.resize {
+        report.record(&format!("resize {tty}"), resize(tty, *cols, *rows, timeout));
+    }
+    if let Some(name) = &plan.remove {
+        report.record(&format!("remove {name}"), remove(name, timeout));
+        report.record(&format!("add {name} again"), add(name, timeout));
+    }
+    if let Some(name) = &plan.add {
+        report.record(&format!("add {name}"), add(name, timeout));
+    }
+}
+
+/// Polls `done` every 50 ms until it gives a value or `timeout` passes.
+fn poll<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = done() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The host resizes the pty behind console `tty`; the guest's tty must follow.
+fn resize(tty: &str, cols: u16, rows: u16, timeout: Duration) -> Result<String, String> {
+    let path = format!("/dev/{tty}");
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let before = system::window_size(&f).map_err(|e| format!("TIOCGWINSZ: {e}"))?;
+    waiting(&format!("resize {tty} to {cols}x{rows}"));
+    let start = Instant::now();
+    poll(timeout, || {
+        system::window_size(&f).ok().filter(|s| *s == (cols, rows))
+    })
+    .ok_or_else(|| {
+        format!(
+            "{tty} stayed {:?}, not {cols}x{rows}",
+            system::window_size(&f)
+        )
+    })?;
+    Ok(format!(
+        "{}x{} became {cols}x{rows} {:.0} ms after asking",
+        before.0,
+        before.1,
+        start.elapsed().as_secs_f64() * 1e3
+    ))
+}
+
+/// The host removes port `name` while the guest has it open: it leaves sysfs and the open
+/// descriptor stops working.
+fn remove(name: &str, timeout: Duration) -> Result<String, String> {
+    let p = find(name).ok_or(format!("no port named {name} before the removal"))?;
+    let mut file = open_rw(&p)?;
+    waiting(&format!("remove {name}"));
+    poll(timeout, || find(name).is_none().then_some(()))
+        .ok_or(format!("{} is still there", p.dev.display()))?;
+    match file.write(b"after removal") {
+        Ok(n) => Err(format!("a write after the removal took {n} bytes")),
+        Err(e) => Ok(format!(
+            "gone from sysfs; a write on the open descriptor fails: {e}"
+        )),
+    }
+}
+
+/// The host adds port `name`: it appears, named, and carries data both ways.
+fn add(name: &str, timeout: Duration) -> Result<String, String> {
+    waiting(&format!("add {name}"));
+    let p = poll(timeout, || find(name)).ok_or(format!("no port named {name} appeared"))?;
+    let detail = if name.starts_with("echo") {
+        echo(&p, 16 * 1024)?
+    } else {
+        open_close(&p)?
+    };
+    Ok(format!("port {} ({}): {detail}", p.id, p.dev.display()))
+}
+
+fn find(name: &str) -> Option<Port> {
+    list_ports().into_iter().find(|p| p.name == name)
 }
 
 /// The ports under /sys/class/virtio-ports, once `count` of them are named (or at the timeout).
@@ -292,6 +421,29 @@ mod tests {
     fn data_is_deterministic_and_differs_per_seed() {
         assert_eq!(data(100, 1), data(100, 1));
         assert_ne!(data(100, 1), data(100, 2));
+    }
+
+    #[test]
+    fn hotplug_words_parse_and_bad_sizes_say_why() {
+        let vars = |k: &str| match k {
+            "conform_resize" => Some("hvc1:123x45".to_string()),
+            "conform_add" => Some("late".to_string()),
+            _ => None,
+        };
+        let mut plan = Plan::default();
+        plan.hotplug_from(vars).unwrap();
+        assert_eq!(plan.resize, Some(("hvc1".into(), 123, 45)));
+        assert_eq!(
+            (plan.add.as_deref(), plan.remove.as_deref()),
+            (Some("late"), None)
+        );
+        let bad = |k: &str| (k == "conform_resize").then(|| "hvc1:12".to_string());
+        assert!(
+            Plan::default()
+                .hotplug_from(bad)
+                .unwrap_err()
+                .contains("hvcN:COLSxROWS")
+        );
     }
 
     #[test]
