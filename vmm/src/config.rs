@@ -36,6 +36,9 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Initial RAM disk for a Linux kernel.
     pub initrd: Option<PathBuf>,
+    /// Enter a vmlinux through its PVH entry when it has one (else at its 64-bit entry with
+    /// a zero page, as a bzImage).
+    pub pvh: bool,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
     /// The console's ports, port 0 first (default: one console port on stdio).
@@ -97,6 +100,7 @@ impl Default for VmConfig {
             memory_mib: 64,
             cmdline: String::new(),
             initrd: None,
+            pvh: true,
             timeout: None,
             ports: PortSpec::defaults(),
             faults: Vec::new(),

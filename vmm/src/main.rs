@@ -68,9 +68,22 @@ struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     qemu: Option<PathBuf>,
 
-    /// Guest image to boot under both VMMs [default: the embedded guest].
+    /// Guest image to boot under both VMMs [default: the embedded guest; with --linux the
+    /// vmlinux images/linux/build-kernel made].
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+
+    /// Instead of the matrix, the Linux test guest: its conformance program measures guest to
+    /// host, host to guest, echo and 64-byte round trips through Linux's own virtio_console
+    /// driver, and the kernel's time to /init (see images/linux/). With --vs-qemu also under
+    /// QEMU's microvm, same kernel, initramfs and host peers. Slow where kernel code is
+    /// emulated: about 4 minutes per run.
+    #[arg(long, conflicts_with_all = ["quick", "only", "soak"])]
+    linux: bool,
+
+    /// The initramfs for --linux [default: the one images/linux/build-initramfs made].
+    #[arg(long, value_name = "FILE", requires = "linux")]
+    initrd: Option<PathBuf>,
 
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
@@ -150,6 +163,9 @@ fn bench(args: BenchArgs) -> ExitCode {
     if let Some(duration) = args.soak {
         return soak(&args, duration);
     }
+    if args.linux {
+        return bench_linux(&args);
+    }
     let out = args.out.clone();
     match vmm::bench::run(&args.options()) {
         Ok(report) => {
@@ -162,6 +178,59 @@ fn bench(args: BenchArgs) -> ExitCode {
                 eprintln!("perimeter: {p}");
             }
             ExitCode::from(vmm::bench::status(&report))
+        }
+        Err(e) => {
+            eprintln!("perimeter bench: {e}");
+            ExitCode::from(e.status())
+        }
+    }
+}
+
+fn bench_linux(args: &BenchArgs) -> ExitCode {
+    let (built_kernel, built_initrd) = vmm::linux::built_artifacts();
+    let kernel = args.kernel.clone().unwrap_or(built_kernel);
+    let initrd = args.initrd.clone().unwrap_or(built_initrd);
+    for f in [&kernel, &initrd] {
+        if !f.exists() {
+            eprintln!(
+                "perimeter bench: {} is missing (images/linux/build-kernel and build-initramfs make it)",
+                f.display()
+            );
+            return ExitCode::from(STATUS_BAD_INPUT);
+        }
+    }
+    let qemu = if args.vs_qemu {
+        match vmm::bench::find_qemu(args.qemu.as_deref()) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                eprintln!("perimeter bench: {e}");
+                return ExitCode::from(e.status());
+            }
+        }
+    } else {
+        None
+    };
+    let perimeter = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("perimeter bench: cannot find this binary: {e}");
+            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
+        }
+    };
+    let opts = vmm::bench::linux::LinuxBenchOptions {
+        perimeter,
+        qemu,
+        kernel,
+        initrd,
+        runs: args.runs.map_or(3, usize::from),
+        bytes: 256 * 1024,
+        memory_mib: args.memory,
+        timeout: Duration::from_secs(args.timeout.max(600)),
+    };
+    match vmm::bench::linux::run(&opts) {
+        Ok(table) => {
+            stdout(&table);
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("perimeter bench: {e}");
@@ -215,6 +284,11 @@ struct RunArgs {
     /// kernel code is emulated).
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
+
+    /// Enter a Linux vmlinux at its 64-bit ELF entry with a zero page (as a bzImage) rather
+    /// than through its PVH entry.
+    #[arg(long)]
+    no_pvh: bool,
 
     /// Number of vCPUs, 1 to 8. Each runs on its own host thread.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -347,6 +421,7 @@ impl RunArgs {
             memory_mib: self.memory,
             cmdline: guest_cmdline(&self.cmdline, self.workload.as_deref(), &self.guest_faults),
             initrd: self.initrd,
+            pvh: !self.no_pvh,
             timeout: self.timeout,
             ports: if self.ports.is_empty() {
                 PortSpec::defaults()
@@ -365,6 +440,7 @@ impl Default for RunArgs {
         RunArgs {
             kernel: None,
             initrd: None,
+            no_pvh: false,
             vcpus: 1,
             memory: 64,
             cmdline: String::new(),

@@ -83,8 +83,8 @@ const CONSOLE_SLOT: u32 = 1;
 enum Entry {
     /// The project's guests: every vCPU at `entry`, rdi = boot parameters, rsi = CPU index.
     Perimeter(u64),
-    /// Linux's 64-bit boot protocol on one vCPU.
-    Linux(u64),
+    /// Linux on one vCPU (64-bit boot protocol or PVH).
+    Linux(linux::Entry),
 }
 
 /// Boots `config` with output to the process's stdout/stderr and runs it to its end.
@@ -133,6 +133,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
                 cmdline: &config.cmdline,
                 console_base: virtio_mmio::slot_base(CONSOLE_SLOT),
                 pvm,
+                pvh: config.pvh,
             };
             Entry::Linux(linux::load(&mem, &name, mem_size, &setup)?)
         }
@@ -418,7 +419,8 @@ fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: Entry) -> Result<VcpuF
     let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
     let (sregs, regs) = match entry {
         Entry::Perimeter(rip) => (boot::long_mode_sregs(sregs), boot::entry_regs(rip, cpu)),
-        Entry::Linux(rip) => (linux::sregs(sregs), linux::regs(rip)),
+        Entry::Linux(linux::Entry::ZeroPage(rip)) => (linux::sregs(sregs), linux::regs(rip)),
+        Entry::Linux(linux::Entry::Pvh(rip)) => (linux::pvh_sregs(sregs), linux::pvh_regs(rip)),
     };
     fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
     fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;

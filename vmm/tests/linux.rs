@@ -28,19 +28,7 @@ const SIZE: (u16, u16) = (123, 45);
 
 /// The kernel and initramfs the scripts in images/linux/ build.
 fn artifacts() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("PERIMETER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/perimeter"))
-        .join("linux");
-    let variant = if Path::new("/sys/module/kvm_pvm").exists() {
-        "pvm"
-    } else {
-        "stock"
-    };
-    let (kernel, initrd) = (
-        cache.join(variant).join("vmlinux"),
-        cache.join("initramfs.cpio"),
-    );
+    let (kernel, initrd) = vmm::linux::built_artifacts();
     for f in [&kernel, &initrd] {
         assert!(
             f.exists(),

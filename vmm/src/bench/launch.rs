@@ -189,6 +189,7 @@ impl Launcher {
             .ok_or_else(|| io::Error::other("QEMU is not set up"))?;
         let mut cmd = Command::new(qemu);
         cmd.args(QEMU_MACHINE)
+            .args(QEMU_COMMON)
             .args(["-m", &format!("{}M", self.memory_mib)])
             .arg("-kernel")
             .arg(&self.image)
@@ -219,15 +220,10 @@ impl Launcher {
     }
 }
 
-/// QEMU's machine: microvm without ACPI (so `virtio_mmio.device=` reaches the command line),
-/// PVH boot through qboot, COM1 on stdout, `isa-debug-exit` for the exit code, modern
-/// virtio-mmio. `-arch-capabilities`: PVM hosts refuse that MSR (harmless elsewhere).
-pub const QEMU_MACHINE: &[&str] = &[
-    "-M",
-    "microvm,x-option-roms=off,isa-serial=on,rtc=off,pit=off,pic=off,acpi=off",
+/// What every QEMU run of the bench shares: KVM, one vCPU, no display or default devices,
+/// COM1 on stdout, exit instead of reboot, modern virtio-mmio.
+pub const QEMU_COMMON: &[&str] = &[
     "-enable-kvm",
-    "-cpu",
-    "host,-arch-capabilities",
     "-smp",
     "1",
     "-display",
@@ -236,10 +232,20 @@ pub const QEMU_MACHINE: &[&str] = &[
     "-no-reboot",
     "-serial",
     "stdio",
-    "-device",
-    "isa-debug-exit,iobase=0xf4,iosize=4",
     "-global",
     "virtio-mmio.force-legacy=false",
+];
+
+/// QEMU's machine for the project's guest: microvm without ACPI (so `virtio_mmio.device=`
+/// reaches the command line), PVH boot through qboot, `isa-debug-exit` for the exit code.
+/// `-arch-capabilities`: PVM hosts refuse that MSR (harmless elsewhere).
+pub const QEMU_MACHINE: &[&str] = &[
+    "-M",
+    "microvm,x-option-roms=off,isa-serial=on,rtc=off,pit=off,pic=off,acpi=off",
+    "-cpu",
+    "host,-arch-capabilities",
+    "-device",
+    "isa-debug-exit,iobase=0xf4,iosize=4",
 ];
 
 /// Port `i`'s name: `console`, then `port1`, `port2`...

@@ -9,6 +9,7 @@
 //! check ([`sample`]). Output: a table on stdout, `results.json`, and SVG plots ([`plot`]).
 
 pub mod launch;
+pub mod linux;
 pub mod matrix;
 pub mod peer;
 pub mod plot;

@@ -1,5 +1,7 @@
-//! Booting a Linux kernel: a bzImage or a vmlinux, entered through the 64-bit boot protocol
-//! with a zero page (e820 map, command line, initrd), on one vCPU.
+//! Booting a Linux kernel on one vCPU: a bzImage through the 64-bit boot protocol with a zero
+//! page (e820 map, command line, initrd); a vmlinux through its PVH entry (32-bit, paging off,
+//! `hvm_start_info` with the same memory map, command line and initrd) when it has one, else
+//! like a bzImage at its ELF entry.
 //!
 //! The platform Linux sees: COM1 (IRQ 4) for its console, the virtio console declared on the
 //! command line (`virtio_mmio.device=4K@<base>:5`), KVM's IOAPIC found through an MP table
@@ -15,12 +17,21 @@ use crate::error::Error;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::elf::start_info::{
+    XEN_HVM_START_MAGIC_VALUE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult, load_cmdline};
 use std::io::Cursor;
+use std::path::PathBuf;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The zero page (`struct boot_params`).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// PVH: `hvm_start_info`, then its module list and memory map.
+pub const START_INFO_ADDR: u64 = 0x6000;
+const MODLIST_ADDR: u64 = 0x6040;
+const MEMMAP_ADDR: u64 = 0x6100;
 /// The kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x8000;
 /// The longest command line x86 Linux takes, with its NUL.
@@ -43,6 +54,13 @@ const GDT: [u64; 5] = [
     0x00af_9b00_0000_ffff, // 64-bit code
     0x00cf_9300_0000_ffff, // flat data
     0x0000_8b00_0000_0067, // a TSS slot for KVM's sake
+];
+/// PVH's entry GDT: 32-bit flat code (0x08) and data (0x10), and a TSS slot (0x18).
+const PVH_GDT: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0000_8b00_0000_0067,
 ];
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -114,6 +132,22 @@ fn has_linux_note(image: &[u8]) -> bool {
     })
 }
 
+/// Where `images/linux/build-kernel` and `build-initramfs` leave this host's vmlinux and
+/// the initramfs: `$PERIMETER_CACHE/linux/{pvm|stock}/vmlinux` and
+/// `$PERIMETER_CACHE/linux/initramfs.cpio` (default cache `~/.cache/perimeter`).
+pub fn built_artifacts() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("PERIMETER_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/perimeter")))
+        .unwrap_or_default()
+        .join("linux");
+    let variant = if cpuid::pvm_host() { "pvm" } else { "stock" };
+    (
+        cache.join(variant).join("vmlinux"),
+        cache.join("initramfs.cpio"),
+    )
+}
+
 /// What to boot and with what.
 pub struct Setup<'a> {
     /// The kernel image's bytes and their format.
@@ -128,12 +162,24 @@ pub struct Setup<'a> {
     pub console_base: u64,
     /// Add the PVM host's command-line words ([`cpuid::PVM_CMDLINE`]).
     pub pvm: bool,
+    /// Enter a vmlinux through its PVH entry when it has one.
+    pub pvh: bool,
 }
 
-/// Loads the kernel, the initrd, the command line, the zero page and the entry GDT and MP
-/// table into `mem` (which the identity map of [`crate::boot`] already covers); returns the
-/// entry point.
-pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Result<u64, Error> {
+/// How the vCPU enters the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit long mode at this address, `rsi` = the zero page ([`sregs`], [`regs`]).
+    ZeroPage(u64),
+    /// 32-bit protected mode at this address, `rbx` = `hvm_start_info` ([`pvh_sregs`],
+    /// [`pvh_regs`]).
+    Pvh(u64),
+}
+
+/// Loads the kernel, the initrd, the command line, the zero page (and for PVH the start
+/// info), the entry GDT and the MP table into `mem` (which the identity map of
+/// [`crate::boot`] already covers); returns how to enter it.
+pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Result<Entry, Error> {
     let bad = |reason: String| Error::KernelFormat {
         path: name.into(),
         reason,
@@ -145,7 +191,7 @@ pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Resu
             mem_size >> 20
         ))
     };
-    let (entry, hdr, kernel_end) = match s.format {
+    let (entry, hdr, kernel_end, pvh) = match s.format {
         Format::BzImage => {
             let r = BzImage::load(mem, None, &mut cursor, Some(GuestAddress(HIGH_MEMORY)))
                 .map_err(|e| bad(format!("not a loadable bzImage: {e}")))?;
@@ -161,7 +207,7 @@ pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Resu
             // The decompressor runs the kernel at LOAD_PHYSICAL_ADDR and needs init_size there.
             let end =
                 (r.kernel_load.0 + r.kernel_end).max(LOAD_PHYSICAL_ADDR + u64::from(init_size));
-            (r.kernel_load.0 + 0x200, hdr, end)
+            (r.kernel_load.0 + 0x200, hdr, end, None)
         }
         Format::Vmlinux => {
             let r: KernelLoaderResult =
@@ -180,7 +226,11 @@ pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Resu
                 initrd_addr_max: 0x7fff_ffff,
                 ..Default::default()
             };
-            (r.kernel_load.0, hdr, r.kernel_end)
+            let pvh = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(at) if s.pvh => Some(at.0),
+                _ => None,
+            };
+            (r.kernel_load.0, hdr, r.kernel_end, pvh)
         }
     };
     if kernel_end > mem_size {
@@ -232,12 +282,53 @@ pub fn load(mem: &GuestMemoryMmap, name: &str, mem_size: u64, s: &Setup) -> Resu
         .map_err(|e| Error::BadInput(format!("--cmdline: {e}")))?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|e| too_small(e.to_string()))?;
-    for (i, d) in GDT.iter().enumerate() {
+    let gdt: &[u64] = if pvh.is_some() { &PVH_GDT } else { &GDT };
+    for (i, d) in gdt.iter().enumerate() {
         mem.write_obj(*d, GuestAddress(crate::boot::GDT_ADDR + 8 * i as u64))
             .map_err(|e| too_small(e.to_string()))?;
     }
     mptable::write(mem).map_err(|e| too_small(e.to_string()))?;
-    Ok(entry)
+    let Some(pvh_entry) = pvh else {
+        return Ok(Entry::ZeroPage(entry));
+    };
+    write_start_info(mem, &params, &e820).map_err(|e| too_small(e.to_string()))?;
+    Ok(Entry::Pvh(pvh_entry))
+}
+
+/// PVH's start info: the same memory map, command line and initrd as the zero page's.
+fn write_start_info(
+    mem: &GuestMemoryMmap,
+    params: &boot_params,
+    e820: &[(u64, u64, u32)],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    let (initrd, initrd_size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        nr_modules: u32::from(initrd_size != 0),
+        modlist_paddr: MODLIST_ADDR,
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: MEMMAP_ADDR,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    mem.write_obj(info, GuestAddress(START_INFO_ADDR))?;
+    let module = hvm_modlist_entry {
+        paddr: initrd.into(),
+        size: initrd_size.into(),
+        ..Default::default()
+    };
+    mem.write_obj(module, GuestAddress(MODLIST_ADDR))?;
+    for (i, &(addr, size, type_)) in e820.iter().enumerate() {
+        let entry = hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        };
+        mem.write_obj(entry, GuestAddress(MEMMAP_ADDR + 24 * i as u64))?;
+    }
+    Ok(())
 }
 
 /// perimeter's part of the command line, then the user's.
@@ -273,6 +364,62 @@ pub fn sregs(kvm: kvm_sregs) -> kvm_sregs {
     s.tr.selector = BOOT_TR;
     s.gdt.limit = (GDT.len() * 8 - 1) as u16;
     s
+}
+
+/// Special registers at PVH's entry: 32-bit protected mode, flat segments, paging off.
+pub fn pvh_sregs(mut s: kvm_sregs) -> kvm_sregs {
+    let code = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x08,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    let data = kvm_bindings::kvm_segment {
+        selector: 0x10,
+        type_: 0x3,
+        ..code
+    };
+    s.cs = code;
+    for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss] {
+        *seg = data;
+    }
+    s.tr = kvm_bindings::kvm_segment {
+        selector: 0x18,
+        type_: 0xb,
+        s: 0,
+        db: 0,
+        g: 0,
+        limit: 0x67,
+        ..code
+    };
+    s.gdt.base = crate::boot::GDT_ADDR;
+    s.gdt.limit = (PVH_GDT.len() * 8 - 1) as u16;
+    s.idt.base = 0;
+    s.idt.limit = 0;
+    s.cr0 = 0x11; // PE | ET
+    s.cr3 = 0;
+    s.cr4 = 0;
+    s.efer = 0;
+    s
+}
+
+/// General registers at PVH's entry: `rbx` points at `hvm_start_info`.
+pub fn pvh_regs(entry: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rbx: START_INFO_ADDR,
+        rflags: 0x2,
+        ..Default::default()
+    }
 }
 
 /// General registers at entry: `rsi` points at the zero page.
@@ -311,12 +458,18 @@ mod tests {
             f[at + 40..at + 48].copy_from_slice(&size.to_le_bytes());
         };
         phdr(&mut f, 64, 1, 0x100, LOAD_PHYSICAL_ADDR, 0x100);
-        phdr(&mut f, 120, 4, 0x180, 0, 24);
+        phdr(&mut f, 120, 4, 0x180, 0, 44);
         // Note: namesz 6, descsz 4, type 0, "Linux\0\0\0", desc.
         f[0x180..0x18c].copy_from_slice(&[6, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
         f[0x18c..0x192].copy_from_slice(b"Linux\0");
+        // Note: namesz 4, descsz 4, type 18 (PVH entry), "Xen\0", the 32-bit entry.
+        f[0x198..0x1a4].copy_from_slice(&[4, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0]);
+        f[0x1a4..0x1a8].copy_from_slice(b"Xen\0");
+        f[0x1a8..0x1ac].copy_from_slice(&(PVH_ENTRY as u32).to_le_bytes());
         f
     }
+
+    const PVH_ENTRY: u64 = LOAD_PHYSICAL_ADDR + 0x40;
 
     fn mem(mib: u64) -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (mib << 20) as usize)]).unwrap()
@@ -330,6 +483,7 @@ mod tests {
             cmdline,
             console_base: 0xd000_2000,
             pvm: true,
+            pvh: false,
         }
     }
 
@@ -359,7 +513,7 @@ mod tests {
             &setup(&tiny_vmlinux(), Some(&initrd), "quiet"),
         )
         .unwrap();
-        assert_eq!(entry, LOAD_PHYSICAL_ADDR);
+        assert_eq!(entry, Entry::ZeroPage(LOAD_PHYSICAL_ADDR));
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
         let (image, size, loader) = (
             p.hdr.ramdisk_image,
@@ -399,6 +553,42 @@ mod tests {
         );
         let mp: [u8; 4] = m.read_obj(GuestAddress(mptable::MPTABLE_ADDR)).unwrap();
         assert_eq!(&mp, b"_MP_");
+    }
+
+    #[test]
+    fn pvh_start_info_carries_the_same_map_cmdline_and_initrd() {
+        let m = mem(64);
+        let (image, initrd) = (tiny_vmlinux(), vec![1u8; 5000]);
+        let s = Setup {
+            pvh: true,
+            ..setup(&image, Some(&initrd), "")
+        };
+        assert_eq!(load(&m, "k", 64 << 20, &s).unwrap(), Entry::Pvh(PVH_ENTRY));
+        let info: hvm_start_info = m.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
+        assert_eq!(
+            (info.magic, info.version, info.nr_modules),
+            (XEN_HVM_START_MAGIC_VALUE, 1, 1)
+        );
+        assert_eq!((info.cmdline_paddr, info.memmap_entries), (CMDLINE_ADDR, 3));
+        let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), ((64 << 20) - 0x2000, 5000));
+        let last: hvm_memmap_table_entry =
+            m.read_obj(GuestAddress(info.memmap_paddr + 48)).unwrap();
+        assert_eq!(
+            (last.addr, last.size, last.type_),
+            (HIGH_MEMORY, (64 << 20) - HIGH_MEMORY, 1)
+        );
+        assert_eq!(
+            m.read_obj::<u64>(GuestAddress(crate::boot::GDT_ADDR + 8))
+                .unwrap(),
+            PVH_GDT[1]
+        );
+        let sr = pvh_sregs(kvm_sregs::default());
+        assert_eq!(
+            (sr.cr0, sr.efer, sr.cs.db, sr.cs.l, sr.cs.selector),
+            (0x11, 0, 1, 0, 0x08)
+        );
+        assert_eq!(pvh_regs(PVH_ENTRY).rbx, START_INFO_ADDR);
     }
 
     #[test]
