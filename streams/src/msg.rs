@@ -88,6 +88,10 @@ enum Storage {
 pub(crate) struct Dblk {
     storage: Storage,
     db_type: AtomicU8,
+    /// Message blocks referring to this data block (`db_ref`). `dupb` checks the limit and
+    /// takes a reference in one compare-and-swap, so concurrent dups cannot pass
+    /// [`DBLK_REFMAX`] together; it moves with the `Arc`'s own count, which keeps the memory.
+    refs: AtomicUsize,
     free: Option<FreeRoutine>,
     free_now: bool,
     /// Bytes charged to the pool for the current use ([`RELEASED`] once returned). Changed
@@ -184,6 +188,8 @@ impl Drop for Mblk {
         }
         // SAFETY: `db` is never used after this; this is the only place that takes it.
         let db = unsafe { ManuallyDrop::take(&mut self.db) };
+        let was = db.refs.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(was >= 1, "a data block's reference count went below zero");
         // The last reference (no weak references are ever made): recycle a heap block.
         if Arc::strong_count(&db) == 1 {
             core::sync::atomic::fence(Ordering::Acquire); // as Arc's own drop does
@@ -206,6 +212,7 @@ impl Mblk {
         Self::with_dblk(Dblk {
             storage: Storage::Heap(vec![0u8; capacity].into_boxed_slice()),
             db_type: AtomicU8::new(MsgType::M_DATA.0),
+            refs: AtomicUsize::new(1),
             free: None,
             free_now: false,
             charged: AtomicUsize::new(size),
@@ -216,6 +223,8 @@ impl Mblk {
 
     /// A recycled heap block, charged as `size`.
     pub(crate) fn reuse(db: Arc<Dblk>, size: usize) -> Mblk {
+        debug_assert_eq!(Arc::strong_count(&db), 1, "a cached data block is unshared");
+        db.refs.store(1, Ordering::Relaxed);
         db.charged.store(size, Ordering::Relaxed);
         db.db_type.store(MsgType::M_DATA.0, Ordering::Relaxed);
         Mblk {
@@ -241,6 +250,7 @@ impl Mblk {
         Self::with_dblk(Dblk {
             storage: Storage::External { base, len },
             db_type: AtomicU8::new(MsgType::M_DATA.0),
+            refs: AtomicUsize::new(1),
             free: Some(free),
             free_now,
             charged: AtomicUsize::new(0),
@@ -270,7 +280,7 @@ impl Mblk {
     }
     /// References to the data block (`db_ref`).
     pub fn db_ref(&self) -> usize {
-        Arc::strong_count(&self.db)
+        self.db.refs.load(Ordering::Acquire)
     }
     /// Size of the data buffer (`db_lim - db_base`).
     pub fn capacity(&self) -> usize {
@@ -388,10 +398,13 @@ impl Mblk {
     /// A new block sharing this block's data (`dupb`): `None` when out of memory or when the
     /// data block already has [`DBLK_REFMAX`] references.
     pub fn dupb(&self) -> Option<Mblk> {
-        if self.db_ref() >= DBLK_REFMAX {
-            return None;
-        }
-        Some(self.dupb_unchecked())
+        self.db
+            .refs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r < DBLK_REFMAX).then_some(r + 1)
+            })
+            .ok()?;
+        Some(self.block_over_same_data())
     }
     /// Duplicates every block of the message (`dupmsg`); all or nothing.
     pub fn dupmsg(&self) -> Option<Mblk> {
@@ -508,7 +521,14 @@ impl Mblk {
         ok
     }
 
+    /// A duplicate without the limit (a short-lived placeholder).
     fn dupb_unchecked(&self) -> Mblk {
+        self.db.refs.fetch_add(1, Ordering::AcqRel);
+        self.block_over_same_data()
+    }
+
+    /// A block over the same data; the caller has taken its reference in `refs`.
+    fn block_over_same_data(&self) -> Mblk {
         Mblk {
             db: self.db.clone(),
             rptr: self.rptr,

@@ -892,6 +892,8 @@ impl Stream {
                 first = r;
             }
         }
+        // The head's own bufcalls and timeouts die with it (strclose cancels them).
+        crate::callback::cancel_all(&self.head, 0);
         // Messages deferred at the head hold the head itself: let them go, then the head.
         drop(self.head.syncq(Side::Read).take_for(|_| true));
         self.head.rq.deferred_forget();

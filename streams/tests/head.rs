@@ -336,3 +336,27 @@ fn a_head_bufcall_runs_when_buffers_return() {
     s.run_until_idle();
     assert_eq!(ran.get(), 1, "a cancelled bufcall never runs");
 }
+
+#[test]
+fn closing_a_stream_cancels_its_heads_bufcall() {
+    let config = StreamsConfig {
+        pool: PoolConfig {
+            max_blocks: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = Streams::new(Arc::new(DetPlatform::new()), config);
+    let st = Stream::open(&s, &sink_driver("sink")).unwrap();
+    let hog = s.allocb(1).unwrap();
+    assert_eq!(st.write(b"x"), Err(Errno::ENOMEM));
+    let ran = Counter::new();
+    let r = ran.clone();
+    let id = st.bufcall(1, move || r.add()).unwrap();
+    assert_eq!(s.callback_state(id), Some(CbState::Pending));
+    st.close().unwrap();
+    assert_eq!(s.callback_state(id), None, "cancelled at close");
+    drop(hog);
+    s.run_until_idle();
+    assert_eq!(ran.get(), 0, "a closed stream's bufcall never runs");
+}

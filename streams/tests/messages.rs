@@ -106,6 +106,35 @@ fn scenario_03_esballoc_frees_once_after_the_last_reference() {
 }
 
 #[test]
+fn concurrent_dups_at_the_limit_never_pass_dblk_refmax() {
+    let (_p, s) = det();
+    let a = s.allocb(1).unwrap();
+    let _pins: Vec<Mblk> = (0..DBLK_REFMAX - 2).map(|_| a.dupb().unwrap()).collect();
+    assert_eq!(a.db_ref(), DBLK_REFMAX - 1);
+    // Two threads dup and drop the block at 254 references: only one dup may exist at once.
+    let held = AtomicUsize::new(0);
+    let most = AtomicUsize::new(0);
+    let go = std::sync::Barrier::new(2);
+    let (a, held, most, go) = (&a, &held, &most, &go);
+    std::thread::scope(|t| {
+        for _ in 0..2 {
+            t.spawn(move || {
+                go.wait();
+                for _ in 0..1_000_000 {
+                    if let Some(d) = a.dupb() {
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now.max(d.db_ref() + 1 - DBLK_REFMAX), Ordering::SeqCst);
+                        held.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two dups past the limit");
+    assert_eq!(a.db_ref(), DBLK_REFMAX - 1);
+}
+
+#[test]
 fn scenario_04_dupb_fails_at_dblk_refmax() {
     let (_p, s) = det();
     let a = s.allocb(1).unwrap();

@@ -2,6 +2,11 @@
 //! driver's outer perimeter. Anything may ask for control work by setting a bit in
 //! [`Shared::pending`] and enabling the control stream; its service procedure enters the
 //! outer perimeter with qwriter(PERIM_OUTER) and this module runs there.
+//!
+//! Replies wait in a backlog until the driver posts control receive buffers. The backlog is
+//! bounded whatever the driver does: while it holds [`backlog_max`] messages the device takes no
+//! more control messages from the driver (they wait in its transmit ring) and no more host
+//! events (each port's event is a flag, so they coalesce); both resume as buffers arrive.
 
 use super::Shared;
 use super::defs::{Control, event, resize_payload};
@@ -25,6 +30,15 @@ pub(crate) const RECONFIGURE: u32 = 1 << 3;
 /// The largest control message the device reads (header plus a short payload).
 const MAX_CONTROL_IN: usize = 64;
 
+/// Messages the backlog may hold before the device stops taking more work: room for a whole
+/// handshake (DEVICE_ADD, then up to four replies to PORT_READY and one to PORT_OPEN per
+/// port) into a single receive buffer. One driver message adds at most one message per port
+/// and one host event pass at most two per port, so the backlog never exceeds this plus
+/// twice the port count.
+pub(crate) fn backlog_max(ports: usize) -> usize {
+    8 * ports + 16
+}
+
 /// What the control queues hand over at activation (`None` rings without MULTIPORT).
 pub(crate) struct Staged {
     pub rx: Option<Ring>,
@@ -44,29 +58,68 @@ pub(crate) struct CtlState {
     ready: Vec<bool>,
     /// Messages for the driver waiting for control receive buffers.
     out: VecDeque<Vec<u8>>,
-    /// Ports the driver does not have: never added (unplugged at DEVICE_READY) or removed.
-    removed: Vec<u32>,
+    /// The driver's transmit ring was left unread because the backlog was full.
+    tx_held: bool,
+    /// Host events were left pending because the backlog was full.
+    host_held: bool,
+    /// Per port: the driver does not have it (never added, unplugged at DEVICE_READY, or
+    /// removed).
+    removed: Vec<bool>,
+}
+
+impl CtlState {
+    fn has_room(&self, ports: usize) -> bool {
+        self.out.len() < backlog_max(ports)
+    }
+
+    fn is_removed(&self, id: u32) -> bool {
+        self.removed.get(id as usize).copied().unwrap_or(false)
+    }
+
+    fn set_removed(&mut self, id: u32, removed: bool) {
+        if let Some(r) = self.removed.get_mut(id as usize) {
+            *r = removed;
+        }
+    }
+
+    /// Messages waiting for control receive buffers.
+    pub(crate) fn backlog(&self) -> usize {
+        self.out.len()
+    }
+
+    /// How many ports the driver does not have (its size never exceeds the port count).
+    #[cfg(test)]
+    pub(crate) fn removed_ports(&self) -> usize {
+        self.removed.iter().filter(|&&r| r).count()
+    }
 }
 
 /// Runs all pending control work (a qwriter(PERIM_OUTER) callback).
 pub(crate) fn run(s: &Arc<Shared>, _q: Q<'_>, token: Mblk) {
     *lock(&s.token) = Some(token);
+    let n = s.ports.len();
     loop {
         let bits = s.pending.swap(0, Ordering::AcqRel);
-        if bits == 0 {
+        let mut st = lock(&s.ctl);
+        // Work left behind while the backlog was full, now that buffers made room.
+        let room = st.has_room(n);
+        let resume_tx = st.tx_held && room;
+        let resume_host = st.host_held && room;
+        if bits == 0 && !resume_tx && !resume_host {
             return;
         }
-        let mut st = lock(&s.ctl);
         if bits & RECONFIGURE != 0 {
             reconfigure(s, &mut st);
         }
-        if bits & KICK_TX != 0 {
+        if bits & KICK_TX != 0 || resume_tx {
             from_driver(s, &mut st);
         }
-        if bits & HOST_EVENT != 0 {
+        if bits & HOST_EVENT != 0 || resume_host {
             host_events(s, &mut st);
         }
         to_driver(s, &mut st);
+        s.control_backlog
+            .store(st.backlog() as u64, Ordering::Relaxed);
     }
 }
 
@@ -74,6 +127,7 @@ fn reconfigure(s: &Shared, st: &mut CtlState) {
     let staged = lock(&s.staged).take();
     *st = CtlState {
         ready: vec![false; s.ports.len()],
+        removed: vec![false; s.ports.len()],
         ..Default::default()
     };
     if let Some(staged) = staged {
@@ -92,7 +146,12 @@ fn send(s: &Shared, st: &mut CtlState, c: Control, payload: &[u8]) {
 
 /// Reads the driver's control messages and acts on them.
 fn from_driver(s: &Shared, st: &mut CtlState) {
+    st.tx_held = false;
     loop {
+        if !st.has_room(s.ports.len()) {
+            st.tx_held = true;
+            return;
+        }
         let Some(tx) = st.tx.as_mut() else { return };
         let (head, descs) = match tx.pop(true) {
             Pop::Chain(head, bufs) => {
@@ -133,7 +192,7 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
             st.device_ready = true;
             for p in &s.ports {
                 if p.removed() {
-                    st.removed.push(p.id);
+                    st.set_removed(p.id, true);
                     continue;
                 }
                 let add = Control {
@@ -213,7 +272,12 @@ fn handle(s: &Shared, st: &mut CtlState, c: Control) {
 /// Host-side changes of each port, as PORT_OPEN and RESIZE (or a config change without
 /// MULTIPORT, where the size lives in the configuration space).
 fn host_events(s: &Shared, st: &mut CtlState) {
+    st.host_held = false;
     for p in &s.ports {
+        if !st.has_room(s.ports.len()) {
+            st.host_held = true; // the flags not yet taken stay set
+            return;
+        }
         if !p.host_event.swap(false, Ordering::AcqRel) {
             continue;
         }
@@ -227,8 +291,8 @@ fn host_events(s: &Shared, st: &mut CtlState) {
         }
         let ready = st.ready.get(p.id as usize).copied().unwrap_or(false);
         if p.removed() {
-            if st.device_ready && !st.removed.contains(&p.id) {
-                st.removed.push(p.id);
+            if st.device_ready && !st.is_removed(p.id) {
+                st.set_removed(p.id, true);
                 let remove = Control {
                     id: p.id,
                     event: event::DEVICE_REMOVE,
@@ -238,10 +302,10 @@ fn host_events(s: &Shared, st: &mut CtlState) {
             }
             continue;
         }
-        if st.removed.contains(&p.id) {
+        if st.is_removed(p.id) {
             // Plugged in again (or for the first time): the driver answers DEVICE_ADD with
             // PORT_READY, which tells it everything else.
-            st.removed.retain(|&id| id != p.id);
+            st.set_removed(p.id, false);
             if let Some(r) = st.ready.get_mut(p.id as usize) {
                 *r = false;
             }

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub control_in: AtomicU64,
     pub control_out: AtomicU64,
     pub control_ignored: AtomicU64,
+    /// Messages in the control backlog as the control plane last left it.
+    pub control_backlog: AtomicU64,
     pub ctl_counters: PortCounters,
     pub streams: Streams,
 }
@@ -208,6 +210,7 @@ impl ConsoleHandle {
             control_in: self.0.control_in.load(Ordering::Relaxed),
             control_out: self.0.control_out.load(Ordering::Relaxed),
             control_ignored: self.0.control_ignored.load(Ordering::Relaxed),
+            control_backlog: self.0.control_backlog.load(Ordering::Relaxed),
             transport: Default::default(),
             pool_calls: pool.calls,
             pool_failed_capacity: pool.failed_capacity,
@@ -257,6 +260,7 @@ impl Console {
             control_in: AtomicU64::new(0),
             control_out: AtomicU64::new(0),
             control_ignored: AtomicU64::new(0),
+            control_backlog: AtomicU64::new(0),
             ctl_counters: PortCounters::default(),
             streams: streams.clone(),
         });

@@ -140,6 +140,8 @@ pub struct ConsoleStats {
     pub control_out: u64,
     /// Control messages from the driver that were ignored (unknown port or event).
     pub control_ignored: u64,
+    /// Control messages waiting for the driver's control receive buffers (bounded).
+    pub control_backlog: u64,
     /// The transport's counters (filled in by whoever owns the transport).
     pub transport: crate::virtio::TransportCounters,
     /// Allocation calls on the STREAMS pool.
@@ -195,10 +197,11 @@ impl ConsoleStats {
             );
         }
         s += &format!(
-            "control: {} in ({} ignored), {} out; pool: {} calls, {} refused (full), {} refused (injected), peak {} bytes\n",
+            "control: {} in ({} ignored), {} out, {} waiting; pool: {} calls, {} refused (full), {} refused (injected), peak {} bytes\n",
             self.control_in,
             self.control_ignored,
             self.control_out,
+            self.control_backlog,
             self.pool_calls,
             self.pool_failed_capacity,
             self.pool_failed_injected,

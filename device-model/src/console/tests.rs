@@ -1025,3 +1025,99 @@ mod backends {
         st
     }
 }
+
+impl Rig {
+    /// Posts one control message on the driver's transmit ring and kicks; true when the
+    /// device took it (its buffer came back).
+    fn ctl_offer(&mut self, id: u32, event: u16, value: u16) -> bool {
+        let c = Control { id, event, value };
+        let a = self.g.alloc(8);
+        self.g.write(a, &c.encode());
+        self.g.post(CTRL_TX_QUEUE, &[(a, 8, false)], false).unwrap();
+        self.kick(CTRL_TX_QUEUE);
+        !self.g.used(CTRL_TX_QUEUE).is_empty()
+    }
+
+    fn backlog(&self) -> usize {
+        lock(&self.h.0.ctl).backlog()
+    }
+}
+
+#[test]
+fn a_driver_that_posts_no_control_buffers_cannot_grow_the_backlog() {
+    let names: Vec<String> = (0..MAX_PORTS).map(|i| format!("p{i}")).collect();
+    let ports: Vec<(&str, bool)> = names.iter().map(|n| (n.as_str(), false)).collect();
+    let mut r = rig(&ports);
+    r.up(ALL);
+    let max = control::backlog_max(MAX_PORTS as usize);
+    // DEVICE_READY asks for a DEVICE_ADD per port; no receive buffer is ever posted.
+    let mut taken = 0;
+    while taken < 10_000 && r.ctl_offer(0, event::DEVICE_READY, 1) {
+        taken += 1;
+        assert!(r.backlog() <= max + MAX_PORTS as usize, "{}", r.backlog());
+    }
+    assert!(taken < 10_000, "the device stopped taking control messages");
+    let held = r.backlog();
+    assert!(held >= max, "{held}");
+    assert_eq!(r.h.stats(&[]).control_backlog, held as u64);
+    // Host events coalesce while the backlog is full.
+    for _ in 0..1000 {
+        r.h.set_host_open(3, true);
+        r.h.set_host_open(3, false);
+    }
+    r.run();
+    assert_eq!(r.backlog(), held);
+    // Buffers drain the backlog and the held control message is taken after all.
+    for _ in 0..32 {
+        r.post(CTRL_RX_QUEUE, 256, true, false);
+    }
+    r.kick(CTRL_RX_QUEUE);
+    let mut seen = 0;
+    for _ in 0..100 {
+        let got = r.ctl_recv().len();
+        seen += got;
+        if got == 0 && r.backlog() == 0 {
+            break;
+        }
+    }
+    assert_eq!(r.backlog(), 0);
+    assert!(seen > held, "{seen} {held}");
+    assert_eq!(
+        r.g.used(CTRL_TX_QUEUE).len(),
+        1,
+        "the held message was taken"
+    );
+}
+
+#[test]
+fn repeated_device_ready_does_not_grow_the_removed_set() {
+    let mut r = rig(&[("a", true), ("b", false), ("c", false)]);
+    r.h.remove_port(1).unwrap();
+    r.h.remove_port(2).unwrap();
+    r.up(ALL);
+    for _ in 0..4 {
+        r.post(CTRL_RX_QUEUE, 256, true, false);
+    }
+    r.kick(CTRL_RX_QUEUE);
+    for _ in 0..1000 {
+        r.ctl_send(0, event::DEVICE_READY, 1);
+        let adds: Vec<u32> = r
+            .ctl_recv()
+            .iter()
+            .filter(|(c, _)| c.event == event::DEVICE_ADD)
+            .map(|(c, _)| c.id)
+            .collect();
+        assert_eq!(adds, [0]);
+    }
+    assert_eq!(lock(&r.h.0.ctl).removed_ports(), 2);
+    r.h.add_port(2).unwrap();
+    r.run();
+    let adds: Vec<u32> = r
+        .ctl_recv()
+        .iter()
+        .filter(|(c, _)| c.event == event::DEVICE_ADD)
+        .map(|(c, _)| c.id)
+        .collect();
+    assert_eq!(adds, [2]);
+    assert_eq!(lock(&r.h.0.ctl).removed_ports(), 1);
+}

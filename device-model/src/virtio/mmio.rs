@@ -5,7 +5,8 @@
 //! Every other status write is refused (the register keeps its value). Registers are guarded by
 //! status: feature selection only while DRIVER is set and FEATURES_OK is not; queue set-up only
 //! after FEATURES_OK and before DRIVER_OK; InterruptACK only after DRIVER_OK; configuration
-//! writes only after DRIVER. Refused writes change nothing and are counted.
+//! writes only after DRIVER. Refused writes change nothing and are counted; a misaligned ring
+//! address is refused too, and its queue cannot be activated until the next reset.
 //!
 //! FEATURES_OK is refused when the driver accepted a feature that was not offered or did not
 //! accept VIRTIO_F_VERSION_1. At DRIVER_OK the transport checks every ready queue against guest
@@ -58,6 +59,8 @@ pub struct MmioTransport {
     signals: Arc<Signals>,
     notify: Vec<EventFd>,
     queues: Vec<Queue>,
+    /// Queues given a misaligned ring address since the last reset: they cannot be activated.
+    misaligned: Vec<bool>,
     status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -94,6 +97,7 @@ impl MmioTransport {
             mem,
             signals,
             notify,
+            misaligned: vec![false; queues.len()],
             queues,
             status: 0,
             device_features_sel: 0,
@@ -253,7 +257,8 @@ impl MmioTransport {
     }
 
     fn set_queue_address(&mut self, reg: u32, v: u32) {
-        let Some(q) = self.selected_queue() else {
+        let sel = self.queue_sel as usize;
+        let Some(q) = self.queues.get_mut(sel) else {
             return self.refuse();
         };
         let (lo, hi) = if reg.is_multiple_of(8) {
@@ -261,6 +266,18 @@ impl MmioTransport {
         } else {
             (None, Some(v))
         };
+        // Split-ring alignment (virtio 1.2 §2.7): virtio-queue ignores a misaligned address and
+        // keeps the old one, so the transport refuses it here and the queue cannot go live.
+        let align = match reg {
+            VIRTIO_MMIO_QUEUE_DESC_LOW => 16,
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => 2,
+            VIRTIO_MMIO_QUEUE_USED_LOW => 4,
+            _ => 1,
+        };
+        if !v.is_multiple_of(align) {
+            self.misaligned[sel] = true;
+            return self.refuse();
+        }
         match reg {
             VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => {
                 q.set_desc_table_address(lo, hi)
@@ -318,10 +335,11 @@ impl MmioTransport {
         let bad_queue = self
             .queues
             .iter()
-            .position(|q| q.ready() && !q.is_valid(&self.mem));
+            .zip(&self.misaligned)
+            .position(|(q, &misaligned)| q.ready() && (misaligned || !q.is_valid(&self.mem)));
         let result = match bad_queue {
             Some(i) => Err(format!(
-                "queue {i} does not fit in guest memory or has a bad size"
+                "queue {i} does not fit in guest memory, has a bad size or a misaligned ring"
             )),
             None => self.start_device(event_idx),
         };
@@ -361,6 +379,7 @@ impl MmioTransport {
     fn reset(&mut self) {
         self.with_device(|d| d.reset());
         self.queues = self.with_device(|d| queues_for(d));
+        self.misaligned = vec![false; self.queues.len()];
         for fd in &self.notify {
             let _ = fd.read(); // drop stale kicks (EAGAIN when there are none)
         }

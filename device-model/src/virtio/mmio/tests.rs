@@ -384,3 +384,32 @@ fn unknown_and_misaligned_registers_are_refused() {
     r.t.write(0x0c8, &[0; 4]);
     assert_eq!(r.t.counters().refused_accesses, 3);
 }
+
+#[test]
+fn a_misaligned_ring_address_is_refused_and_its_queue_cannot_go_live() {
+    for (reg, off) in [
+        (VIRTIO_MMIO_QUEUE_DESC_LOW, 8),
+        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x1001),
+        (VIRTIO_MMIO_QUEUE_USED_LOW, 0x2002),
+    ] {
+        let mut r = rig();
+        r.negotiate(VERSION_1);
+        r.queue(0, 16, 0x1_0000);
+        r.wr(reg, 0x1_0000 + off);
+        assert_eq!(r.t.counters().refused_accesses, 1, "{reg:#x}");
+        r.status(Rig::ALL);
+        assert_eq!(
+            r.t.status() & DEVICE_NEEDS_RESET,
+            DEVICE_NEEDS_RESET,
+            "{reg:#x}"
+        );
+        assert!(r.dev.lock().unwrap().activations.is_empty(), "{reg:#x}");
+        // A reset forgets it: the same queue with aligned rings goes live.
+        r.status(0);
+        r.negotiate(VERSION_1);
+        r.queue(0, 16, 0x1_0000);
+        r.status(Rig::ALL);
+        assert_eq!(r.t.status() & DEVICE_NEEDS_RESET, 0, "{reg:#x}");
+        assert_eq!(r.dev.lock().unwrap().activations.len(), 1, "{reg:#x}");
+    }
+}
