@@ -7,6 +7,7 @@
 
 pub mod debug;
 pub mod layout;
+pub mod workload;
 
 /// `BootParams::magic`: "PERIMBP1".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PERIMBP1");

@@ -1,7 +1,7 @@
 //! What a `perimeter run` is asked to boot, checked before anything is created.
 
 use crate::error::Error;
-use device_model::console::backend::{FaultSpec, PortSpec, check_ports};
+use device_model::console::backend::{BackendKind, FaultSpec, PortSpec, check_ports, path_key};
 use guest_abi::{MAX_CMDLINE, MAX_VCPUS, layout};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,6 +83,23 @@ impl VmConfig {
             ));
         }
         check_ports(&self.ports).map_err(|e| Error::BadInput(format!("--port: {e}")))?;
+        if let Some(control) = &self.control {
+            let key = path_key(control);
+            for p in &self.ports {
+                let taken = match &p.backend {
+                    BackendKind::Socket(s) => Some(s),
+                    BackendKind::File { out, .. } => Some(out),
+                    _ => None,
+                };
+                if taken.is_some_and(|t| path_key(t) == key) {
+                    return Err(Error::BadInput(format!(
+                        "--control {}: port {:?} uses that path",
+                        control.display(),
+                        p.name
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 
 use device_model::console::ConsoleHandle;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,18 +99,8 @@ impl ControlSocket {
         console: ConsoleHandle,
         names: Vec<String>,
     ) -> Result<ControlSocket, String> {
-        use std::os::unix::fs::FileTypeExt;
         let err = |e: std::io::Error| format!("--control {}: {e}", path.display());
-        if let Ok(m) = std::fs::symlink_metadata(path) {
-            if !m.file_type().is_socket() {
-                return Err(format!(
-                    "--control {}: exists and is not a socket",
-                    path.display()
-                ));
-            }
-            std::fs::remove_file(path).map_err(err)?;
-        }
-        let l = UnixListener::bind(path).map_err(err)?;
+        let l = device_model::console::backend::listen(path).map_err(err)?;
         l.set_nonblocking(true).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

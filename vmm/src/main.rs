@@ -378,6 +378,7 @@ fn parse_workload(s: &str) -> Result<String, String> {
     if s.is_empty() || s.contains(char::is_whitespace) {
         return Err(format!("{s:?}: a workload is NAME[:ARGS] without spaces"));
     }
+    guest_abi::workload::check(s).map_err(|e| format!("{s:?}: {e}"))?;
     Ok(s.to_string())
 }
 

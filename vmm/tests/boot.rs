@@ -245,6 +245,99 @@ fn bad_input_gives_status_120_and_one_clear_line() {
 }
 
 #[test]
+fn workloads_ports_and_paths_are_checked_before_anything_starts() {
+    let dir = std::env::temp_dir().join(format!("perimeter-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // A live listener (as another VMM's port would be) and an output file with content.
+    let live = p("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let out = p("out.txt");
+    std::fs::write(&out, "keep me").unwrap();
+    let sock = p("a.sock");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--workload".into(), "bogus".into()],
+            "no workload is named",
+        ),
+        (
+            vec!["--workload".into(), "tx:abc".into()],
+            "expected tx:SIZE",
+        ),
+        (
+            vec!["--workload".into(), "tx:0:1M".into()],
+            "SIZE \"0\" is out of range",
+        ),
+        (
+            vec!["--workload".into(), "echo:-1".into()],
+            "is not a number",
+        ),
+        (
+            vec!["--workload".into(), "exit:-1".into()],
+            "is not a number",
+        ),
+        (
+            vec![
+                "--port".into(),
+                format!("name=a,backend=socket:{sock}"),
+                "--port".into(),
+                format!(
+                    "name=b,backend=socket:{}/../{}/a.sock",
+                    dir.display(),
+                    dir.file_name().unwrap().to_str().unwrap()
+                ),
+            ],
+            "both use",
+        ),
+        (
+            vec![
+                "--port".into(),
+                format!("name=a,backend=socket:{sock}"),
+                "--control".into(),
+                sock.clone(),
+            ],
+            "uses that path",
+        ),
+        (
+            vec!["--port".into(), format!("name=a,backend=socket:{live}")],
+            "another process is listening on it",
+        ),
+        (
+            vec!["--control".into(), live.clone()],
+            "another process is listening on it",
+        ),
+        (
+            vec![
+                "--port".into(),
+                format!("name=a,backend=file:{out}:{}", p("missing")),
+            ],
+            "cannot open",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["run".to_string(), "--timeout".into(), "30".into()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let o = perimeter(&all);
+        let err = text(&o.stderr);
+        assert_eq!(status(&o), 120, "{all:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{all:?}: {err}");
+        assert!(err.contains(needle), "{all:?}: {err}");
+        assert!(
+            !text(&o.stdout).contains("perimeter guest"),
+            "{all:?}: no guest booted"
+        );
+    }
+    assert!(
+        std::path::Path::new(&live).exists(),
+        "the live socket is kept"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    drop(listener);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn help_explains_every_flag_of_run() {
     let o = perimeter(&["run", "--help"]);
     assert_eq!(status(&o), 0);

@@ -62,25 +62,7 @@ pub fn cmdline() -> &'static str {
     core::str::from_utf8(bytes).unwrap_or("")
 }
 
-/// A number as the command line writes it: decimal or `0x` hex, with an optional K, M or G
-/// suffix (binary multiples). `None` when malformed or beyond 64 bits.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, mult) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n = match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
-        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
-        None => digits.parse().ok()?,
-    };
-    n.checked_mul(mult)
-}
+pub use guest_abi::workload::parse_size;
 
 /// The value of `key=value` on the command line, if present (the last one wins).
 pub fn arg(key: &str) -> Option<&'static str> {

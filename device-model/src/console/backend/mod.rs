@@ -8,7 +8,7 @@ mod output;
 pub mod pty;
 mod spec;
 
-pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault};
+pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_key};
 
 use super::port::lock;
 use super::{ConsoleHandle, PortShared};
@@ -196,11 +196,12 @@ impl PortIo {
                 (Sink::Writer(out), Source::Reader(inp))
             }
             BackendKind::File { out, input } => {
-                let o = File::create(out).map_err(|e| err("cannot create", out, e))?;
+                // The input first: a port that cannot start leaves OUT as it was.
                 let i = match input {
                     Some(p) => Source::Reader(File::open(p).map_err(|e| err("cannot open", p, e))?),
                     None => Source::None,
                 };
+                let o = File::create(out).map_err(|e| err("cannot create", out, e))?;
                 (Sink::Writer(o), i)
             }
             BackendKind::Pty => {
@@ -326,8 +327,9 @@ fn spawn(
         .map_err(|e| format!("port {port}: cannot start a thread: {e}"))
 }
 
-/// Listens on `p`, replacing a stale socket file (never anything else).
-fn listen(p: &PathBuf) -> io::Result<UnixListener> {
+/// Listens on `p`, replacing a stale socket file: never anything else, and never a socket
+/// that a live process still listens on (another VMM's port or control socket).
+pub fn listen(p: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(m) = std::fs::symlink_metadata(p) {
         if !m.file_type().is_socket() {
@@ -336,7 +338,17 @@ fn listen(p: &PathBuf) -> io::Result<UnixListener> {
                 "exists and is not a socket",
             ));
         }
-        std::fs::remove_file(p)?;
+        match UnixStream::connect(p) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on it",
+                ));
+            }
+            // Nobody listens: a socket file left behind by a process that is gone.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(p)?,
+            Err(e) => return Err(e),
+        }
     }
     UnixListener::bind(p)
 }

@@ -182,7 +182,29 @@ fn parse_backend(v: &str) -> Result<BackendKind, String> {
     })
 }
 
-/// Checks a whole port list: 1 to 31 ports, distinct names, at most one stdio port.
+/// A path as a key for comparing two paths given on the command line: absolute, with `.`
+/// and `..` resolved as far as the file system can.
+pub fn path_key(p: &std::path::Path) -> std::path::PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map_or_else(|_| abs.clone(), |d| d.join(name)),
+        _ => abs,
+    }
+}
+
+/// The paths a port creates or listens on (its socket, or its output file).
+fn claimed_paths(p: &PortSpec) -> Vec<&std::path::Path> {
+    match &p.backend {
+        BackendKind::Socket(s) => vec![s.as_path()],
+        BackendKind::File { out, .. } => vec![out.as_path()],
+        _ => Vec::new(),
+    }
+}
+
+/// Checks a whole port list: 1 to 31 ports, distinct names, at most one stdio port, no two
+/// ports listening on (or writing) the same path.
 pub fn check_ports(ports: &[PortSpec]) -> Result<(), String> {
     let max = super::super::defs::MAX_PORTS as usize;
     if ports.is_empty() || ports.len() > max {
@@ -191,6 +213,20 @@ pub fn check_ports(ports: &[PortSpec]) -> Result<(), String> {
     for (i, p) in ports.iter().enumerate() {
         if ports[..i].iter().any(|q| q.name == p.name) {
             return Err(format!("two ports are named {:?}", p.name));
+        }
+        for path in claimed_paths(p) {
+            let key = path_key(path);
+            if let Some(q) = ports[..i]
+                .iter()
+                .find(|q| claimed_paths(q).iter().any(|o| path_key(o) == key))
+            {
+                return Err(format!(
+                    "ports {:?} and {:?} both use {}",
+                    q.name,
+                    p.name,
+                    path.display()
+                ));
+            }
         }
     }
     if ports[0].unplugged {

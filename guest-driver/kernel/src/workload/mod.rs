@@ -134,6 +134,10 @@ fn console_workload(name: &str, arg: &str) -> ! {
 /// Runs on the bootstrap processor.
 pub fn run() -> ! {
     let spec = bootinfo::arg("workload").unwrap_or("selftest");
+    // The VMM checked it already; a guest booted some other way gets the same answer.
+    if let Err(e) = guest_abi::workload::check(spec) {
+        panic!("workload {spec:?}: {e}");
+    }
     let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
     match name {
         "selftest" => selftest(),
@@ -147,10 +151,7 @@ pub fn run() -> ! {
             crate::exit(0)
         }
         "echo" | "tx" | "rx" | "pingpong" | "fairness" => console_workload(name, arg),
-        "exit" => match arg.parse::<u32>() {
-            Ok(code) => crate::exit(code),
-            Err(_) => panic!("workload exit needs a number, got {arg:?}"),
-        },
+        "exit" => crate::exit(num(name, "N", Some(arg))),
         "panic" => panic!("the panic workload panics on purpose"),
         "fault" => {
             // SAFETY: deliberately not safe: the address is outside the identity map, so the
@@ -164,15 +165,16 @@ pub fn run() -> ! {
         }
         "uart" => uart(),
         "pio-exit" => {
-            svc::outl(0xf4, arg.parse().unwrap_or(0));
+            svc::outl(0xf4, num(name, "N", Some(arg)));
             panic!("port 0xf4 did not end the run");
         }
-        "svc" => svc_cost(arg.parse().unwrap_or(100)),
+        "svc" => svc_cost(match arg {
+            "" => 100,
+            n => num(name, "N", Some(n)),
+        }),
         "vd-echo" => crate::vd_console::echo(match arg {
             "" => 1 << 20,
-            n => n
-                .parse()
-                .unwrap_or_else(|_| panic!("workload vd-echo needs a byte count, got {n:?}")),
+            n => num(name, "BYTES", Some(n)),
         }),
         "hostile" => hostile::run(),
         "hang" => {
