@@ -71,7 +71,7 @@ pub use queue::{
     QB_FULL, QB_WANTW, QBACK, QENAB, QEND, QFULL, QINSERVICE, QNOENB, QREADR, QWANTR, QWANTW,
     QWCLOSE, QueueRef, Side,
 };
-pub use sched::{Streams, StreamsConfig, WeakStreams};
+pub use sched::{FAULTED_FIRES_PER_TICK, Streams, StreamsConfig, WeakStreams};
 pub use stream::Stream;
 
 #[cfg(all(feature = "std", not(loom)))]

@@ -27,8 +27,10 @@
 //! nothing is queued, nothing says stay away, no holder is exclusive and no exclusive entry
 //! waits; otherwise the message goes on the message list and the thread tries to drain.
 //! open/close block: a shared entry waits while STAYAWAY|EVENTS|EXCL; an exclusive one
-//! registers in needexcl and waits, in addition, until the message list is empty and the
-//! count is 0, so it runs only after every message deferred before it. srv and callbacks,
+//! registers in needexcl and waits, in addition, until the count is 0 and the messages
+//! deferred before it were delivered: it drains those itself (other drainers stop while an
+//! exclusive entry waits), then enters even if a flood of puts deferred more meanwhile;
+//! those wait for its leave. srv and callbacks,
 //! which run as background tasks (perhaps on the stack of a blocked thread, on a platform
 //! such as the guest's), never block: under the same conditions they park their task on the
 //! syncq (TASKWAIT) and return; whoever next drops a claim or clears a STAYAWAY bit queues
@@ -62,7 +64,8 @@
 //!
 //! **Invariants.** (1) EXCL implies count ≥ 1 and, for a non-shared perimeter, count = 1.
 //! (2) A message or event is on a list only while MESSAGES/EVENTS is set. (3) When count = 0,
-//! EXCL = 0, STAYAWAY = 0 and QUEUED ≠ 0, the last thread to make it so drains.
+//! EXCL = 0, STAYAWAY = 0 and QUEUED ≠ 0, the last thread to make it so drains, or, while
+//! needexcl ≠ 0, the waiting exclusive entry (every change that could let it in wakes it).
 //! (4) Per destination queue, messages are delivered in the order they were put.
 //!
 //! **Plumbing.** qprocson/qprocsoff (under the stream's operation lock) set BLOCKED on every
@@ -164,8 +167,11 @@ struct Lists {
 enum Step {
     /// A claim was taken.
     Entered,
-    /// The word changed under us, or queued work was drained: look again.
+    /// The word changed under us: look again.
     Again,
+    /// The messages queued when we looked were delivered: look again, and enter even if
+    /// more arrived since (they wait for our leave, which drains them).
+    Drained,
     /// The entry must wait while the word is this.
     Wait(u32),
 }
@@ -212,10 +218,12 @@ impl Syncq {
     /// the task `park()` makes, to be queued again once the word changes, and returns false.
     /// Never blocks.
     pub(crate) fn enter_task(&self, s: &Streams, excl: bool, park: impl FnOnce() -> Task) -> bool {
+        let mut drained = false;
         loop {
-            match self.enter_step(s, excl, false) {
+            match self.enter_step(s, excl, false, drained) {
                 Step::Entered => return true,
                 Step::Again => continue,
+                Step::Drained => drained = true,
                 Step::Wait(_) => break,
             }
         }
@@ -235,9 +243,18 @@ impl Syncq {
 
     /// One attempt of an entry: take a claim (dropping the caller's needexcl count with
     /// `counted`), or drain queued work nobody is responsible for, or say what to wait on.
-    fn enter_step(&self, s: &Streams, excl: bool, counted: bool) -> Step {
+    ///
+    /// An exclusive entry waits for queued messages, but only for those queued before it
+    /// drained once (`drained`): otherwise a flood of puts, each deferred because an
+    /// exclusive entry is wanted, would keep it out for as long as the flood lasts.
+    fn enter_step(&self, s: &Streams, excl: bool, counted: bool, drained: bool) -> Step {
         let st = self.load();
-        if Self::enterable(st, excl) {
+        let enterable = if drained {
+            Self::enterable(st & !MESSAGES, excl)
+        } else {
+            Self::enterable(st, excl)
+        };
+        if enterable {
             let mut new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
             if counted {
                 new -= NEEDEXCL_ONE;
@@ -251,8 +268,9 @@ impl Syncq {
             };
         }
         if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
-            self.drain(s);
-            return Step::Again;
+            let queued = self.lists.lock().msgs.len();
+            self.drain_some(s, queued, true);
+            return Step::Drained;
         }
         Step::Wait(st)
     }
@@ -356,10 +374,15 @@ impl Syncq {
         if excl {
             self.state.fetch_add(NEEDEXCL_ONE, Ordering::SeqCst);
         }
+        let mut drained = false;
         loop {
-            let st = match self.enter_step(s, excl, excl) {
+            let st = match self.enter_step(s, excl, excl, drained) {
                 Step::Entered => return true,
                 Step::Again => continue,
+                Step::Drained => {
+                    drained = true;
+                    continue;
+                }
                 Step::Wait(st) => st,
             };
             if cancelled() {
@@ -526,10 +549,27 @@ impl Syncq {
     }
 
     /// Runs queued events, then messages, as long as nothing says stay away.
+    /// Stops (before the next message) when an exclusive entry waits: that entry drains
+    /// what it must wait for itself.
     pub(crate) fn drain(&self, s: &Streams) {
+        self.drain_some(s, usize::MAX, false)
+    }
+
+    /// Like [`Syncq::drain`], but returns after delivering `limit` messages; `entrant` for
+    /// the drain of a waiting exclusive entry, which goes on although needexcl is set.
+    fn drain_some(&self, s: &Streams, limit: usize, entrant: bool) {
+        let stop = if entrant {
+            STAYAWAY | EVENTS
+        } else {
+            STAYAWAY | EVENTS | NEEDEXCL_MASK
+        };
+        let mut delivered = 0;
         loop {
             let st = self.load();
             if count(st) != 0 || st & (EXCL | STAYAWAY) != 0 || st & QUEUED == 0 {
+                return;
+            }
+            if !entrant && st & NEEDEXCL_MASK != 0 {
                 return;
             }
             if self
@@ -549,7 +589,10 @@ impl Syncq {
                     ev.run();
                     continue;
                 }
-                if self.load() & (STAYAWAY | EVENTS) != 0 {
+                if self.load() & stop != 0 {
+                    break;
+                }
+                if delivered >= limit {
                     break;
                 }
                 match self.pop_msg() {
@@ -557,6 +600,7 @@ impl Syncq {
                         to.pair.call_put(&to, mp, true);
                         // Uncounted only after the put returned, so nothing overtakes it.
                         to.deferred_removed(1);
+                        delivered += 1;
                     }
                     None => break,
                 }
@@ -577,6 +621,9 @@ impl Syncq {
                 s.platform().wake_all(&self.state);
             }
             self.after_claim(s, st, new);
+            if delivered >= limit {
+                return;
+            }
         }
     }
 
@@ -679,7 +726,8 @@ impl Syncq {
     }
 
     /// qwait's release: drops the caller's claim and asks for an exit wake-up. Returns
-    /// whether there was queued work (drained here, so the caller must not sleep).
+    /// whether there was queued work (what was queued then is drained here, so the caller
+    /// must not sleep; its re-entry drains the rest).
     pub(crate) fn qwait_release(&self, s: &Streams, excl: bool) -> bool {
         let mut old = self.load();
         let st = loop {
@@ -695,7 +743,9 @@ impl Syncq {
         s.platform().wake_all(&self.state);
         self.after_claim(s, old, st);
         if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
-            self.drain(s);
+            // What was deferred until now; more arriving meanwhile waits for the re-entry.
+            let queued = self.lists.lock().msgs.len();
+            self.drain_some(s, queued, false);
             return true;
         }
         false

@@ -193,6 +193,11 @@ impl Pool {
         }
     }
 
+    /// Whether fault policies are set.
+    pub(crate) fn has_faults(&self) -> bool {
+        self.has_faults.load(Ordering::Acquire)
+    }
+
     /// Whether a block of `size` bytes would fit now (ignoring fault policies).
     pub(crate) fn would_fit(&self, size: usize) -> bool {
         let now = self.in_use.load(Ordering::Relaxed);

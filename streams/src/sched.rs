@@ -33,6 +33,13 @@ impl Default for StreamsConfig {
     }
 }
 
+/// While fault injection is on, a bufcall whose size fits may still fail its allocation (an
+/// injected failure) and re-arm at once: a module doing so would spin. At most this many
+/// such bufcalls fire per tick; the rest wait for the next tick.
+pub const FAULTED_FIRES_PER_TICK: usize = 64;
+
+const NO_RETRY: Ticks = Ticks::MAX;
+
 pub(crate) enum Task {
     Service(QueueRef),
     Outer(Arc<Outer>),
@@ -53,6 +60,11 @@ pub(crate) struct Inner {
     bufcalls: Mutex<VecDeque<Arc<CbRec>>>,
 
     bufcall_task_queued: AtomicBool,
+    /// Bufcalls fired while fault injection is on: (tick, how many in that tick).
+    faulted_fires: Mutex<(Ticks, usize)>,
+    /// When bufcalls held back by [`FAULTED_FIRES_PER_TICK`] are looked at again
+    /// ([`NO_RETRY`]: none are). Changed under the timers lock.
+    bufcall_retry: AtomicU64,
     pub(crate) callbacks: Mutex<BTreeMap<u64, Arc<CbRec>>>,
     next_id: AtomicU64,
 }
@@ -92,6 +104,8 @@ impl Streams {
             bufcalls: Mutex::new(VecDeque::new()),
 
             bufcall_task_queued: AtomicBool::new(false),
+            faulted_fires: Mutex::new((0, 0)),
+            bufcall_retry: AtomicU64::new(NO_RETRY),
             callbacks: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
         }));
@@ -277,9 +291,27 @@ impl Streams {
         // run_timers cannot overwrite it with an older answer.
         let mut t = self.0.timers.lock();
         t.insert((rec.deadline, rec.id), rec);
-        self.0
-            .platform
-            .timer_deadline(self, t.keys().next().map(|k| k.0));
+        self.publish_deadline(&t);
+    }
+
+    /// Tells the platform the earliest deadline: a timer's or the bufcall retry's. Called
+    /// with the timers lock held.
+    fn publish_deadline(&self, t: &BTreeMap<(Ticks, u64), Arc<CbRec>>) {
+        let retry = self.0.bufcall_retry.load(Ordering::SeqCst);
+        let first = t.keys().next().map(|k| k.0);
+        let at = match (first, retry) {
+            (f, NO_RETRY) => f,
+            (Some(f), r) => Some(f.min(r)),
+            (None, r) => Some(r),
+        };
+        self.0.platform.timer_deadline(self, at);
+    }
+
+    /// Looks at the bufcalls again at tick `at` (or earlier, if already asked).
+    fn retry_bufcalls_at(&self, at: Ticks) {
+        let t = self.0.timers.lock();
+        self.0.bufcall_retry.fetch_min(at, Ordering::SeqCst);
+        self.publish_deadline(&t);
     }
 
     /// Removes a pending timer; returns its deadline if it was pending.
@@ -294,7 +326,7 @@ impl Streams {
     /// Fires every timer that is due (the platform calls this when a deadline passes).
     pub fn run_timers(&self) {
         let now = self.now();
-        let due = {
+        let (due, retry) = {
             let mut t = self.0.timers.lock();
             let later = t.split_off(&(now + 1, 0));
             let due = core::mem::replace(&mut *t, later);
@@ -303,11 +335,16 @@ impl Streams {
             for rec in due.values() {
                 rec.transition(CbState::Pending, CbState::Fired);
             }
-            self.0
-                .platform
-                .timer_deadline(self, t.keys().next().map(|k| k.0));
-            due
+            let retry = self.0.bufcall_retry.load(Ordering::SeqCst) <= now;
+            if retry {
+                self.0.bufcall_retry.store(NO_RETRY, Ordering::SeqCst);
+            }
+            self.publish_deadline(&t);
+            (due, retry)
         };
+        if retry {
+            self.schedule_bufcalls();
+        }
         for rec in due.into_values() {
             if rec.state_is(CbState::Fired) {
                 self.schedule_callback(rec);
@@ -340,14 +377,39 @@ impl Streams {
         b.len() != before
     }
 
-    /// One pass over the bufcall list: each request whose size fits now is fired.
+    /// One pass over the bufcall list: each request whose size fits now is fired, no more
+    /// than [`FAULTED_FIRES_PER_TICK`] in a tick while faults are injected.
     fn run_bufcalls(&self) {
         self.0.bufcall_task_queued.store(false, Ordering::SeqCst);
+        let now = self.now();
+        let mut held_back = false;
         let fire: Vec<Arc<CbRec>> = {
             let mut b = self.0.bufcalls.lock();
-            let (fire, keep): (Vec<_>, Vec<_>) =
-                b.drain(..).partition(|r| self.0.pool.would_fit(r.size));
-            b.extend(keep);
+            let mut budget = usize::MAX;
+            let mut fires = self.0.faulted_fires.lock();
+            let faulted = self.0.pool.has_faults();
+            if faulted {
+                if fires.0 != now {
+                    *fires = (now, 0);
+                }
+                budget = FAULTED_FIRES_PER_TICK.saturating_sub(fires.1);
+            }
+            let (mut fire, mut keep) = (Vec::new(), VecDeque::new());
+            for r in b.drain(..) {
+                if !self.0.pool.would_fit(r.size) {
+                    keep.push_back(r);
+                } else if budget == 0 {
+                    held_back = true;
+                    keep.push_back(r);
+                } else {
+                    budget -= 1;
+                    fire.push(r);
+                }
+            }
+            if faulted {
+                fires.1 += fire.len();
+            }
+            *b = keep;
             if b.is_empty() {
                 self.0.pool.bufcalls_waiting.store(false, Ordering::SeqCst);
             }
@@ -356,6 +418,9 @@ impl Streams {
             }
             fire
         };
+        if held_back {
+            self.retry_bufcalls_at(now + 1);
+        }
         for rec in fire {
             if rec.state_is(CbState::Fired) {
                 self.schedule_callback(rec);

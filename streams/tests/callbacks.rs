@@ -421,3 +421,56 @@ fn cancelling_a_timeout_from_a_qwriter_inside_it_does_not_wait_for_itself() {
     p.advance(&s, 5);
     assert_eq!(*rets.lock().unwrap(), [-1]);
 }
+
+/// Arms a qbufcall whose callback tries to allocate and, failing, arms again.
+fn rearm(q: Q<'_>, fired: Arc<Counter>) {
+    let f = fired.clone();
+    q.qbufcall(8, move |q| {
+        f.add();
+        if q.allocb(8).is_none() {
+            rearm(q, f);
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_bufcall_that_rearms_under_injected_failures_is_paced_by_the_clock() {
+    let (p, s) = det();
+    let fired = Counter::new();
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass().put({
+            let fired = fired.clone();
+            move |q, _m| {
+                assert!(q.allocb(8).is_none());
+                rearm(q, fired.clone());
+            }
+        }),
+    );
+    let st = Stream::open(&s, &m).unwrap();
+    let go = data(&s, b"go");
+    s.set_faults(vec![FaultPolicy::EveryNth(1)]);
+    st.driver(Side::Write).put(go).unwrap();
+    // Every allocation fails, yet the pool has room: without a bound, this never ends.
+    let mut steps = 0;
+    while s.run_one() {
+        steps += 1;
+        assert!(steps < 100_000, "the bufcall spins: {} fires", fired.get());
+    }
+    assert_eq!(fired.get(), FAULTED_FIRES_PER_TICK);
+    p.advance(&s, 1);
+    assert_eq!(
+        fired.get(),
+        2 * FAULTED_FIRES_PER_TICK,
+        "the next tick goes on"
+    );
+    // Once faults stop, the next retry allocates and the module stops asking.
+    s.set_faults(vec![]);
+    p.advance(&s, 1);
+    assert_eq!(fired.get(), 2 * FAULTED_FIRES_PER_TICK + 1);
+    p.advance(&s, 5);
+    assert_eq!(fired.get(), 2 * FAULTED_FIRES_PER_TICK + 1);
+}

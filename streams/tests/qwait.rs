@@ -363,3 +363,71 @@ fn qwait_and_qwriter_refuse_the_unheld_queue_of_a_perq_pair() {
         .unwrap();
     assert_eq!(*results.lock().unwrap(), [Err(true), Err(true)]);
 }
+
+#[test]
+fn a_flood_of_puts_does_not_keep_qwait_sig_from_returning_into_open() {
+    let _w = watchdog(120);
+    let s = host();
+    let sig = Signal::new();
+    let (waiting, back) = (Counter::new(), Counter::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each message delivered puts the next from outside: a flood that never lets the
+    // deferred list empty, until CAP messages.
+    const CAP: usize = 200_000;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let seen_by_open = Arc::new(AtomicUsize::new(0));
+    let rq: Arc<std::sync::OnceLock<QueueRef>> = Arc::default();
+    let m = def(
+        "M",
+        D_MP | D_MTQPAIR,
+        (false, false),
+        Fns::pass()
+            .put({
+                let (delivered, rq, sig) = (delivered.clone(), rq.clone(), sig.clone());
+                move |q, _m| {
+                    let n = delivered.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == 10 {
+                        sig.raise(); // open wakes in the middle of the flood
+                    }
+                    if n < CAP {
+                        let next = data(q.streams_handle(), b"x");
+                        rq.get().unwrap().put(next).unwrap();
+                    }
+                }
+            })
+            .open({
+                let (sig, waiting, back, stop, delivered, seen) = (
+                    sig.clone(),
+                    waiting.clone(),
+                    back.clone(),
+                    stop.clone(),
+                    delivered.clone(),
+                    seen_by_open.clone(),
+                );
+                move |q| {
+                    q.qprocson().unwrap();
+                    waiting.add();
+                    while q.qwait_sig(&sig).unwrap() && !stop.load(Ordering::SeqCst) {}
+                    seen.store(delivered.load(Ordering::SeqCst), Ordering::SeqCst);
+                    back.add();
+                    Ok(())
+                }
+            }),
+    );
+    let st = Stream::open(&s, &sink_driver("d")).unwrap();
+    thread::scope(|t| {
+        t.spawn(|| st.push(&m).unwrap());
+        waiting.wait_for(1);
+        let q = st.queue(1, Side::Read).unwrap();
+        assert!(rq.set(q.clone()).is_ok());
+        stop.store(true, Ordering::SeqCst);
+        q.put(data(&s, b"x")).unwrap();
+    });
+    let seen = seen_by_open.load(Ordering::SeqCst);
+    assert!(
+        seen < CAP,
+        "open came back only when the flood of {seen} puts stopped"
+    );
+    s.quiesce();
+    assert_eq!(delivered.load(Ordering::SeqCst), CAP, "every put delivered");
+}
