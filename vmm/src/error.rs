@@ -90,6 +90,8 @@ pub enum Outcome {
     Crashed(String),
     /// `--timeout` expired first.
     TimedOut(std::time::Duration),
+    /// SIGINT, SIGTERM or SIGHUP (its number) stopped the run.
+    Signalled(i32),
 }
 
 impl Outcome {
@@ -100,6 +102,7 @@ impl Outcome {
             Outcome::Exited(_) => STATUS_BAD_EXIT_CODE,
             Outcome::Crashed(_) => STATUS_GUEST_CRASH,
             Outcome::TimedOut(_) => STATUS_TIMEOUT,
+            Outcome::Signalled(sig) => (128 + sig) as u8,
         }
     }
 
@@ -115,6 +118,11 @@ impl Outcome {
             Outcome::TimedOut(t) => {
                 Some(format!("guest did not exit within {} s", t.as_secs_f64()))
             }
+            Outcome::Signalled(sig) => Some(format!(
+                "stopped by {} (exit status {})",
+                crate::signals::name(*sig),
+                128 + sig
+            )),
         }
     }
 }

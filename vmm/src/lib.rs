@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`bench`] | `perimeter bench`: the benchmark matrix, optionally beside QEMU |
 //! | [`config`] | what to boot, validated |
-//! | [`control`] | the control socket: list and remove ports while the guest runs |
+//! | [`control`] | the control socket: list, remove and add ports while the guest runs |
 //! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
 //! | [`linux`] | booting Linux: zero page, MP table, CPUID profile, reset and panic |
@@ -16,6 +16,8 @@
 //! | [`devices`] | the debug page and the 8250 UART |
 //! | [`results`] | the guest's `@result` lines: collected, checked, shown |
 //! | [`error`] | errors, outcomes and exit statuses |
+//! | [`signals`] | SIGINT, SIGTERM, SIGHUP: a clean stop with the statistics |
+//! | [`seccomp`] | the system-call filter of a running VM |
 
 pub mod bench;
 pub mod boot;
@@ -29,6 +31,7 @@ pub mod linux;
 pub mod loader;
 pub mod results;
 pub mod seccomp;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 

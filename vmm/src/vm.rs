@@ -16,6 +16,7 @@ use crate::irq::MsiRouter;
 use crate::linux::{self, legacy};
 use crate::loader;
 use crate::results::GuestResult;
+use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu};
 use device_model::console::{ConsoleEvents, ConsoleRuntime, ConsoleStats};
 use device_model::rng::{Rng, RngEvents};
@@ -298,6 +299,8 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     phases.mark("devices and vCPUs created");
 
     vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
+    let signals =
+        StopSignals::install().map_err(Error::host("installing the stop signal handlers"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let subscribers: Vec<Subscriber> = vec![
         Arc::new(IrqTestRelay { pairs }),
@@ -353,7 +356,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     drop(tx);
 
     phases.mark("threads started");
-    let outcome = wait_for_outcome(&rx, &threads, config.timeout);
+    let outcome = wait_for_outcome(&rx, &threads, config.timeout, &signals);
     phases.mark("guest ended the run");
     shut_down(&stop, threads, events);
     drop(control);
@@ -444,9 +447,13 @@ fn wait_for_outcome(
     rx: &mpsc::Receiver<Outcome>,
     threads: &[JoinHandle<()>],
     timeout: Option<Duration>,
+    signals: &StopSignals,
 ) -> Outcome {
     let start = Instant::now();
     loop {
+        if let Some(sig) = signals.received() {
+            return Outcome::Signalled(sig);
+        }
         let slice = match timeout {
             Some(t) => match t.checked_sub(start.elapsed()) {
                 Some(left) => left.min(Duration::from_millis(100)),

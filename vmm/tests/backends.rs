@@ -353,3 +353,61 @@ fn a_file_on_a_full_disk_is_reported_undelivered_and_blocks_no_other_port() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stop_signal_ends_the_run_cleanly_with_its_statistics() {
+    if !kvm_present("a_stop_signal_ends_the_run_cleanly_with_its_statistics") {
+        return;
+    }
+    let dir = tmp_dir("signals");
+    for (sig, status, name) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGHUP, 129, "SIGHUP"),
+    ] {
+        let sock = dir.join(format!("port-{sig}.sock"));
+        let ctl = dir.join(format!("control-{sig}.sock"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+            .args(["run", "--workload", "echo", "--json", "--timeout", "120"])
+            .args(["--port", "name=n,backend=null"])
+            .arg("--port")
+            .arg(format!("name=s,backend=socket:{}", sock.display()))
+            .arg("--control")
+            .arg(&ctl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("perimeter starts");
+        // The guest's echo is running once it says so: the VM, its sockets and handlers are up.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "{name}: {seen}");
+            seen += &line;
+            if line.starts_with("echo:") {
+                break;
+            }
+        }
+        assert!(sock.exists() && ctl.exists());
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let _ = out.read_to_string(&mut seen);
+        let o = child.wait_with_output().unwrap();
+        let err = common::text(&o.stderr);
+        assert_eq!(o.status.code(), Some(status), "{name}: {err}");
+        assert!(err.contains(&format!("stopped by {name}")), "{name}: {err}");
+        let doc: Value = serde_json::from_str(
+            seen.lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("none"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: no statistics ({e}): {seen}"));
+        assert_eq!(port_stats(&doc, "n")["drops"], 0, "{doc}");
+        assert!(!sock.exists(), "{name}: the port's socket file was removed");
+        assert!(!ctl.exists(), "{name}: the control socket file was removed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -136,9 +136,8 @@ fn soak(opts: &SoakOptions, dir: &Path) -> Result<SoakReport, Error> {
         .map_err(host("cannot start perimeter"))?;
     let rss = watch(&child, &peers, start, opts.duration);
     let outcomes: Vec<Outcome> = peers.into_iter().map(Traffic::finish).collect();
-    remove_ports(&control, opts.ports);
+    let mut problems = remove_ports(&control, opts.ports);
     let (status, stdout, stderr) = wait(&mut child, GRACE);
-    let mut problems = Vec::new();
     let doc = stdout
         .lines()
         .rev()
@@ -188,17 +187,27 @@ fn watch(child: &Child, peers: &[Traffic], start: Instant, duration: Duration) -
     rss
 }
 
-/// Hot-removes every port: the guest's echo of each ends, then the guest exits.
-fn remove_ports(control: &Path, ports: usize) {
-    let Ok(mut c) = UnixStream::connect(control) else {
-        return;
+/// Hot-removes every port: the guest's echo of each ends, then the guest exits. Reads an
+/// answer per command before it lets go; what went wrong is returned.
+fn remove_ports(control: &Path, ports: usize) -> Vec<String> {
+    let c = match UnixStream::connect(control) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("control socket: {e}")],
     };
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answers = std::io::BufReader::new(c);
+    let mut problems = Vec::new();
     for i in 0..ports {
-        let _ = writeln!(c, "remove p{i}");
+        let mut answer = String::new();
+        let asked = writeln!(answers.get_mut(), "remove p{i}");
+        let read = asked.and_then(|()| std::io::BufRead::read_line(&mut answers, &mut answer));
+        match read {
+            Ok(_) if answer.trim() == format!("ok removed p{i}") => {}
+            Ok(_) => problems.push(format!("remove p{i}: {:?}", answer.trim())),
+            Err(e) => problems.push(format!("remove p{i}: {e}")),
+        }
     }
-    let mut answer = vec![0u8; 4096];
-    let _ = c.read(&mut answer);
+    problems
 }
 
 /// Waits for the VMM to exit (killing it after `grace`): its status, stdout and stderr.
