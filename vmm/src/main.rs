@@ -509,6 +509,12 @@ fn main() -> ExitCode {
                 eprintln!("perimeter: a guest result does not match what the host received");
             }
             for p in &c.ports {
+                if p.pending_in_bytes > 0 {
+                    eprintln!(
+                        "perimeter: port {}: {} bytes from {} were not delivered to the guest",
+                        p.name, p.pending_in_bytes, p.backend
+                    );
+                }
                 if p.pending_out_bytes > 0 || p.drops > 0 {
                     eprintln!(
                         "perimeter: port {}: {} bytes of guest output could not be delivered to {}, {} dropped",

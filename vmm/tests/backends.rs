@@ -10,7 +10,7 @@ mod common;
 
 use common::{json, kvm_present, port_stats, tmp_dir};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -410,4 +410,89 @@ fn a_stop_signal_ends_the_run_cleanly_with_its_statistics() {
         assert!(!ctl.exists(), "{name}: the control socket file was removed");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn input_a_client_sent_before_it_left_is_still_delivered() {
+    let test = "input_a_client_sent_before_it_left_is_still_delivered";
+    if !kvm_present(test) {
+        return;
+    }
+    let dir = tmp_dir(test);
+    let sock = dir.join("e.sock");
+    let ctl = dir.join("ctl.sock");
+    let port = format!("name=e,backend=socket:{}", sock.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["run", "--workload", "echo", "--json", "--timeout", "120"])
+        .args(["--port", &port, "--control"])
+        .arg(&ctl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perimeter starts");
+    let (_, stderr) = announced(&mut child, "e");
+    // Send until the socket takes no more (the guest echoes; the echo is not read, so flow
+    // control holds everything back), then close without reading.
+    let input = common::data(16 << 20, 3);
+    let a = UnixStream::connect(&sock).expect("the socket listens");
+    a.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    let mut stalled = Instant::now();
+    while sent < input.len() && stalled.elapsed() < Duration::from_millis(1500) {
+        match (&a).write(&input[sent..(sent + 65536).min(input.len())]) {
+            Ok(n) => {
+                sent += n;
+                stalled = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("send after {sent} bytes: {e}"),
+        }
+    }
+    assert!(
+        sent < input.len(),
+        "flow control never held the client back"
+    );
+    drop(a);
+    // What was echoed into the first client's socket left with it; everything else it sent
+    // is echoed to the next client: the tail of the input.
+    let b = UnixStream::connect(&sock).expect("the socket still listens");
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0; 65536];
+    while let Ok(n) = (&b).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let c = UnixStream::connect(&ctl).unwrap();
+    writeln!(&c, "remove e").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&c).read_line(&mut answer).unwrap();
+    let (out, err) = finish(child, stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc = json(&out);
+    let p = port_stats(&doc, "e");
+    let n = |k: &str| p[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            n("in_bytes"),
+            n("rx_bytes"),
+            n("tx_bytes"),
+            n("out_bytes"),
+            n("drops")
+        ),
+        (sent as u64, sent as u64, sent as u64, sent as u64, 0),
+        "every byte sent reached the guest and came back out: {p}"
+    );
+    assert!(!got.is_empty(), "the second client got the rest");
+    assert!(
+        got == input[sent - got.len()..sent],
+        "the second client's echo is the input's tail ({} of {sent} bytes)",
+        got.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -82,6 +82,18 @@ impl CtlState {
         }
     }
 
+    /// Forgets the control rings (a reset); the next activation stages new ones.
+    pub(crate) fn drop_rings(&mut self) {
+        self.rx = None;
+        self.tx = None;
+    }
+
+    /// Whether the control plane holds a ring.
+    #[cfg(test)]
+    pub(crate) fn has_rings(&self) -> bool {
+        self.rx.is_some() || self.tx.is_some()
+    }
+
     /// Messages waiting for control receive buffers.
     pub(crate) fn backlog(&self) -> usize {
         self.out.len()

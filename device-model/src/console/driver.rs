@@ -171,6 +171,9 @@ fn transmit(port: &Arc<PortShared>, q: Q<'_>) {
     if !flush_emerg(port, q) {
         return;
     }
+    if port.removed() {
+        return; // the driver took the port away: its transmit ring is not ours to read
+    }
     while q.canputnext() {
         let mut g = lock(&port.tx);
         let Some(ring) = g.as_mut() else { return };

@@ -180,6 +180,7 @@ impl ConsoleHandle {
         }
         p.host_event.store(true, Ordering::Release);
         self.0.control(HOST_EVENT);
+        p.kick_tx(); // its transmit ring was left alone while it was out
         Ok(())
     }
 
@@ -320,6 +321,8 @@ impl Console {
         self.ports.get(id as usize)
     }
 
+    /// Takes every ring away from the data paths and the control plane before returning:
+    /// once a reset returns, the device touches none of the old rings.
     fn stop_rings(&mut self) {
         self.epoch += 1;
         for p in &self.shared.ports {
@@ -327,6 +330,8 @@ impl Console {
             *lock(&p.tx) = None;
             p.guest_open.store(false, Ordering::Release);
         }
+        // Waits for a control pass in progress (it holds the lock while it uses the rings).
+        lock(&self.shared.ctl).drop_rings();
     }
 }
 

@@ -99,6 +99,7 @@ impl ConsoleRuntime {
         for (p, io) in st.ports.iter_mut().zip(&self.io) {
             p.out_crc32 = io.out_crc();
             p.pending_out_bytes = io.pending();
+            p.pending_in_bytes = io.pending_in();
         }
         st
     }

@@ -96,6 +96,10 @@ pub struct PortStats {
     pub out_crc32: Option<u32>,
     /// Bytes still held in the stream for the backend when the snapshot was taken.
     pub pending_out_bytes: u64,
+    /// Host bytes not yet delivered to the guest when the snapshot was taken: queued in the
+    /// port's stream (kept while the port is closed or removed, for a later open or add) or
+    /// kept from a socket client that left.
+    pub pending_in_bytes: u64,
 }
 
 impl PortStats {
@@ -125,6 +129,7 @@ impl PortStats {
             guest_closes: g(&c.guest_closes),
             out_crc32: None,
             pending_out_bytes: 0,
+            pending_in_bytes: 0,
         }
     }
 }

@@ -21,10 +21,13 @@ struct Rig {
     console: Arc<Mutex<Console>>,
     /// Buffers posted per queue: head -> (address, length).
     bufs: HashMap<(u16, u16), (u64, u32)>,
+    /// The deterministic platform's clock (None for a rig over host threads).
+    clock: Option<Arc<DetPlatform>>,
 }
 
 fn rig_with(ports: &[(&str, bool)], config: StreamsConfig) -> Rig {
-    let s = Streams::new(Arc::new(DetPlatform::new()), config);
+    let clock = Arc::new(DetPlatform::new());
+    let s = Streams::new(clock.clone(), config);
     let ports = ports
         .iter()
         .map(|(n, c)| {
@@ -54,6 +57,7 @@ fn rig_with(ports: &[(&str, bool)], config: StreamsConfig) -> Rig {
         s,
         console,
         bufs: HashMap::new(),
+        clock: Some(clock),
     }
 }
 
@@ -74,6 +78,7 @@ fn runtime_rig(rt: &ConsoleRuntime) -> Rig {
         s: rt.streams().clone(),
         console,
         bufs: HashMap::new(),
+        clock: None,
     }
 }
 
@@ -596,6 +601,9 @@ fn buffer_exhaustion_is_retried_and_the_data_arrives_intact() {
             if got.len() >= out.len() {
                 break;
             }
+            // Retries beyond a tick's worth wait for the clock.
+            let clock = r.clock.clone().unwrap();
+            clock.advance(&r.s, 1);
         }
         assert_eq!(crc(&got), crc(&out), "{f:?}");
         let c = &r.h.port(0).unwrap().counters;
@@ -860,6 +868,23 @@ mod backends {
     }
 
     #[test]
+    fn input_held_for_a_removed_port_shows_as_pending() {
+        let rt = ConsoleRuntime::start(&[spec("n", "null"), spec("p", "pattern")], &[]).unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        let got = r.guest_recv_n(1, 100_000);
+        assert!(got.len() >= 100_000);
+        r.h.remove_port(1).unwrap();
+        r.run();
+        let st = rt.finish(Duration::from_secs(2));
+        let p = &st.ports[1];
+        assert!(p.pending_in_bytes > 0, "{p:?}");
+        assert_eq!(p.in_bytes, p.rx_bytes + p.pending_in_bytes, "{p:?}");
+        assert_eq!(p.drops, 0);
+    }
+
+    #[test]
     fn echo_sends_the_guests_output_back_to_it() {
         let rt = ConsoleRuntime::start(&[spec("e", "echo")], &[]).unwrap();
         let mut r = runtime_rig(&rt);
@@ -1120,4 +1145,45 @@ fn repeated_device_ready_does_not_grow_the_removed_set() {
         .collect();
     assert_eq!(adds, [2]);
     assert_eq!(lock(&r.h.0.ctl).removed_ports(), 1);
+}
+
+#[test]
+fn a_removed_ports_transmit_ring_is_left_alone() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    r.h.remove_port(1).unwrap();
+    r.run();
+    r.guest_send(1, b"after removal", 64, false);
+    assert!(r.g.used(tx_queue(1)).is_empty(), "nothing taken");
+    let tx =
+        r.h.port(1)
+            .unwrap()
+            .counters
+            .tx_bytes
+            .load(Ordering::Relaxed);
+    assert_eq!(tx, 0);
+    assert!(r.host_read(1).is_empty());
+}
+
+#[test]
+fn after_a_reset_returns_the_control_plane_holds_no_ring() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    assert!(lock(&r.h.0.ctl).has_rings());
+    // The reset comes while control work is pending and before the control plane runs
+    // again: it must not find the old rings when it does.
+    for _ in 0..4 {
+        r.post(CTRL_RX_QUEUE, 256, true, false);
+    }
+    r.g.kick(CTRL_RX_QUEUE);
+    r.g.wr(virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS, 0);
+    assert!(
+        !lock(&r.h.0.ctl).has_rings(),
+        "the old control rings are gone"
+    );
+    let used_before = r.g.used(CTRL_RX_QUEUE).len();
+    r.run();
+    assert_eq!(r.g.used(CTRL_RX_QUEUE).len() + used_before, used_before);
 }

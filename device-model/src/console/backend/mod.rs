@@ -24,6 +24,10 @@ use streams::{HostPlatform, Mblk, Stream};
 
 /// Bytes read from a backend in one go.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes kept from a client that left (what it sent that was not yet read); the rest,
+/// if any, is counted in `drops`. A client that closed cannot add more, so this only bounds
+/// a kernel's socket buffer.
+pub const LEFTOVER_MAX: usize = 8 << 20;
 /// The pattern backend's period: byte `i` of its stream is `i % PATTERN_PERIOD`.
 pub const PATTERN_PERIOD: usize = 251;
 /// The pattern backend's message size (a 64 KiB receive buffer takes one message).
@@ -72,8 +76,13 @@ struct IoState {
     crc: Mutex<crc32fast::Hasher>,
     /// The attached client of a socket backend.
     client: Mutex<Option<Arc<UnixStream>>>,
+    /// Writing to the attached client failed: the input thread takes what it sent, then
+    /// lets it go.
+    client_failed: AtomicBool,
     /// Bytes the output thread took from the stream but could not write (set as it ends).
     unwritten: AtomicU64,
+    /// Bytes kept from a client that left, not yet in the stream.
+    leftover: AtomicU64,
 }
 
 impl IoState {
@@ -88,13 +97,15 @@ impl IoState {
     fn set_client(&self, c: Option<Arc<UnixStream>>) {
         let open = c.is_some();
         *lock(&self.client) = c;
+        self.client_failed.store(false, Ordering::Release);
         self.console.set_host_open(self.port.id, open);
         self.out_wake.notify();
         self.in_wake.notify();
         self.accept_wake.notify();
     }
 
-    /// Forgets client `c` if it is still the attached one.
+    /// Forgets client `c` if it is still the attached one. Only the input thread calls
+    /// this (it alone reads the client), after taking what the client sent.
     fn drop_client(&self, c: &Arc<UnixStream>) {
         let same = lock(&self.client)
             .as_ref()
@@ -103,6 +114,26 @@ impl IoState {
             let _ = c.shutdown(std::net::Shutdown::Both);
             self.set_client(None);
         }
+    }
+
+    /// The output side could not write to client `c`: the input thread lets it go once it
+    /// has read what `c` sent.
+    fn client_write_failed(&self, c: &Arc<UnixStream>) {
+        let same = lock(&self.client)
+            .as_ref()
+            .is_some_and(|x| Arc::ptr_eq(x, c));
+        if same {
+            self.client_failed.store(true, Ordering::Release);
+            self.in_wake.notify();
+        }
+    }
+
+    /// The attached client, unless writing to it failed.
+    fn writable_client(&self) -> Option<Arc<UnixStream>> {
+        if self.client_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.client()
     }
 
     fn client(&self) -> Option<Arc<UnixStream>> {
@@ -168,7 +199,9 @@ impl PortIo {
             stop_in: AtomicBool::new(false),
             crc: Mutex::new(crc32fast::Hasher::new()),
             client: Mutex::new(None),
+            client_failed: AtomicBool::new(false),
             unwritten: AtomicU64::new(0),
+            leftover: AtomicU64::new(0),
         });
         let s = state.clone();
         state.stream.head().set_notify(move || s.out_wake.notify());
@@ -265,6 +298,16 @@ impl PortIo {
             .queue(0, streams::Side::Read)
             .map_or(0, |q| q.count() as u64);
         queued + self.state.unwritten.load(Ordering::Acquire)
+    }
+
+    /// Host bytes not yet delivered to the guest: in the stream's write queues (from the
+    /// head down to the driver) or kept from a client that left.
+    pub fn pending_in(&self) -> u64 {
+        let queued: u64 = (0..)
+            .map_while(|pos| self.state.stream.queue(pos, streams::Side::Write))
+            .map(|q| q.count() as u64)
+            .sum();
+        queued + self.state.leftover.load(Ordering::Acquire)
     }
 
     /// Stops reading input and accepting clients.
@@ -375,7 +418,15 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
     let mut pattern: Option<Mblk> = None;
     let mut offset = 0u64;
     let mut last_size = None;
+    // What a client that left had sent and the stream could not take yet.
+    let mut leftover: Vec<u8> = Vec::new();
     while !st.stopping_input() {
+        if let Some(cl) = st.client()
+            && st.client_failed.load(Ordering::Acquire)
+        {
+            take_leftover(st, &cl, &mut leftover);
+            st.drop_client(&cl);
+        }
         if let Source::Pty(f) = &source {
             let ws = pty::window_size(f);
             if let Some((cols, rows)) = ws
@@ -419,6 +470,16 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
         };
         let cap = m.capacity();
         m.set_ptrs(0, cap).expect("whole buffer");
+        if !leftover.is_empty() {
+            // Before anything newer: the bytes a client sent before it left.
+            let n = leftover.len().min(cap);
+            m.data_mut().expect("a fresh block")[..n].copy_from_slice(&leftover[..n]);
+            leftover.drain(..n);
+            st.leftover.store(leftover.len() as u64, Ordering::Release);
+            m.set_ptrs(0, n).expect("within the block");
+            let _ = HostPlatform::run_inline(streams, || st.stream.putmsg(m));
+            continue;
+        }
         let client = match &source {
             Source::Client => match st.client() {
                 Some(cl) => Some(cl),
@@ -458,11 +519,40 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => match (&source, client) {
-                (_, Some(cl)) => st.drop_client(&cl),
+                (_, Some(cl)) => {
+                    take_leftover(st, &cl, &mut leftover);
+                    st.drop_client(&cl);
+                }
                 // A pty without a slave open reads EIO: wait for one.
                 (Source::Pty(_), _) => std::thread::sleep(Duration::from_millis(100)),
                 _ => return,
             },
+        }
+    }
+}
+
+/// Reads everything client `cl` sent that is still in its socket into `leftover` (up to
+/// [`LEFTOVER_MAX`] bytes held; past that, counted in `drops`). The socket is shut first, so
+/// that a client still sending cannot make this last.
+fn take_leftover(st: &IoState, cl: &UnixStream, leftover: &mut Vec<u8>) {
+    let c = &st.port.counters;
+    let _ = cl.shutdown(std::net::Shutdown::Both);
+    if cl.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match (&mut &*cl).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                c.in_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let keep = n.min(LEFTOVER_MAX.saturating_sub(leftover.len()));
+                leftover.extend_from_slice(&buf[..keep]);
+                st.leftover.store(leftover.len() as u64, Ordering::Release);
+                c.drops.fetch_add((n - keep) as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }

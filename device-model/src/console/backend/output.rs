@@ -87,7 +87,7 @@ fn run(st: &IoState, mut sink: Sink, held: &mut VecDeque<Mblk>) {
         // Gather what the stream head holds (checksummed as it is taken, in stream order);
         // a socket without a client leaves it there, where flow control sees it.
         let mut bytes: usize = held.iter().map(Mblk::msgdsize).sum();
-        let can_write = !matches!(sink, Sink::Client) || st.client().is_some();
+        let can_write = !matches!(sink, Sink::Client) || st.writable_client().is_some();
         while can_write && !ended && held.len() < BATCH_MSGS && bytes < BATCH_BYTES {
             match st.stream.read() {
                 ReadResult::Data(m) => {
@@ -133,7 +133,7 @@ fn run(st: &IoState, mut sink: Sink, held: &mut VecDeque<Mblk>) {
                 Ok(n as u64)
             }
             Sink::Writer(f) => write_batch(f, held),
-            Sink::Client => match st.client() {
+            Sink::Client => match st.writable_client() {
                 None if st.stopping() => return, // nobody to take it: left undelivered
                 None => {
                     st.out_wake.wait(Duration::from_millis(100));
@@ -142,7 +142,8 @@ fn run(st: &IoState, mut sink: Sink, held: &mut VecDeque<Mblk>) {
                 Some(client) => {
                     let r = write_batch(&mut &*client, held);
                     if r.is_err() {
-                        st.drop_client(&client);
+                        // The input thread reads what the client sent, then lets it go.
+                        st.client_write_failed(&client);
                         continue; // the rest goes to the next client
                     }
                     r
