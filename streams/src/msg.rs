@@ -282,6 +282,11 @@ impl Mblk {
     pub fn db_ref(&self) -> usize {
         self.db.refs.load(Ordering::Acquire)
     }
+    /// An identity of this block's data block, the same for its duplicates and stable while
+    /// any reference to it lives (its address; reused only after it is gone).
+    pub fn db_id(&self) -> usize {
+        Arc::as_ptr(&*self.db) as *const u8 as usize
+    }
     /// Size of the data buffer (`db_lim - db_base`).
     pub fn capacity(&self) -> usize {
         self.db.bytes().len()

@@ -16,7 +16,7 @@ use super::Shared;
 use super::port::{PortShared, Retry, lock};
 use super::ring::{Pop, Ring};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use streams::{
     Errno, FreeRoutine, Mblk, Module, MsgType, OpenHow, Perim, Q, SO_HIWAT, SO_LOWAT, Stroptions,
 };
@@ -255,9 +255,12 @@ fn wrap_guest_buffer(
         return Some(None);
     };
     let ptr = slice.ptr_guard_mut().as_ptr();
-    let (mem, token) = (ring.mem.clone(), token.clone());
+    let (mem, held) = (ring.mem.clone(), token.clone());
+    let id = Arc::new(AtomicUsize::new(0));
+    let loan = id.clone();
     let free: FreeRoutine = Box::new(move || {
-        drop(token);
+        held.port.lent.repay(loan.load(Ordering::Acquire));
+        drop(held);
         drop(mem);
     });
     // SAFETY: `ptr..ptr + len` lies in one region of guest memory (get_slice checked it), and
@@ -269,8 +272,13 @@ fn wrap_guest_buffer(
     //
     // desballoc: the buffer is completed by the thread that frees the message (the backend's,
     // usually), without a hand-off to a worker per message. The free routine takes only the
-    // port's transmit-ring lock, briefly, and `transmit` never frees a message while holding it.
-    unsafe { q.streams_handle().desballoc(ptr, len, free) }.map(Some)
+    // port's transmit-ring lock and its loans' lock, briefly, and `transmit` never frees a
+    // message while holding either. The loan recorded here lets a reset or a removal find
+    // and end it (see `lent`).
+    let m = unsafe { q.streams_handle().desballoc(ptr, len, free) }?;
+    id.store(m.db_id(), Ordering::Release);
+    token.port.lent.lend(m.db_id(), ring.epoch);
+    Some(Some(m))
 }
 
 /// Asks for the transmit path to run again when memory returns (qbufcall), or in a tick if
@@ -293,15 +301,23 @@ fn schedule_retry(port: &Arc<PortShared>, q: Q<'_>, size: usize) {
 }
 
 /// Moves the front of `cur` to a block with data, taking the next queued message if needed.
-fn advance(cur: &mut Option<Mblk>, q: Q<'_>) {
+/// A message over guest buffers of an earlier generation (echoed before a reset) is dropped
+/// and counted: its bytes are the guest's again.
+fn advance(port: &PortShared, cur: &mut Option<Mblk>, q: Q<'_>) {
     loop {
         match cur.take() {
             Some(m) if !m.is_empty() => return *cur = Some(m),
             Some(m) => *cur = m.freeb(),
             None => {
                 *cur = q.getq();
-                if cur.is_none() {
-                    return;
+                match cur {
+                    None => return,
+                    Some(m) if port.lent.is_stale(m) => {
+                        let n = m.msgdsize() as u64;
+                        port.counters.drops.fetch_add(n, Ordering::Relaxed);
+                        *cur = None;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -318,7 +334,7 @@ fn receive(port: &Arc<PortShared>, q: Q<'_>) {
     let mut cur: Option<Mblk> = None;
     let mut used = false;
     loop {
-        advance(&mut cur, q);
+        advance(port, &mut cur, q);
         if cur.is_none() {
             break;
         }
@@ -336,7 +352,7 @@ fn receive(port: &Arc<PortShared>, q: Q<'_>) {
             }
             let mut off = 0u32;
             while off < len {
-                advance(&mut cur, q);
+                advance(port, &mut cur, q);
                 let Some(m) = cur.as_mut() else { break };
                 let n = m.len().min((len - off) as usize);
                 let Some(at) = addr.checked_add(u64::from(off)) else {

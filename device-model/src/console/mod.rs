@@ -10,6 +10,7 @@ mod control;
 pub mod defs;
 mod driver;
 mod events;
+pub mod lent;
 pub mod modules;
 mod port;
 mod ring;
@@ -166,6 +167,9 @@ impl ConsoleHandle {
         p.guest_open.store(false, Ordering::Release);
         p.host_event.store(true, Ordering::Release);
         self.0.control(HOST_EVENT);
+        // The driver takes the port's buffers back: what the backend holds over them is
+        // copied (the buffers return to the guest) and still goes out.
+        p.lent.end_loans(None);
         Ok(())
     }
 
@@ -332,6 +336,10 @@ impl Console {
         }
         // Waits for a control pass in progress (it holds the lock while it uses the rings).
         lock(&self.shared.ctl).drop_rings();
+        // Messages over the old rings' buffers: copied or dropped by their holders.
+        for p in &self.shared.ports {
+            p.lent.end_loans(Some(self.epoch));
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! A port's shared state: its rings (the per-port data paths, in the port's inner
 //! perimeter), its open flags, and its counters.
 
+use super::lent::Lent;
 use super::ring::Ring;
 use super::stats::PortCounters;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -64,6 +65,8 @@ pub struct PortShared {
     pub(crate) queues: Mutex<Option<(QueueRef, QueueRef)>>,
     /// The retry the transmit path has outstanding, cancelled at close.
     pub(crate) retry: Mutex<Option<Retry>>,
+    /// Guest buffers lent to host-side messages.
+    pub lent: Lent,
 }
 
 impl PortShared {
@@ -82,6 +85,7 @@ impl PortShared {
             emerg: Mutex::new(Vec::new()),
             queues: Mutex::new(None),
             retry: Mutex::new(None),
+            lent: Lent::default(),
         })
     }
 

@@ -98,7 +98,8 @@ pub struct PortStats {
     pub pending_out_bytes: u64,
     /// Host bytes not yet delivered to the guest when the snapshot was taken: queued in the
     /// port's stream (kept while the port is closed or removed, for a later open or add) or
-    /// kept from a socket client that left.
+    /// kept from a socket client that left. Always 0 for the pattern source, whose bytes are
+    /// made on demand.
     pub pending_in_bytes: u64,
 }
 

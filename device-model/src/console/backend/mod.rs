@@ -12,6 +12,7 @@ pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_
 
 use super::port::lock;
 use super::{ConsoleHandle, PortShared};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -81,6 +82,21 @@ struct IoState {
     client_failed: AtomicBool,
     /// Bytes the output thread took from the stream but could not write (set as it ends).
     unwritten: AtomicU64,
+    /// What the output thread took from the stream head and has not written yet (guarded by
+    /// the port's gate where it is lent guest memory; see [`output::reclaim`]).
+    held: Mutex<VecDeque<Mblk>>,
+    /// Bytes in `held`.
+    held_bytes: AtomicU64,
+    /// A writer's batch, copied out: the messages are freed once the copy is written.
+    inflight: Mutex<VecDeque<Mblk>>,
+    /// Bytes the output thread copied out and has not written yet.
+    copy_bytes: AtomicU64,
+    /// The stream head said end of file (or an error).
+    head_ended: AtomicBool,
+    /// The output is checksummed as it is taken (every sink but a client).
+    checksummed_out: bool,
+    /// The input is made on demand (the pattern): nothing queued is owed to anyone.
+    generated_in: bool,
     /// Bytes kept from a client that left, not yet in the stream.
     leftover: AtomicU64,
 }
@@ -198,6 +214,13 @@ impl PortIo {
             stop: AtomicBool::new(false),
             stop_in: AtomicBool::new(false),
             crc: Mutex::new(crc32fast::Hasher::new()),
+            held: Mutex::new(VecDeque::new()),
+            held_bytes: AtomicU64::new(0),
+            inflight: Mutex::new(VecDeque::new()),
+            copy_bytes: AtomicU64::new(0),
+            head_ended: AtomicBool::new(false),
+            checksummed_out: !matches!(kind, BackendKind::Socket(_) | BackendKind::Connect(_)),
+            generated_in: matches!(kind, BackendKind::Pattern),
             client: Mutex::new(None),
             client_failed: AtomicBool::new(false),
             unwritten: AtomicU64::new(0),
@@ -205,6 +228,12 @@ impl PortIo {
         });
         let s = state.clone();
         state.stream.head().set_notify(move || s.out_wake.notify());
+        let weak = Arc::downgrade(&state);
+        state.port.lent.set_reclaim(Box::new(move || {
+            if let Some(s) = weak.upgrade() {
+                output::reclaim(&s);
+            }
+        }));
         let s = state.clone();
         state.stream.head().set_writable(move || s.in_wake.notify());
         let err = |what: &str, p: &PathBuf, e: io::Error| {
@@ -248,6 +277,9 @@ impl PortIo {
             }
             BackendKind::Connect(p) => {
                 let c = UnixStream::connect(p).map_err(|e| err("cannot connect to", p, e))?;
+                // Written without blocking: see `output`.
+                c.set_nonblocking(true)
+                    .map_err(|e| err("cannot connect to", p, e))?;
                 state.set_client(Some(Arc::new(c)));
                 (Sink::Client, Source::Client)
             }
@@ -289,20 +321,26 @@ impl PortIo {
             .then(|| lock(&self.state.crc).clone().finalize())
     }
 
-    /// Bytes not delivered to this backend: waiting at the stream head, or taken by the
-    /// output thread and not written when it ended.
+    /// Bytes not delivered to this backend: waiting at the stream head, held by the output
+    /// thread, or taken by it and not written when it ended.
     pub fn pending(&self) -> u64 {
         let queued = self
             .state
             .stream
             .queue(0, streams::Side::Read)
             .map_or(0, |q| q.count() as u64);
-        queued + self.state.unwritten.load(Ordering::Acquire)
+        queued
+            + self.state.held_bytes.load(Ordering::Acquire)
+            + self.state.copy_bytes.load(Ordering::Acquire)
+            + self.state.unwritten.load(Ordering::Acquire)
     }
 
     /// Host bytes not yet delivered to the guest: in the stream's write queues (from the
     /// head down to the driver) or kept from a client that left.
     pub fn pending_in(&self) -> u64 {
+        if self.state.generated_in {
+            return 0;
+        }
         let queued: u64 = (0..)
             .map_while(|pos| self.state.stream.queue(pos, streams::Side::Write))
             .map(|q| q.count() as u64)
@@ -406,6 +444,10 @@ fn accept_loop(st: &IoState, l: UnixListener) {
             continue;
         }
         if let Ok((c, _)) = l.accept() {
+            // Written without blocking: see `output`.
+            if c.set_nonblocking(true).is_err() {
+                continue;
+            }
             st.port.counters.connects.fetch_add(1, Ordering::Relaxed);
             st.set_client(Some(Arc::new(c)));
         }
@@ -517,7 +559,11 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
                 // pingpong 64 B 202 -> 182 us, rx 64 KiB 1.2 -> 1.4 GiB/s (BENCHMARKS.md).
                 let _ = HostPlatform::run_inline(streams, || st.stream.putmsg(m));
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(_) => match (&source, client) {
                 (_, Some(cl)) => {
                     take_leftover(st, &cl, &mut leftover);

@@ -4,10 +4,19 @@
 //! [`BATCH_BYTES`] bytes): one system call and one wake-up for many guest buffers, which is
 //! what small messages need. A message is freed (its guest buffer returned) only once all of
 //! its bytes were written; the unwritten rest of a partial write stays for the next one.
+//!
+//! Messages over lent guest buffers ([`crate::console::lent`]) are read only with the port's
+//! gate held shared, and never across a wait: a client socket is written without blocking
+//! (the thread waits for room with the gate released); other writers write a copy of each
+//! batch (whose messages, and so the guest's buffers, are freed once it is written), and the
+//! echo puts host copies back down where the pool allows. A reset or a removal runs [`reclaim`], which copies
+//! what the thread holds.
 
 use super::{IoState, Sink, lock};
+use crate::console::PortCounters;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use streams::{Mblk, ReadResult};
@@ -71,96 +80,263 @@ fn consume(m: &mut Mblk, mut n: usize) {
     }
 }
 
-/// Runs until the stream ends or the backend stops; what it took from the stream head but
-/// could not write is counted as undelivered ([`IoState::unwritten`]).
-pub(super) fn output_loop(st: &IoState, sink: Sink) {
-    let mut held: VecDeque<Mblk> = VecDeque::new();
-    run(st, sink, &mut held);
-    let left: usize = held.iter().map(Mblk::msgdsize).sum();
-    st.unwritten.store(left as u64, Ordering::Release);
-}
-
-fn run(st: &IoState, mut sink: Sink, held: &mut VecDeque<Mblk>) {
-    let c = &st.port.counters;
-    let mut ended = false;
-    loop {
-        // Gather what the stream head holds (checksummed as it is taken, in stream order);
-        // a socket without a client leaves it there, where flow control sees it.
-        let mut bytes: usize = held.iter().map(Mblk::msgdsize).sum();
-        let can_write = !matches!(sink, Sink::Client) || st.writable_client().is_some();
-        while can_write && !ended && held.len() < BATCH_MSGS && bytes < BATCH_BYTES {
-            match st.stream.read() {
-                ReadResult::Data(m) => {
-                    if !matches!(sink, Sink::Client) {
-                        let mut crc = lock(&st.crc);
-                        for b in m.blocks() {
-                            crc.update(b.data());
-                        }
+/// Takes what the stream head holds into `held` (checksummed as it is taken, in stream order,
+/// unless the sink is a client), up to the batch limits unless `all`.
+fn take_from_head(st: &IoState, held: &mut VecDeque<Mblk>, all: bool) {
+    let mut bytes: usize = held.iter().map(Mblk::msgdsize).sum();
+    while all || (held.len() < BATCH_MSGS && bytes < BATCH_BYTES) {
+        match st.stream.read() {
+            ReadResult::Data(m) => {
+                if st.checksummed_out {
+                    let mut crc = lock(&st.crc);
+                    for b in m.blocks() {
+                        crc.update(b.data());
                     }
-                    bytes += m.msgdsize();
-                    held.push_back(m);
                 }
-                ReadResult::WouldBlock => break,
-                ReadResult::Eof | ReadResult::Error(_) => ended = true,
+                bytes += m.msgdsize();
+                held.push_back(m);
             }
-        }
-        if held.is_empty() {
-            if ended || st.stopping() {
+            ReadResult::WouldBlock => return,
+            ReadResult::Eof | ReadResult::Error(_) => {
+                st.head_ended.store(true, Ordering::Release);
                 return;
             }
-            st.out_wake.wait(Duration::from_millis(100));
-            continue;
         }
-        if matches!(sink, Sink::Echo) {
-            if !st.stream.canwrite() {
-                if st.stopping() {
-                    return; // the guest stopped reading: left in the stream
-                }
-                st.in_wake.wait(Duration::from_millis(100));
-                continue;
-            }
-            let m = held.pop_front().expect("not empty");
-            let n = m.msgdsize() as u64;
-            if st.stream.putmsg(m).is_err() {
-                return; // hung up
-            }
-            c.out_bytes.fetch_add(n, Ordering::Relaxed);
-            continue;
+    }
+}
+
+/// Drops (and counts) messages over guest buffers of an earlier generation: on their way up
+/// when the device was reset, so their bytes are the guest's again.
+fn drop_stale(st: &IoState, held: &mut VecDeque<Mblk>) {
+    let lent = &st.port.lent;
+    held.retain(|m| {
+        let stale = lent.is_stale(m);
+        if stale {
+            let c = &st.port.counters;
+            c.drops.fetch_add(m.msgdsize() as u64, Ordering::Relaxed);
         }
-        let result = match &mut sink {
-            Sink::Discard | Sink::Echo => {
-                let n: usize = held.drain(..).map(|m| m.msgdsize()).sum();
-                Ok(n as u64)
+        !stale
+    });
+}
+
+/// A reset or removal ends the port's loans (called with its gate held exclusively): what
+/// the head and the output thread hold is copied into host memory; what cannot be copied is
+/// dropped and counted.
+pub(super) fn reclaim(st: &IoState) {
+    // A writer's batch is already copied: its originals only hold the guest's buffers.
+    lock(&st.inflight).clear();
+    let mut held = lock(&st.held);
+    take_from_head(st, &mut held, true);
+    let lent = &st.port.lent;
+    held.retain_mut(|m| {
+        if !lent.is_lent(m) {
+            return true;
+        }
+        match m.copymsg() {
+            Some(c) => {
+                *m = c;
+                true
             }
-            Sink::Writer(f) => write_batch(f, held),
-            Sink::Client => match st.writable_client() {
-                None if st.stopping() => return, // nobody to take it: left undelivered
-                None => {
-                    st.out_wake.wait(Duration::from_millis(100));
-                    continue;
-                }
-                Some(client) => {
-                    let r = write_batch(&mut &*client, held);
-                    if r.is_err() {
-                        // The input thread reads what the client sent, then lets it go.
-                        st.client_write_failed(&client);
-                        continue; // the rest goes to the next client
+            None => {
+                let c = &st.port.counters;
+                c.drops.fetch_add(m.msgdsize() as u64, Ordering::Relaxed);
+                false
+            }
+        }
+    });
+    st.held_bytes.store(bytes_of(&held), Ordering::Release);
+}
+
+fn bytes_of(q: &VecDeque<Mblk>) -> u64 {
+    q.iter().map(|m| m.msgdsize() as u64).sum()
+}
+
+/// What the output thread writes with the gate released.
+#[derive(Default)]
+struct Copies {
+    /// Echo: host copies (or, when the pool had none, originals) to put back down.
+    ready: VecDeque<Mblk>,
+    /// Writers: the bytes of the messages in [`IoState::inflight`], and how many went out.
+    bytes: Vec<u8>,
+    sent: usize,
+}
+
+impl Copies {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.sent == self.bytes.len()
+    }
+
+    fn left(&self) -> u64 {
+        bytes_of(&self.ready) + (self.bytes.len() - self.sent) as u64
+    }
+}
+
+/// Runs until the stream ends or the backend stops; what it took from the stream head but
+/// could not write is counted as undelivered ([`IoState::unwritten`]).
+pub(super) fn output_loop(st: &Arc<IoState>, sink: Sink) {
+    let mut copies = Copies::default();
+    run(st, sink, &mut copies);
+    let left = bytes_of(&lock(&st.held)) + copies.left();
+    st.held_bytes.store(0, Ordering::Release);
+    st.copy_bytes.store(0, Ordering::Release);
+    st.unwritten.store(left, Ordering::Release);
+}
+
+/// What the thread does once it let go of the gate.
+enum Next {
+    /// Nothing to do: wait for the head.
+    Idle,
+    /// Look again at once.
+    Again,
+    /// Wait until the client can take more.
+    Room(std::sync::Arc<std::os::unix::net::UnixStream>),
+    /// Wait a moment (no client).
+    Pause,
+    /// The stream ended and everything went out, or the backend stops.
+    Stop,
+}
+
+/// One step with the gate held shared: drop stale messages, gather from the head, and either
+/// write to a client without blocking or make the copies written after the gate is released.
+fn step(st: &IoState, sink: &mut Sink, copies: &mut Copies) -> Next {
+    let _gate = st.port.lent.read();
+    let mut held = lock(&st.held);
+    drop_stale(st, &mut held);
+    let client = match sink {
+        Sink::Client => st.writable_client(),
+        _ => None,
+    };
+    let can_take = !matches!(sink, Sink::Client) || client.is_some();
+    if can_take && copies.is_empty() {
+        take_from_head(st, &mut held, false);
+    }
+    let next = if !copies.is_empty() {
+        Next::Again // copies to write first
+    } else if held.is_empty() {
+        if st.head_ended.load(Ordering::Acquire) || st.stopping() {
+            Next::Stop
+        } else {
+            Next::Idle
+        }
+    } else {
+        match sink {
+            Sink::Discard => {
+                let n = bytes_of(&held);
+                held.clear();
+                PortCounters::add(&st.port.counters.out_bytes, n);
+                Next::Again
+            }
+            Sink::Echo => {
+                // Copied where the pool allows; an original that goes back down instead is
+                // dropped by the receive path if a reset makes it stale.
+                for m in held.iter_mut() {
+                    if st.port.lent.is_lent(m)
+                        && let Some(c) = m.copymsg()
+                    {
+                        *m = c;
                     }
-                    r
                 }
-            },
-        };
-        match result {
-            Ok(n) => {
-                c.out_bytes.fetch_add(n, Ordering::Relaxed);
+                copies.ready.extend(held.drain(..));
+                Next::Again
             }
-            Err(_) => {
-                // A file or terminal that fails: keep the bytes and try again later.
+            Sink::Writer(_) => {
+                // The bytes are copied out; the messages (and the guest's buffers) are kept
+                // until the copy is written, so a slow writer still holds the guest back.
+                copies.bytes.clear();
+                copies.sent = 0;
+                let mut inflight = lock(&st.inflight);
+                for m in held.drain(..) {
+                    for b in m.blocks() {
+                        copies.bytes.extend_from_slice(b.data());
+                    }
+                    inflight.push_back(m);
+                }
+                Next::Again
+            }
+            Sink::Client => match client {
+                None if st.stopping() => Next::Stop, // nobody to take it: left undelivered
+                None => Next::Pause,
+                Some(client) => match write_batch(&mut &*client, &mut held) {
+                    Ok(n) => {
+                        PortCounters::add(&st.port.counters.out_bytes, n);
+                        Next::Again
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Room(client),
+                    Err(_) => {
+                        // The input thread reads what the client sent, then lets it go; the
+                        // rest goes to the next client.
+                        st.client_write_failed(&client);
+                        Next::Again
+                    }
+                },
+            },
+        }
+    };
+    st.held_bytes.store(bytes_of(&held), Ordering::Release);
+    st.copy_bytes.store(copies.left(), Ordering::Release);
+    next
+}
+
+fn run(st: &Arc<IoState>, mut sink: Sink, copies: &mut Copies) {
+    let c = &st.port.counters;
+    loop {
+        match step(st, &mut sink, copies) {
+            Next::Stop => return,
+            Next::Idle => st.out_wake.wait(Duration::from_millis(100)),
+            Next::Pause => {
                 if st.stopping() {
                     return;
                 }
                 st.out_wake.wait(Duration::from_millis(100));
             }
+            Next::Room(client) => {
+                if st.stopping() {
+                    return;
+                }
+                super::pty::writable(&*client, 100);
+            }
+            Next::Again => {}
+        }
+        // Copies: written with the gate released, blocking as the sink likes.
+        if copies.is_empty() {
+            continue;
+        }
+        match &mut sink {
+            Sink::Echo => {
+                if !st.stream.canwrite() {
+                    if st.stopping() {
+                        return; // the guest stopped reading: left in the stream
+                    }
+                    st.in_wake.wait(Duration::from_millis(100));
+                    continue;
+                }
+                let m = copies.ready.pop_front().expect("not empty");
+                let n = m.msgdsize() as u64;
+                if st.stream.putmsg(m).is_err() {
+                    return; // hung up
+                }
+                c.out_bytes.fetch_add(n, Ordering::Relaxed);
+                st.copy_bytes.store(copies.left(), Ordering::Release);
+            }
+            Sink::Writer(f) => match f.write(&copies.bytes[copies.sent..]) {
+                Ok(n) if n > 0 => {
+                    copies.sent += n;
+                    c.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    st.copy_bytes.store(copies.left(), Ordering::Release);
+                    if copies.sent == copies.bytes.len() {
+                        lock(&st.inflight).clear(); // the guest's buffers go back
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => {
+                    // A file or terminal that fails: keep the bytes and try again later.
+                    if st.stopping() {
+                        return;
+                    }
+                    st.out_wake.wait(Duration::from_millis(100));
+                }
+            },
+            Sink::Discard | Sink::Client => unreachable!("only echo and writers make copies"),
         }
     }
 }

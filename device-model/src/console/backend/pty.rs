@@ -58,9 +58,18 @@ pub fn window_size(f: &File) -> Option<(u16, u16)> {
 
 /// Waits up to `ms` milliseconds for `fd` to be readable (or hung up); true if it is.
 pub fn readable(fd: &impl AsRawFd, ms: i32) -> bool {
+    poll_one(fd, libc::POLLIN, ms)
+}
+
+/// Waits up to `ms` milliseconds for `fd` to take more (or fail); true if it will.
+pub fn writable(fd: &impl AsRawFd, ms: i32) -> bool {
+    poll_one(fd, libc::POLLOUT, ms)
+}
+
+fn poll_one(fd: &impl AsRawFd, events: libc::c_short, ms: i32) -> bool {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd for the duration of the call.

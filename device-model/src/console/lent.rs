@@ -1,0 +1,91 @@
+//! Guest buffers lent to host-side messages by the zero-copy transmit path, and what keeps the
+//! host from reading them once the guest may use them again.
+//!
+//! The transmit path ([`super::driver`]) wraps each guest buffer in a message without copying.
+//! Such a message may wait at the stream head, or in the backend for a slow client, for as
+//! long as the client likes. Two events end every loan of a port at once:
+//!
+//! - a reset: once it returns, the guest may rewrite every buffer it had made available;
+//! - the port's removal: the driver takes the port's buffers back.
+//!
+//! Both take the port's gate exclusively and run the backend's reclaim hook, which copies what
+//! it holds into host memory (or drops it, counted, when no memory is to be had); freeing the
+//! originals ends their loans. Whoever reads lent bytes on the host side (the backend's output
+//! thread) holds the gate shared, and never while it blocks. A message still on its way up
+//! during a reset reaches the backend from an earlier generation: it is dropped and counted,
+//! never read.
+
+use super::port::lock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use streams::Mblk;
+
+/// What a backend runs to stop holding lent guest memory (see the module's text).
+pub type ReclaimHook = Box<dyn Fn() + Send + Sync>;
+
+/// One port's loans.
+#[derive(Default)]
+pub struct Lent {
+    gate: RwLock<()>,
+    /// The generation of the port's rings (the console's epoch at the last reset).
+    generation: AtomicU64,
+    /// Data block identity -> the generation it was lent in.
+    loans: Mutex<HashMap<usize, u64>>,
+    reclaim: Mutex<Option<ReclaimHook>>,
+}
+
+impl Lent {
+    /// Records that data block `id` is over a guest buffer of `generation`.
+    pub(crate) fn lend(&self, id: usize, generation: u64) {
+        lock(&self.loans).insert(id, generation);
+    }
+
+    /// Data block `id` is gone: its guest buffer is no longer read.
+    pub(crate) fn repay(&self, id: usize) {
+        lock(&self.loans).remove(&id);
+    }
+
+    /// Shared hold of the gate: lent bytes may be read (and written out) until it is dropped.
+    pub fn read(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any block of `m` is over a lent guest buffer.
+    pub fn is_lent(&self, m: &Mblk) -> bool {
+        let loans = lock(&self.loans);
+        m.blocks().any(|b| loans.contains_key(&b.db_id()))
+    }
+
+    /// Whether any block of `m` is over a guest buffer of an earlier generation (the device
+    /// was reset since): its bytes must not be read.
+    pub fn is_stale(&self, m: &Mblk) -> bool {
+        let now = self.generation.load(Ordering::Acquire);
+        let loans = lock(&self.loans);
+        m.blocks()
+            .any(|b| loans.get(&b.db_id()).is_some_and(|&g| g != now))
+    }
+
+    /// Sets the backend's reclaim hook (called with the gate held exclusively).
+    pub fn set_reclaim(&self, hook: ReclaimHook) {
+        *lock(&self.reclaim) = Some(hook);
+    }
+
+    /// Ends every loan: waits for readers to let go, moves to `generation` (a reset) and has
+    /// the backend give back what it holds.
+    pub(crate) fn end_loans(&self, generation: Option<u64>) {
+        let _exclusive = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = generation {
+            self.generation.store(g, Ordering::Release);
+        }
+        if let Some(hook) = &*lock(&self.reclaim) {
+            hook();
+        }
+    }
+
+    /// Loans outstanding (tests).
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> usize {
+        lock(&self.loans).len()
+    }
+}
