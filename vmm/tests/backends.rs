@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 /// Starts `perimeter run --workload WORKLOAD` on `ports` (each a `--port` value), with JSON
 /// results and statistics on stdout (stdout and stderr piped).
 fn start(workload: &str, ports: &[&str]) -> Child {
+    start_with(workload, ports, &[])
+}
+
+/// [`start`] with more arguments.
+fn start_with(workload: &str, ports: &[&str], more: &[&str]) -> Child {
     let mut args = vec![
         "run",
         "--workload",
@@ -33,6 +38,7 @@ fn start(workload: &str, ports: &[&str]) -> Child {
     for p in ports {
         args.extend(["--port", p]);
     }
+    args.extend(more);
     Command::new(env!("CARGO_BIN_EXE_perimeter"))
         .args(&args)
         .stdin(Stdio::null())
@@ -367,18 +373,13 @@ fn a_stop_signal_ends_the_run_cleanly_with_its_statistics() {
     ] {
         let sock = dir.join(format!("port-{sig}.sock"));
         let ctl = dir.join(format!("control-{sig}.sock"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-            .args(["run", "--workload", "echo", "--json", "--timeout", "120"])
-            .args(["--port", "name=n,backend=null"])
-            .arg("--port")
-            .arg(format!("name=s,backend=socket:{}", sock.display()))
-            .arg("--control")
-            .arg(&ctl)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("perimeter starts");
+        let port = format!("name=s,backend=socket:{}", sock.display());
+        let ctl_arg = ctl.to_str().unwrap();
+        let mut child = start_with(
+            "echo",
+            &["name=n,backend=null", &port],
+            &["--control", ctl_arg],
+        );
         // The guest's echo is running once it says so: the VM, its sockets and handlers are up.
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut seen = String::new();
@@ -422,15 +423,8 @@ fn input_a_client_sent_before_it_left_is_still_delivered() {
     let sock = dir.join("e.sock");
     let ctl = dir.join("ctl.sock");
     let port = format!("name=e,backend=socket:{}", sock.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["run", "--workload", "echo", "--json", "--timeout", "120"])
-        .args(["--port", &port, "--control"])
-        .arg(&ctl)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("perimeter starts");
+    let ctl_arg = ctl.to_str().unwrap();
+    let mut child = start_with("echo", &[&port], &["--control", ctl_arg]);
     let (_, stderr) = announced(&mut child, "e");
     // Send until the socket takes no more (the guest echoes; the echo is not read, so flow
     // control holds everything back), then close without reading.

@@ -890,22 +890,35 @@ mod backends {
         got
     }
 
-    #[test]
-    fn after_a_reset_the_guests_old_transmit_buffers_are_not_read() {
-        let path = tmp("reset.sock");
-        let sock = format!("socket:{}", path.display());
-        let rt = ConsoleRuntime::start(&[spec("s", &sock)], &[]).unwrap();
+    /// A console whose last port is a socket nobody reads, on which the guest sent `first`:
+    /// its buffers wait at the stream head, lent. The socket's path and the buffers.
+    fn lent_at_the_head(
+        ports: &[PortSpec],
+        file: &str,
+        first: &[u8],
+    ) -> (ConsoleRuntime, Rig, std::path::PathBuf, Vec<(u64, usize)>) {
+        let path = tmp(file);
+        let mut ports = ports.to_vec();
+        ports.push(spec("s", &format!("socket:{}", path.display())));
+        let rt = ConsoleRuntime::start(&ports, &[]).unwrap();
         let mut r = runtime_rig(&rt);
         r.up(ALL);
         r.handshake();
-        // Nobody reads the socket: the guest's buffers wait at the stream head, lent.
-        let first = pattern(96 * 1024, 1);
-        let bufs = post_tx(&mut r, 0, &first, 8192);
-        let port = r.h.port(0).unwrap().clone();
+        let id = ports.len() as u32 - 1;
+        let bufs = post_tx(&mut r, id, first, 8192);
+        let port = r.h.port(id).unwrap().clone();
         eventually("the buffers are taken", || {
             port.counters.tx_bytes.load(Ordering::Relaxed) == first.len() as u64
         });
         assert!(port.lent.outstanding() > 0);
+        (rt, r, path, bufs)
+    }
+
+    #[test]
+    fn after_a_reset_the_guests_old_transmit_buffers_are_not_read() {
+        let first = pattern(96 * 1024, 1);
+        let (rt, mut r, path, bufs) = lent_at_the_head(&[], "reset.sock", &first);
+        let port = r.h.port(0).unwrap().clone();
         r.g.wr(virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS, 0);
         assert_eq!(port.lent.outstanding(), 0, "the reset ended every loan");
         // The guest may use its memory again at once.
@@ -923,18 +936,8 @@ mod backends {
 
     #[test]
     fn removing_a_port_returns_the_buffers_its_backend_holds() {
-        let path = tmp("remove.sock");
-        let sock = format!("socket:{}", path.display());
-        let rt = ConsoleRuntime::start(&[spec("n", "null"), spec("s", &sock)], &[]).unwrap();
-        let mut r = runtime_rig(&rt);
-        r.up(ALL);
-        r.handshake();
         let first = pattern(64 * 1024, 3);
-        let bufs = post_tx(&mut r, 1, &first, 8192);
-        let port = r.h.port(1).unwrap().clone();
-        eventually("the buffers are taken", || {
-            port.counters.tx_bytes.load(Ordering::Relaxed) == first.len() as u64
-        });
+        let (rt, mut r, path, bufs) = lent_at_the_head(&[spec("n", "null")], "remove.sock", &first);
         assert!(r.g.used(tx_queue(1)).is_empty(), "held for the client");
         r.h.remove_port(1).unwrap();
         let back = r.g.used(tx_queue(1));
