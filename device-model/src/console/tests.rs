@@ -1152,6 +1152,15 @@ impl Rig {
     fn backlog(&self) -> usize {
         lock(&self.h.0.ctl).backlog()
     }
+
+    /// The ports the device announced (DEVICE_ADD) since the last look.
+    fn ctl_adds(&mut self) -> Vec<u32> {
+        self.ctl_recv()
+            .iter()
+            .filter(|(c, _)| c.event == event::DEVICE_ADD)
+            .map(|(c, _)| c.id)
+            .collect()
+    }
 }
 
 #[test]
@@ -1212,24 +1221,12 @@ fn repeated_device_ready_does_not_grow_the_removed_set() {
     r.kick(CTRL_RX_QUEUE);
     for _ in 0..1000 {
         r.ctl_send(0, event::DEVICE_READY, 1);
-        let adds: Vec<u32> = r
-            .ctl_recv()
-            .iter()
-            .filter(|(c, _)| c.event == event::DEVICE_ADD)
-            .map(|(c, _)| c.id)
-            .collect();
-        assert_eq!(adds, [0]);
+        assert_eq!(r.ctl_adds(), [0]);
     }
     assert_eq!(lock(&r.h.0.ctl).removed_ports(), 2);
     r.h.add_port(2).unwrap();
     r.run();
-    let adds: Vec<u32> = r
-        .ctl_recv()
-        .iter()
-        .filter(|(c, _)| c.event == event::DEVICE_ADD)
-        .map(|(c, _)| c.id)
-        .collect();
-    assert_eq!(adds, [2]);
+    assert_eq!(r.ctl_adds(), [2]);
     assert_eq!(lock(&r.h.0.ctl).removed_ports(), 1);
 }
 
