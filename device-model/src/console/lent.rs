@@ -17,7 +17,7 @@
 
 use super::port::lock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use streams::Mblk;
 
@@ -32,6 +32,9 @@ pub struct Lent {
     generation: AtomicU64,
     /// Data block identity -> the generation it was lent in.
     loans: Mutex<HashMap<usize, u64>>,
+    /// Loans of an earlier generation still outstanding (0 almost always: then nothing is
+    /// stale and readers need not look).
+    stale: AtomicUsize,
     reclaim: Mutex<Option<ReclaimHook>>,
 }
 
@@ -43,7 +46,12 @@ impl Lent {
 
     /// Data block `id` is gone: its guest buffer is no longer read.
     pub(crate) fn repay(&self, id: usize) {
-        lock(&self.loans).remove(&id);
+        let mut loans = lock(&self.loans);
+        // Read under the lock: `end_loans` changes it and counts the stale loans under it.
+        let now = self.generation.load(Ordering::Acquire);
+        if loans.remove(&id).is_some_and(|g| g != now) {
+            self.stale.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Shared hold of the gate: lent bytes may be read (and written out) until it is dropped.
@@ -60,6 +68,9 @@ impl Lent {
     /// Whether any block of `m` is over a guest buffer of an earlier generation (the device
     /// was reset since): its bytes must not be read.
     pub fn is_stale(&self, m: &Mblk) -> bool {
+        if self.stale.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let now = self.generation.load(Ordering::Acquire);
         let loans = lock(&self.loans);
         m.blocks()
@@ -76,7 +87,10 @@ impl Lent {
     pub(crate) fn end_loans(&self, generation: Option<u64>) {
         let _exclusive = self.gate.write().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = generation {
+            let loans = lock(&self.loans);
             self.generation.store(g, Ordering::Release);
+            let stale = loans.values().filter(|&&lent| lent != g).count();
+            self.stale.store(stale, Ordering::Release);
         }
         if let Some(hook) = &*lock(&self.reclaim) {
             hook();
@@ -87,5 +101,40 @@ impl Lent {
     #[cfg(test)]
     pub(crate) fn outstanding(&self) -> usize {
         lock(&self.loans).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use streams::{DetPlatform, Streams, StreamsConfig};
+
+    #[test]
+    fn a_loan_from_before_a_reset_is_stale_until_repaid() {
+        let s = Streams::new(Arc::new(DetPlatform::new()), StreamsConfig::default());
+        let (old, new) = (s.allocb(8).unwrap(), s.allocb(8).unwrap());
+        let lent = Lent::default();
+        lent.end_loans(Some(1));
+        lent.lend(old.db_id(), 1);
+        assert!(lent.is_lent(&old) && !lent.is_stale(&old));
+        let reclaimed = Arc::new(AtomicUsize::new(0));
+        let r = reclaimed.clone();
+        lent.set_reclaim(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        lent.end_loans(Some(2)); // a reset
+        assert_eq!(reclaimed.load(Ordering::SeqCst), 1, "the backend was asked");
+        lent.lend(new.db_id(), 2);
+        let dup = old.dupb().unwrap();
+        assert!(
+            lent.is_stale(&old) && lent.is_stale(&dup),
+            "a duplicate is as stale"
+        );
+        assert!(!lent.is_stale(&new));
+        lent.repay(old.db_id());
+        assert_eq!(lent.stale.load(Ordering::SeqCst), 0);
+        assert!(!lent.is_stale(&old) && !lent.is_lent(&old));
+        assert_eq!(lent.outstanding(), 1);
     }
 }
