@@ -17,9 +17,32 @@
 
 use super::port::lock;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use streams::Mblk;
+
+/// Hashes a data block's address as it is: addresses are distinct and spread already, and
+/// a loan is made and repaid for every transmitted buffer.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Blocks are 8-byte aligned at least; mix the high bits into the low ones.
+        self.0 = (n as u64 >> 3) ^ (n as u64 >> 17);
+    }
+}
+
+type Loans = HashMap<usize, u64, BuildHasherDefault<AddressHasher>>;
 
 /// What a backend runs to stop holding lent guest memory (see the module's text).
 pub type ReclaimHook = Box<dyn Fn() + Send + Sync>;
@@ -31,7 +54,7 @@ pub struct Lent {
     /// The generation of the port's rings (the console's epoch at the last reset).
     generation: AtomicU64,
     /// Data block identity -> the generation it was lent in.
-    loans: Mutex<HashMap<usize, u64>>,
+    loans: Mutex<Loans>,
     /// Loans of an earlier generation still outstanding (0 almost always: then nothing is
     /// stale and readers need not look).
     stale: AtomicUsize,
