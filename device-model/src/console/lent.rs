@@ -44,8 +44,10 @@ impl Hasher for AddressHasher {
 
 type Loans = HashMap<usize, u64, BuildHasherDefault<AddressHasher>>;
 
-/// What a backend runs to stop holding lent guest memory (see the module's text).
-pub type ReclaimHook = Box<dyn Fn() + Send + Sync>;
+/// What a backend runs to stop holding lent guest memory (see the module's text); its
+/// argument says whether the device was reset (the guest's bytes are gone: what cannot be
+/// copied is dropped) or the port removed (the ring is live: what cannot be copied may wait).
+pub type ReclaimHook = Box<dyn Fn(bool) + Send + Sync>;
 
 /// One port's loans.
 #[derive(Default)]
@@ -116,7 +118,7 @@ impl Lent {
             self.stale.store(stale, Ordering::Release);
         }
         if let Some(hook) = &*lock(&self.reclaim) {
-            hook();
+            hook(generation.is_some());
         }
     }
 
@@ -143,7 +145,7 @@ mod tests {
         assert!(lent.is_lent(&old) && !lent.is_stale(&old));
         let reclaimed = Arc::new(AtomicUsize::new(0));
         let r = reclaimed.clone();
-        lent.set_reclaim(Box::new(move || {
+        lent.set_reclaim(Box::new(move |_reset| {
             r.fetch_add(1, Ordering::SeqCst);
         }));
         lent.end_loans(Some(2)); // a reset

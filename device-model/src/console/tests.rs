@@ -951,6 +951,26 @@ mod backends {
     }
 
     #[test]
+    fn a_removal_without_memory_for_copies_keeps_the_data() {
+        let first = pattern(64 * 1024, 5);
+        let (rt, mut r, path, _) = lent_at_the_head(&[spec("n", "null")], "nomem.sock", &first);
+        rt.streams().set_faults(vec![FaultPolicy::EveryNth(1)]);
+        r.h.remove_port(1).unwrap();
+        rt.streams().set_faults(vec![]);
+        assert!(
+            r.g.used(tx_queue(1)).is_empty(),
+            "no copies: the buffers wait"
+        );
+        let got = client_reads(&path, first.len());
+        assert!(got == first, "nothing dropped");
+        eventually("the buffers come back once written", || {
+            !r.g.used(tx_queue(1)).is_empty()
+        });
+        let st = rt.finish(Duration::from_secs(2));
+        assert_eq!(st.ports[1].drops, 0);
+    }
+
+    #[test]
     fn input_held_for_a_removed_port_shows_as_pending() {
         let (o, i) = (tmp("pending-out"), tmp("pending-in"));
         std::fs::write(&i, pattern(4 << 20, 4)).unwrap();

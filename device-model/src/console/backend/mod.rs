@@ -229,9 +229,9 @@ impl PortIo {
         let s = state.clone();
         state.stream.head().set_notify(move || s.out_wake.notify());
         let weak = Arc::downgrade(&state);
-        state.port.lent.set_reclaim(Box::new(move || {
+        state.port.lent.set_reclaim(Box::new(move |reset| {
             if let Some(s) = weak.upgrade() {
-                output::reclaim(&s);
+                output::reclaim(&s, reset);
             }
         }));
         let s = state.clone();

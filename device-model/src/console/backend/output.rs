@@ -9,8 +9,8 @@
 //! gate held shared, and never across a wait: a client socket is written without blocking
 //! (the thread waits for room with the gate released); other writers write a copy of each
 //! batch (whose messages, and so the guest's buffers, are freed once it is written), and the
-//! echo puts host copies back down where the pool allows. A reset or a removal runs [`reclaim`], which copies
-//! what the thread holds.
+//! echo puts host copies back down where the pool allows. A reset or a removal runs
+//! [`reclaim`], which copies what the thread holds.
 
 use super::{IoState, Sink, lock};
 use crate::console::PortCounters;
@@ -120,9 +120,10 @@ fn drop_stale(st: &IoState, held: &mut VecDeque<Mblk>) {
 }
 
 /// A reset or removal ends the port's loans (called with its gate held exclusively): what
-/// the head and the output thread hold is copied into host memory; what cannot be copied is
-/// dropped and counted.
-pub(super) fn reclaim(st: &IoState) {
+/// the head and the output thread hold is copied into host memory. What cannot be copied (no
+/// memory in the pool) is dropped and counted after a `reset`; after a removal it stays as it
+/// is (the ring is live) and goes out, its buffer returned once written.
+pub(super) fn reclaim(st: &IoState, reset: bool) {
     // A writer's batch is already copied: its originals only hold the guest's buffers.
     lock(&st.inflight).clear();
     let mut held = lock(&st.held);
@@ -137,6 +138,7 @@ pub(super) fn reclaim(st: &IoState) {
                 *m = c;
                 true
             }
+            None if !reset => true,
             None => {
                 let c = &st.port.counters;
                 c.drops.fetch_add(m.msgdsize() as u64, Ordering::Relaxed);
