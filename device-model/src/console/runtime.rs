@@ -114,10 +114,13 @@ impl ConsoleRuntime {
         }
         self.handle.flush_tx();
         quiesce(&self.streams, deadline);
-        let mut st = self.stats();
-        let ConsoleRuntime { io, .. } = self;
-        for (p, io) in st.ports.iter_mut().zip(io) {
-            (p.pending_out_bytes, p.out_crc32) = io.finish(deadline);
+        let labels: Vec<String> = self.specs.iter().map(|s| s.backend_text.clone()).collect();
+        let ConsoleRuntime { io, handle, .. } = self;
+        // The backends first, then the counters: they no longer move.
+        let ends: Vec<_> = io.into_iter().map(|io| io.finish(deadline)).collect();
+        let mut st = handle.stats(&labels);
+        for (p, end) in st.ports.iter_mut().zip(ends) {
+            (p.pending_out_bytes, p.pending_in_bytes, p.out_crc32) = end;
         }
         st
     }

@@ -983,6 +983,11 @@ mod backends {
         assert!(got.len() >= 100_000);
         r.h.remove_port(1).unwrap();
         r.run();
+        // The file keeps coming in; the removed port keeps it for a later add.
+        let c = &r.h.port(1).unwrap().counters;
+        eventually("input the guest will not get", || {
+            c.in_bytes.load(Ordering::Relaxed) > c.rx_bytes.load(Ordering::Relaxed)
+        });
         let st = rt.finish(Duration::from_secs(2));
         let p = &st.ports[1];
         assert!(p.pending_in_bytes > 0, "{p:?}");
@@ -1118,6 +1123,11 @@ mod backends {
                 .position(|(i, &b)| b != pattern_byte(received + i as u64));
             assert_eq!(bad, None, "{f}: a received byte differs");
             received += got.len() as u64;
+            // The transmit path runs in host threads: it took everything under this policy.
+            let c = &r.h.port(0).unwrap().counters;
+            eventually("the guest's buffers taken", || {
+                c.tx_bytes.load(Ordering::Relaxed) == sent.len() as u64
+            });
             rt.streams().set_faults(Vec::new());
             let after = failures(&r);
             assert!(after.0 > before.0, "{f}: no allocation failed");

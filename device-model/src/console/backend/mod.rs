@@ -356,9 +356,9 @@ impl PortIo {
     }
 
     /// Stops the backend: output already in the stream is written out until `deadline` (if
-    /// anyone can take it); then the threads end. Returns the bytes left undelivered and the
-    /// output's checksum.
-    pub fn finish(mut self, deadline: Instant) -> (u64, Option<u32>) {
+    /// anyone can take it); then the threads end. Returns the bytes left undelivered each way
+    /// (output, then input) and the output's checksum.
+    pub fn finish(mut self, deadline: Instant) -> (u64, u64, Option<u32>) {
         self.stop_input();
         self.state.stop.store(true, Ordering::Release);
         self.state.out_wake.notify();
@@ -393,7 +393,7 @@ impl PortIo {
         if let Some(p) = &self.socket {
             let _ = std::fs::remove_file(p);
         }
-        (self.pending(), self.out_crc())
+        (self.pending(), self.pending_in(), self.out_crc())
     }
 }
 
