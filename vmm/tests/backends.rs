@@ -9,6 +9,8 @@
 mod common;
 
 use common::{json, kvm_present, port_stats, tmp_dir};
+use device_model::console::HEAD_HIWAT;
+use device_model::console::backend::BATCH_BYTES;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -185,9 +187,13 @@ fn a_reader_that_pauses_for_seconds_holds_back_only_its_own_port() {
     let dir = tmp_dir(test);
     let sock = dir.join("slow.sock");
     let port = format!("name=slow,backend=socket:{}", sock.display());
-    let total = 2 << 20;
+    // What can be on its way while the client sleeps: the guest's stream head and ring, the
+    // host's stream head, one output batch, and the socket's buffers (each well under 1 MiB).
+    // The guest must still be writing when the reader has taken its first 1 MiB.
+    let on_the_way = (HEAD_HIWAT as usize) * 2 + BATCH_BYTES + (1 << 20);
+    let total = (1 << 20) + on_the_way + (512 << 10);
     let mut child = start(
-        "fairness:2:2M:4K",
+        &format!("fairness:2:{total}:4K"),
         &[
             "name=con,backend=stdio,console",
             &port,
@@ -223,14 +229,18 @@ fn a_reader_that_pauses_for_seconds_holds_back_only_its_own_port() {
     );
     assert_eq!(field(&slow, "check"), "ok", "{slow:?}");
     assert_eq!(field(&fast, "check"), "ok", "{fast:?}");
-    // The null port finished during the first pause; the slow one (whose 2 MiB do not all
-    // fit in what perimeter buffers) only after it.
+    // The null port finished during the first pause; the slow one (whose bytes do not all
+    // fit in what is on the way) only after it.
     let ns = |r: &[(String, String)]| field(r, "ns").parse::<u64>().unwrap();
     assert!(
         ns(&fast) < pause.as_nanos() as u64,
         "fast {fast:?}, slow {slow:?}"
     );
-    assert!(ns(&slow) >= pause.as_nanos() as u64, "slow {slow:?}");
+    assert!(
+        ns(&slow) >= pause.as_nanos() as u64,
+        "slow {slow:?}; paused at {paused_at:?}; {}",
+        port_stats(&doc, "slow")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

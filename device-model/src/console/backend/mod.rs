@@ -8,6 +8,7 @@ mod output;
 pub mod pty;
 mod spec;
 
+pub use output::{BATCH_BYTES, BATCH_MSGS};
 pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_key};
 
 use super::port::lock;
