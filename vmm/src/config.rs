@@ -51,6 +51,8 @@ pub struct VmConfig {
     /// process that exists to run this VM (`perimeter run`): afterwards it can open no file
     /// and start no program.
     pub seccomp: bool,
+    /// How long the console polls its transmit rings after a notification (zero: not).
+    pub tx_poll: Duration,
 }
 
 impl VmConfig {
@@ -123,6 +125,7 @@ impl Default for VmConfig {
             faults: Vec::new(),
             control: None,
             seccomp: false,
+            tx_poll: device_model::console::DEFAULT_TX_POLL,
         }
     }
 }

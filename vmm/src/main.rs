@@ -5,6 +5,7 @@
 //! guest succeeded but a result the host can check (a `tx` checksum) did not match.
 
 use clap::{Args, Parser, Subcommand};
+use device_model::console::DEFAULT_TX_POLL;
 use device_model::console::backend::{FaultSpec, PortSpec, parse_fault};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +90,17 @@ struct BenchArgs {
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     memory: u64,
 
+    /// vCPUs of each perimeter run (1 to 8; QEMU boots this guest on one, so not with
+    /// --vs-qemu).
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with_all = ["vs_qemu", "linux"],
+          value_parser = clap::value_parser!(u32).range(1..=8))]
+    vcpus: u32,
+
+    /// perimeter's transmit polling after a notification, in µs (see `run --tx-poll-us`)
+    /// [default: run's default].
+    #[arg(long, value_name = "US")]
+    tx_poll_us: Option<u64>,
+
     /// Kill a run after SECS seconds and report it.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
@@ -155,6 +167,8 @@ impl BenchArgs {
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout.max(1)),
             cmdline: self.cmdline,
+            vcpus: self.vcpus,
+            tx_poll_us: self.tx_poll_us,
         }
     }
 }
@@ -322,6 +336,13 @@ struct RunArgs {
     #[arg(long = "guest-fault", value_name = "SPEC", value_parser = parse_guest_fault)]
     guest_faults: Vec<String>,
 
+    /// How long the console keeps polling its transmit rings after a notification once none
+    /// moves, in µs: a guest writing meanwhile needs no notification. 0 turns polling off
+    /// (the guest notifies whenever it finds a ring idle).
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_TX_POLL.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    tx_poll_us: u64,
+
     /// Stop the guest after SECS seconds (fractions allowed) and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
     timeout: Option<Duration>,
@@ -432,6 +453,7 @@ impl RunArgs {
             faults: self.faults,
             control: self.control,
             seccomp: !self.no_seccomp,
+            tx_poll: Duration::from_micros(self.tx_poll_us),
         }
     }
 }
@@ -454,6 +476,7 @@ impl Default for RunArgs {
             stats: false,
             json: false,
             no_seccomp: false,
+            tx_poll_us: DEFAULT_TX_POLL.as_micros() as u64,
         }
     }
 }

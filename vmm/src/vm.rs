@@ -224,6 +224,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
 
     // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
     let console = ConsoleRuntime::start(&config.ports, &config.faults).map_err(Error::BadInput)?;
+    console.handle().set_tx_poll(config.tx_poll);
     let console_irq = if is_linux {
         Irq::Pin(linux::CONSOLE_GSI)
     } else {

@@ -177,7 +177,8 @@ fn transmit(port: &Arc<PortShared>, q: Q<'_>) {
     while q.canputnext() {
         let mut g = lock(&port.tx);
         let Some(ring) = g.as_mut() else { return };
-        let (head, descs) = match ring.pop(true) {
+        // While the device polls, an emptied ring stays unarmed (see `poll`).
+        let (head, descs) = match ring.pop(!port.poll.active()) {
             Pop::Chain(head, bufs) => (head, bufs),
             Pop::Empty | Pop::Broken => return,
         };

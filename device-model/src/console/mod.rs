@@ -2,8 +2,9 @@
 //!
 //! Each port is a [`streams::Stream`]: its head is the port's backend, its driver instance is
 //! the port's pair of virtqueues, and modules may be pushed between them. A control stream on
-//! the same driver carries the control queues. See [`driver`] for the data paths and
-//! [`control`] for the handshake.
+//! the same driver carries the control queues. See [`driver`] for the data paths,
+//! [`control`] for the handshake and [`poll`] for how a notification starts a period in which
+//! the device watches every transmit ring instead of waiting for more notifications.
 
 pub mod backend;
 mod control;
@@ -12,6 +13,7 @@ mod driver;
 mod events;
 pub mod lent;
 pub mod modules;
+mod poll;
 mod port;
 mod ring;
 mod runtime;
@@ -21,6 +23,7 @@ mod tests;
 
 pub use driver::{HEAD_HIWAT, HEAD_LOWAT};
 pub use events::ConsoleEvents;
+pub use poll::DEFAULT_IDLE as DEFAULT_TX_POLL;
 pub use port::{PortConfig, PortShared};
 pub use runtime::ConsoleRuntime;
 pub use stats::{ConsoleStats, PortCounters, PortStats};
@@ -67,11 +70,16 @@ pub enum ConsoleError {
         /// The framework's error.
         error: streams::Error,
     },
+    /// The transmit poller's thread could not be started.
+    #[error("cannot start the transmit poller: {0}")]
+    Thread(std::io::Error),
 }
 
 /// State shared by the device, its driver instances, the event loop and the backends.
 pub(crate) struct Shared {
     pub ports: Vec<Arc<PortShared>>,
+    /// Transmit polling, shared with every port.
+    pub poll: Arc<poll::TxPoll>,
     /// Device-wide control state: only the outer perimeter's writer touches it.
     pub ctl: Mutex<CtlState>,
     /// Control work asked for ([`control`]'s bits).
@@ -121,7 +129,8 @@ impl ConsoleHandle {
                 if matches!(queue_role(index), QueueRole::Rx(_)) {
                     port.kick_rx()
                 } else {
-                    port.kick_tx()
+                    port.kick_tx();
+                    self.0.poll.start();
                 }
             }
             QueueRole::CtrlRx => self.0.control(KICK_RX),
@@ -134,6 +143,12 @@ impl ConsoleHandle {
         for p in &self.0.ports {
             p.kick_tx();
         }
+    }
+
+    /// How long the device polls the transmit rings after a notification once none moves;
+    /// zero turns polling off (one notification per buffer that finds its ring idle).
+    pub fn set_tx_poll(&self, idle: std::time::Duration) {
+        self.0.poll.set_idle(idle);
     }
 
     /// The number of ports.
@@ -216,6 +231,8 @@ impl ConsoleHandle {
             control_out: self.0.control_out.load(Ordering::Relaxed),
             control_ignored: self.0.control_ignored.load(Ordering::Relaxed),
             control_backlog: self.0.control_backlog.load(Ordering::Relaxed),
+            tx_poll_periods: self.0.poll.periods.load(Ordering::Relaxed),
+            tx_poll_found: self.0.poll.found.load(Ordering::Relaxed),
             transport: Default::default(),
             pool_calls: pool.calls,
             pool_failed_capacity: pool.failed_capacity,
@@ -232,6 +249,7 @@ pub struct Console {
     control: Option<Stream>,
     queue_sizes: Vec<u16>,
     epoch: u64,
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Console {
@@ -249,12 +267,14 @@ impl Console {
                 return Err(ConsoleError::DuplicateName(p.name.clone()));
             }
         }
+        let poll = Arc::new(poll::TxPoll::default());
         let shared = Arc::new(Shared {
             ports: ports
                 .iter()
                 .enumerate()
-                .map(|(i, (c, _))| PortShared::new(i as u32, c.clone()))
+                .map(|(i, (c, _))| PortShared::new(i as u32, c.clone(), poll.clone()))
                 .collect(),
+            poll: poll.clone(),
             ctl: Mutex::new(CtlState::default()),
             pending: AtomicU32::new(0),
             token: Mutex::new(None),
@@ -306,12 +326,18 @@ impl Console {
             }
             streams_out.push(Arc::new(s));
         }
+        let rings = shared.ports.clone();
+        let poller = std::thread::Builder::new()
+            .name("tx-poll".into())
+            .spawn(move || poll::run(&poll, &rings))
+            .map_err(ConsoleError::Thread)?;
         Ok(Console {
             queue_sizes: vec![QUEUE_SIZE; queue_count(ports.len() as u32)],
             shared,
             ports: streams_out,
             control: Some(control),
             epoch: 0,
+            poller: Some(poller),
         })
     }
 
@@ -345,6 +371,10 @@ impl Console {
 
 impl Drop for Console {
     fn drop(&mut self) {
+        self.shared.poll.shut_down();
+        if let Some(t) = self.poller.take() {
+            let _ = t.join();
+        }
         self.stop_rings();
         // Closing breaks the reference cycles between the instances and the shared state.
         if let Some(c) = self.control.take() {

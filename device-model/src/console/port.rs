@@ -2,6 +2,7 @@
 //! perimeter), its open flags, and its counters.
 
 use super::lent::Lent;
+use super::poll::TxPoll;
 use super::ring::Ring;
 use super::stats::PortCounters;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -67,10 +68,12 @@ pub struct PortShared {
     pub(crate) retry: Mutex<Option<Retry>>,
     /// Guest buffers lent to host-side messages.
     pub lent: Lent,
+    /// The device's transmit polling (shared by every port).
+    pub(crate) poll: Arc<TxPoll>,
 }
 
 impl PortShared {
-    pub(crate) fn new(id: u32, config: PortConfig) -> Arc<Self> {
+    pub(crate) fn new(id: u32, config: PortConfig, poll: Arc<TxPoll>) -> Arc<Self> {
         Arc::new(PortShared {
             id,
             removed: AtomicBool::new(!config.plugged),
@@ -86,6 +89,7 @@ impl PortShared {
             queues: Mutex::new(None),
             retry: Mutex::new(None),
             lent: Lent::default(),
+            poll,
         })
     }
 

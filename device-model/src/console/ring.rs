@@ -107,6 +107,31 @@ impl Ring {
         }
     }
 
+    /// The driver's avail index, or `None` when the ring is broken or cannot be read (the
+    /// next [`Ring::pop`] finds out which).
+    pub fn avail_idx(&self) -> Option<u16> {
+        if self.broken {
+            return None;
+        }
+        let avail = self.queue.avail_idx(&*self.mem, Ordering::Acquire).ok()?;
+        Some(avail.0)
+    }
+
+    /// Asks the driver to notify again (after polling) and says whether chains wait: one made
+    /// available before the driver could see the request sent no notification.
+    pub fn rearm(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        match self.queue.enable_notification(&*self.mem) {
+            Ok(pending) => pending,
+            Err(_) => {
+                self.break_ring();
+                false
+            }
+        }
+    }
+
     /// Returns chain `head` with `len` bytes written; a failure breaks the ring.
     pub fn complete(&mut self, head: u16, len: u32) {
         if self.broken {

@@ -148,6 +148,10 @@ pub struct ConsoleStats {
     pub control_ignored: u64,
     /// Control messages waiting for the driver's control receive buffers (bounded).
     pub control_backlog: u64,
+    /// Transmit polling periods (each started by a notification).
+    pub tx_poll_periods: u64,
+    /// Times the poller found a transmit ring that had moved without a notification.
+    pub tx_poll_found: u64,
     /// The transport's counters (filled in by whoever owns the transport).
     pub transport: crate::virtio::TransportCounters,
     /// Allocation calls on the STREAMS pool.
@@ -212,6 +216,10 @@ impl ConsoleStats {
             self.pool_failed_capacity,
             self.pool_failed_injected,
             self.pool_peak_bytes
+        );
+        s += &format!(
+            "transmit polling: {} periods, {} rings found moved\n",
+            self.tx_poll_periods, self.tx_poll_found
         );
         let t = &self.transport;
         s += &format!(

@@ -43,6 +43,8 @@ fn rig_with(ports: &[(&str, bool)], config: StreamsConfig) -> Rig {
         .collect();
     let c = Console::new(&s, ports).unwrap();
     let h = c.handle();
+    // Deterministic: no poller thread at work (tests of polling drive it themselves).
+    h.set_tx_poll(std::time::Duration::ZERO);
     let console = Arc::new(Mutex::new(c));
     let h2 = h.clone();
     let g = FakeGuest::new(
@@ -755,6 +757,60 @@ fn event_idx_suppresses_kicks_and_interrupts() {
     let _ = r.g.used(q);
 }
 
+/// Posts `data` as one buffer on queue `q` and offers a notification; whether the device
+/// wanted it.
+fn post_and_notify(r: &mut Rig, q: u16, data: &[u8]) -> bool {
+    let a = r.g.alloc(data.len() as u64);
+    r.g.write(a, data);
+    r.g.post(q, &[(a, data.len() as u32, false)], false)
+        .unwrap();
+    r.g.kick(q)
+}
+
+#[test]
+fn a_buffer_made_available_as_transmit_polling_stops_is_taken() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    let (poll, ports) = (r.h.0.poll.clone(), r.h.0.ports.clone());
+    let q = tx_queue(1);
+    poll.set_active(true);
+    // The notification that started polling; the pass that empties the ring leaves it unarmed.
+    assert!(post_and_notify(&mut r, q, b"first"));
+    r.run();
+    assert_eq!(r.host_read(1), b"first");
+    // While polling the guest sends no notification; a sweep finds the ring moved.
+    assert!(!post_and_notify(&mut r, q, b"second"), "no notification");
+    let mut seen = vec![None; ports.len()];
+    assert!(poll.sweep(&ports, &mut seen));
+    r.run();
+    assert_eq!(r.host_read(1), b"second");
+    assert!(!poll.sweep(&ports, &mut seen), "nothing moved since");
+    // A buffer made available just as polling stops, without a notification: stopping
+    // re-arms the ring, looks once more and takes it.
+    assert!(!post_and_notify(&mut r, q, b"third"), "no notification");
+    poll.stop(&ports);
+    r.run();
+    assert_eq!(r.host_read(1), b"third");
+    // Armed again: the next buffer notifies.
+    assert!(post_and_notify(&mut r, q, b"fourth"));
+    r.run();
+    assert_eq!(r.host_read(1), b"fourth");
+}
+
+#[test]
+fn without_polling_every_buffer_that_finds_its_ring_idle_notifies() {
+    let mut r = rig(&[("a", true), ("b", false)]);
+    r.up(ALL);
+    r.handshake();
+    let q = tx_queue(1);
+    for i in 0..4u8 {
+        assert!(post_and_notify(&mut r, q, &[i; 16]), "buffer {i} notifies");
+        r.run();
+        assert_eq!(r.host_read(1), [i; 16]);
+    }
+}
+
 mod backends {
     //! The backends with real threads, sockets, files and ptys.
     use super::*;
@@ -865,6 +921,51 @@ mod backends {
         }
         let st = finish_after_null_output(rt, &r, &out);
         assert_eq!(st.ports[0].drops + st.ports[1].drops, 0);
+    }
+
+    #[test]
+    fn a_guest_that_notifies_only_when_asked_loses_nothing_while_the_device_polls() {
+        // Three null ports; the device polls (the runtime's default); the guest notifies only
+        // when EVENT_IDX asks, and pauses for random times around the poller's idle time, so
+        // that buffers keep landing as polling periods end.
+        let names = ["a", "b", "c"];
+        let specs: Vec<PortSpec> = names.iter().map(|n| spec(n, "null")).collect();
+        let rt = ConsoleRuntime::start(&specs, &[]).unwrap();
+        let mut r = runtime_rig(&rt);
+        r.up(ALL);
+        r.handshake();
+        let data: Vec<Vec<u8>> = (0..3).map(|p| pattern(600 * 512, p as u8)).collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for chunk in 0..600 {
+            for (p, d) in data.iter().enumerate() {
+                let q = tx_queue(p as u32);
+                eventually("transmit ring space", || {
+                    r.g.used(q);
+                    r.g.free_descriptors(q) > 0
+                });
+                post_and_notify(&mut r, q, &d[chunk * 512..][..512]);
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let pause = seed % 160;
+            if pause < 100 {
+                std::thread::sleep(Duration::from_micros(pause));
+            }
+        }
+        for (p, d) in data.iter().enumerate() {
+            let out = &r.h.port(p as u32).unwrap().counters.out_bytes;
+            eventually("every buffer taken", || {
+                out.load(Ordering::Relaxed) == d.len() as u64
+            });
+        }
+        assert!(r.g.kicks_suppressed > 0, "polling saved notifications");
+        let st = rt.finish(Duration::from_secs(2));
+        assert!(st.tx_poll_found > 0, "{st:?}");
+        for (p, d) in st.ports.iter().zip(&data) {
+            assert_eq!(p.out_crc32, Some(crc(d)), "port {}", p.name);
+            assert_eq!(p.drops, 0);
+        }
     }
 
     /// Posts `data` on `port`'s transmit ring in `chunk`-byte buffers; their addresses.

@@ -50,6 +50,10 @@ pub struct Launcher {
     pub timeout: Duration,
     /// More guest command line (tuning knobs), the same for both VMMs.
     pub cmdline: String,
+    /// vCPUs of a perimeter run.
+    pub vcpus: u32,
+    /// perimeter's `--tx-poll-us`, when given.
+    pub tx_poll_us: Option<u64>,
 }
 
 /// What one run produced.
@@ -170,7 +174,11 @@ impl Launcher {
         cmd.args(["run", "--json", "--memory", &self.memory_mib.to_string()])
             .args(["--timeout", &self.timeout.as_secs().to_string()])
             .args(["--workload", &cell.workload()])
-            .args(["--cmdline", &self.cmdline]);
+            .args(["--cmdline", &self.cmdline])
+            .args(["--vcpus", &self.vcpus.to_string()]);
+        if let Some(us) = self.tx_poll_us {
+            cmd.args(["--tx-poll-us", &us.to_string()]);
+        }
         for (i, sock) in socks.iter().enumerate() {
             let name = port_name(i);
             let console = if i == 0 { ",console" } else { "" };

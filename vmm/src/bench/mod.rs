@@ -48,6 +48,10 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// More guest command line for both VMMs (`poll_us=`, `vcon.rxbufs=`...).
     pub cmdline: String,
+    /// vCPUs of each perimeter run.
+    pub vcpus: u32,
+    /// perimeter's `--tx-poll-us`, when given.
+    pub tx_poll_us: Option<u64>,
 }
 
 /// How a bench ended, for the exit status.
@@ -123,6 +127,8 @@ fn prepare(opts: &BenchOptions) -> Result<Launcher, Error> {
         sock_dir,
         timeout: opts.timeout,
         cmdline: opts.cmdline.clone(),
+        vcpus: opts.vcpus,
+        tx_poll_us: opts.tx_poll_us,
     })
 }
 
@@ -174,6 +180,8 @@ fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Resu
         "quick": opts.quick,
         "memory_mib": opts.memory_mib,
         "guest_cmdline": opts.cmdline,
+        "vcpus": opts.vcpus,
+        "tx_poll_us": opts.tx_poll_us,
         "rows": rows,
     });
     let text = serde_json::to_string_pretty(&doc).expect("plain data serializes");

@@ -304,7 +304,23 @@ impl Vcon {
     /// whether it drained. Call before closing when the bytes must have reached the device.
     pub fn drain(&self, id: u32, st: &Stream, timeout_ns: u64) -> bool {
         let deadline = crate::clock::now_ns() + timeout_ns;
-        platform::idle_until_or(deadline, || self.tx_idle(id, st))
+        let rings = &self.rings[id as usize];
+        // Completions are interrupted for only while someone waits for them.
+        rings.lock().tx_wait(true);
+        let done = platform::idle_until_or(deadline, || {
+            if self.tx_idle(id, st) {
+                return true;
+            }
+            if rings.lock().arm_tx() {
+                // Used before the interrupt was asked for: the instance reaps them, and the
+                // loop looks again rather than halting.
+                self.ring(id as usize);
+                platform::notify();
+            }
+            false
+        });
+        rings.lock().tx_wait(false);
+        done
     }
 
     /// Opens port `id` as a stream: PORT_OPEN goes to the device and the open returns once

@@ -3,7 +3,10 @@
 //! * Transmit is zero copy: each data block of a message becomes one descriptor, and the
 //!   message is freed when the device returns the chain. When the ring is full the message
 //!   waits on the write queue (flow control reaches the writer) and the service procedure
-//!   sends it once a completion interrupt returns descriptors.
+//!   sends it once a completion interrupt returns descriptors. Completions are reaped as the
+//!   next message is sent; an interrupt is asked for only when someone needs them (a full
+//!   ring, a drain or close waiting, or more than [`TX_IRQ_BYTES`] or half the ring held), so
+//!   a steady writer takes no interrupt per message.
 //! * Receive buffers are driver memory; a filled one goes upstream as an esballoc'd message
 //!   (zero copy) and is reposted by its free routine. When no message header can be had
 //!   (pool exhausted, injected fault) the driver keeps the filled buffers in order, runs with
@@ -39,6 +42,9 @@ const CLOSE_DRAIN_NS: u64 = 5_000_000_000;
 const OPEN_ANSWER_MS: u64 = 500;
 /// Most segments a transmitted message may have before it is pulled up into one.
 const MAX_SEGS: usize = 16;
+/// Transmitted bytes the device may hold (or have returned unreaped) before a completion
+/// interrupt is asked for: what an idle port keeps of the pool at most.
+pub const TX_IRQ_BYTES: u64 = 256 * 1024;
 
 /// A port's queues and receive buffers; kept by the driver across opens.
 pub struct PortRings {
@@ -50,6 +56,12 @@ pub struct PortRings {
     done: VecDeque<(u16, u32)>,
     /// Buffers handed back by their messages' free routines.
     returned: Vec<u16>,
+    /// Bytes of the transmitted messages not yet reaped.
+    tx_bytes: u64,
+    /// The last transmit found no descriptors.
+    tx_blocked: bool,
+    /// Drains (close, [`super::Vcon::drain`]) waiting for every transmit buffer back.
+    tx_waiters: u32,
 }
 
 impl PortRings {
@@ -63,6 +75,9 @@ impl PortRings {
             rx_buf: 0,
             done: VecDeque::new(),
             returned: Vec::new(),
+            tx_bytes: 0,
+            tx_blocked: false,
+            tx_waiters: 0,
         })
     }
 
@@ -97,6 +112,39 @@ impl PortRings {
     /// Transmit buffers the device has not returned (or the driver not yet reaped).
     pub fn tx_in_flight(&self) -> usize {
         self.tx.in_flight()
+    }
+
+    /// Asks for a transmit completion interrupt only when something waits for one: after the
+    /// next completion when the ring was full or holds too much, after the last when a drain
+    /// waits; else none (the next send reaps). Returns whether buffers were used meanwhile
+    /// (the caller reaps them: no interrupt comes for those).
+    pub fn arm_tx(&mut self) -> bool {
+        let n = self.tx.in_flight() as u16;
+        let ahead = if n == 0 {
+            None
+        } else if self.tx_blocked || self.tx_bytes >= TX_IRQ_BYTES || n >= self.tx.size() / 2 {
+            Some(0)
+        } else if self.tx_waiters > 0 {
+            Some(n - 1)
+        } else {
+            None
+        };
+        match ahead {
+            Some(a) => self.tx.interrupt_after(a),
+            None => {
+                self.tx.no_interrupt();
+                false
+            }
+        }
+    }
+
+    /// A drain starts (true) or ends (false) waiting for the transmit buffers.
+    pub fn tx_wait(&mut self, waiting: bool) {
+        if waiting {
+            self.tx_waiters += 1;
+        } else {
+            self.tx_waiters = self.tx_waiters.saturating_sub(1);
+        }
     }
 
     /// Reposts returned buffers.
@@ -252,6 +300,12 @@ impl Port {
     /// completion interrupt rings the doorbell, whose put wakes the qwait; the deadline is a
     /// platform timer whose interrupt rings every doorbell. What is left after it is freed.
     fn drain_for_close(&self, q: &Q<'_>) {
+        self.rings().tx_wait(true);
+        self.wait_drained(q);
+        self.rings().tx_wait(false);
+    }
+
+    fn wait_drained(&self, q: &Q<'_>) {
         let deadline = crate::clock::now_ns() + CLOSE_DRAIN_NS;
         let wq = q.wrq();
         loop {
@@ -267,7 +321,7 @@ impl Port {
             if !wq.is_empty() {
                 wq.qenable();
             }
-            if self.rings().tx.interrupt_after(0) {
+            if self.rings().arm_tx() {
                 continue; // returned meanwhile: take them now
             }
             crate::platform::wake_at(deadline);
@@ -296,6 +350,8 @@ impl Port {
                     q.putq(mp);
                     return;
                 }
+                // What the device returned since the last send goes back to the pool.
+                self.reap_tx();
                 match self.transmit(mp) {
                     Ok(()) => {
                         self.rings().tx.kick();
@@ -304,7 +360,7 @@ impl Port {
                         q.putq(m);
                         // Descriptors came back before the interrupt was asked for: the
                         // service procedure takes them and sends.
-                        if self.rings().tx.interrupt_after(0) {
+                        if self.rings().arm_tx() {
                             q.qenable();
                         }
                     }
@@ -341,7 +397,7 @@ impl Port {
             let mut r = self.rings();
             r.tx.kick();
             // Blocked on descriptors: an interrupt is asked for, unless they came back already.
-            if !blocked || !r.tx.interrupt_after(0) {
+            if !blocked || !r.arm_tx() {
                 return;
             }
         }
@@ -364,15 +420,17 @@ impl Port {
         let mut r = self.rings();
         match r.tx.add(&segs, false, mp) {
             Ok(()) => {
-                // An interrupt once this batch is done returns the buffers to the pool.
-                let n = r.tx.in_flight() as u16;
-                let _ = r.tx.interrupt_after(n.saturating_sub(1));
+                r.tx_blocked = false;
+                r.tx_bytes += bytes;
+                // Used already or not, the next send or reap takes them.
+                let _ = r.arm_tx();
                 COUNTERS[self.id as usize]
                     .tx_bytes
                     .fetch_add(bytes, Ordering::Relaxed);
                 Ok(())
             }
             Err(mp) => {
+                r.tx_blocked = true;
                 COUNTERS[self.id as usize]
                     .tx_ring_full
                     .fetch_add(1, Ordering::Relaxed);
@@ -387,11 +445,15 @@ impl Port {
         {
             let mut r = self.rings();
             while let Some((mp, _)) = r.tx.pop_used() {
+                r.tx_bytes = r.tx_bytes.saturating_sub(mp.msgdsize() as u64);
                 sent.push(mp);
             }
-            let n = r.tx.in_flight() as u16;
+            let n = r.tx.in_flight();
+            if n == 0 {
+                r.tx_bytes = 0;
+            }
             // Used already or not, the next reap takes them: no need to look again here.
-            let _ = r.tx.interrupt_after(n.saturating_sub(1));
+            let _ = r.arm_tx();
             if n == 0 && !sent.is_empty() {
                 // A thread on another CPU may wait for the port to drain (`Vcon::drain`).
                 crate::platform::notify();

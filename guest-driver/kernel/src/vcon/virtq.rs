@@ -49,6 +49,8 @@ pub struct SplitQueue<T> {
     /// Avail index at the last notification decision.
     kicked_idx: u16,
     last_used: u16,
+    /// Buffers made available and not yet popped.
+    in_flight: u16,
     tokens: Vec<Option<T>>,
     notify: u64,
     /// Counters.
@@ -95,6 +97,7 @@ impl<T> SplitQueue<T> {
             avail_idx: 0,
             kicked_idx: 0,
             last_used: 0,
+            in_flight: 0,
             tokens: (0..n).map(|_| None).collect(),
             notify: t.notify_address(),
             stats: QueueStats::default(),
@@ -112,7 +115,16 @@ impl<T> SplitQueue<T> {
 
     /// Buffers made available and not yet returned.
     pub fn in_flight(&self) -> usize {
-        self.tokens.iter().filter(|t| t.is_some()).count()
+        debug_assert_eq!(
+            usize::from(self.in_flight),
+            self.tokens.iter().filter(|t| t.is_some()).count()
+        );
+        usize::from(self.in_flight)
+    }
+
+    /// The queue's size.
+    pub fn size(&self) -> u16 {
+        self.size
     }
 
     fn desc_ptr(&self, i: u16) -> *mut u8 {
@@ -164,6 +176,7 @@ impl<T> SplitQueue<T> {
         }
         self.num_free -= segs.len() as u16;
         self.tokens[usize::from(head)] = Some(token);
+        self.in_flight += 1;
         let slot = self.avail_off + 4 + 2 * usize::from(self.avail_idx % self.size);
         // SAFETY: avail.ring[slot] is the driver's to write until the index is published.
         unsafe { write_volatile(self.mem.add(slot) as *mut u16, head) };
@@ -250,8 +263,22 @@ impl<T> SplitQueue<T> {
             self.write_desc_next(i, self.free_head);
             self.free_head = head;
             self.num_free += n;
+            self.in_flight -= 1;
             return Some((token, len));
         }
+    }
+
+    /// Asks for no interrupt: `used_event` a whole ring ahead of the last buffer popped, where
+    /// the device's used index cannot reach before the driver pops again.
+    pub fn no_interrupt(&mut self) {
+        let at = self.avail_off + 4 + 2 * usize::from(self.size);
+        // SAFETY: avail.used_event, written only by the driver.
+        unsafe {
+            write_volatile(
+                self.mem.add(at) as *mut u16,
+                self.last_used.wrapping_add(self.size),
+            )
+        };
     }
 
     /// Asks for an interrupt once the device has used the buffer `ahead` places after the
