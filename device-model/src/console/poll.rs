@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// How long the poller goes on after the last ring moved, unless set otherwise.
 pub const DEFAULT_IDLE: Duration = Duration::from_micros(50);
 
+/// The pause after a sweep that found rings moving (the kernel's timer slack adds to it).
+const SWEEP_PAUSE: Duration = Duration::from_micros(10);
+
 /// The device-wide polling state, shared by the transmit paths and the poller thread.
 pub struct TxPoll {
     active: AtomicBool,
@@ -152,12 +155,15 @@ pub(crate) fn run(poll: &TxPoll, ports: &[Arc<PortShared>]) {
         let mut last = Instant::now();
         loop {
             if poll.sweep(ports, &mut seen) {
+                // Rings are moving: let more gather (a transmit pass then takes a batch) and
+                // leave the core to the backends and STREAMS workers meanwhile.
+                std::thread::sleep(SWEEP_PAUSE);
                 last = Instant::now();
             } else if last.elapsed() >= poll.idle() || poll.shutdown.load(Ordering::SeqCst) {
                 break;
+            } else {
+                std::thread::yield_now();
             }
-            // The backends and STREAMS workers share the host's cores with this thread.
-            std::thread::yield_now();
         }
         poll.stop(ports);
     }

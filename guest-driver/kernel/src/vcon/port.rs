@@ -31,8 +31,12 @@ use streams::{CallbackId, Errno, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroption
 
 /// Bytes per receive buffer unless the command line says `vcon.rxbuf=N`.
 pub const DEFAULT_RX_BUF: usize = 16 * 1024;
-/// Receive buffers per port unless the command line says `vcon.rxbufs=N`.
+/// Receive buffers per port unless the command line says `vcon.rxbufs=N`: at least this
+/// many, and more when they are small, up to [`RX_POSTED_BYTES`] (or the ring's size).
 pub const DEFAULT_RX_BUFS: usize = 32;
+/// Bytes of receive buffers a port posts by default: small buffers come in numbers, so that
+/// one interrupt covers as many bytes as a few large ones would.
+pub const RX_POSTED_BYTES: usize = 256 * 1024;
 /// Stream-head water marks set at open (bytes held for a slow reader).
 const HEAD_HIWAT: u64 = 512 * 1024;
 const HEAD_LOWAT: u64 = 128 * 1024;
@@ -95,7 +99,7 @@ impl PortRings {
             .clamp(64, 1 << 20);
         let count = crate::bootinfo::arg("vcon.rxbufs")
             .and_then(|s| s.parse().ok())
-            .unwrap_or(DEFAULT_RX_BUFS)
+            .unwrap_or(DEFAULT_RX_BUFS.max(RX_POSTED_BYTES / size))
             .clamp(1, self.rx.num_free());
         let layout = Layout::from_size_align(size * count, 4096).map_err(|_| Errno::ENOMEM)?;
         // SAFETY: non-zero size; never freed (lent to the device for the driver's life).
