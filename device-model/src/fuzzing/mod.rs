@@ -116,6 +116,8 @@ impl Rig {
             .collect();
         let c = Console::new(&s, ports).expect("a console of three ports");
         let h = c.handle();
+        // Reproducible: every piece of work runs in this thread (no poller at work).
+        h.set_tx_poll(std::time::Duration::ZERO);
         let console = Arc::new(Mutex::new(c));
         let h2 = h.clone();
         let g = FakeGuest::new(
