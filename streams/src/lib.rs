@@ -4,7 +4,7 @@
 //! into a [`Stream`], guarded by inner and outer perimeters. The primitives keep their DDI
 //! names (`putnext`, `canputnext`, `qwriter`, `qwait`, `qbufcall`, `qtimeout`, `qprocson`, ...)
 //! so that a reader of the man pages finds them; ownership is Rust's: a message is moved,
-//! and freeing it is dropping it. The contract is `shared/streams-semantics.md`.
+//! and freeing it is dropping it. The contract is what the tests in `streams/tests/` check.
 //!
 //! The core is `no_std` + `alloc`. It runs on a [`Platform`]: feature `std` adds
 //! [`HostPlatform`] (threads); [`DetPlatform`] is a deterministic single-threaded platform

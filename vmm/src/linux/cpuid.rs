@@ -4,7 +4,7 @@
 //! most SSE and (with an AMD vendor string) some x87 instructions that Linux would pick from
 //! CPUID. So on a PVM host the table KVM supports is masked down to what QEMU's `qemu64` model
 //! offers, with the hypervisor bit set so Linux finds kvmclock. Hardware-KVM hosts keep KVM's
-//! table (see `../shared/linux-guest.md`).
+//! table.
 
 use kvm_bindings::{CpuId, kvm_cpuid_entry2};
 use std::path::Path;
