@@ -452,13 +452,17 @@ impl Port {
                 r.tx_bytes = r.tx_bytes.saturating_sub(mp.msgdsize() as u64);
                 sent.push(mp);
             }
+            if sent.is_empty() {
+                // Nothing moved since the interrupt was last asked for (or not): it stands.
+                return false;
+            }
             let n = r.tx.in_flight();
             if n == 0 {
                 r.tx_bytes = 0;
             }
             // Used already or not, the next reap takes them: no need to look again here.
             let _ = r.arm_tx();
-            if n == 0 && !sent.is_empty() {
+            if n == 0 {
                 // A thread on another CPU may wait for the port to drain (`Vcon::drain`).
                 crate::platform::notify();
             }
