@@ -124,6 +124,38 @@ fn tx_and_rx_of_256_mib_match_their_checksums() {
     assert_eq!(rs[0].0["check"], "ok", "every byte is the pattern's: {out}");
 }
 
+/// The guest's echo sends back the very message it read, over its receive buffer: that
+/// buffer comes back only once the transmission completes, and with all of a port's receive
+/// buffers in transmissions the device has nowhere to put more data. The driver must ask for
+/// those completions rather than wait for a next send (there is none: the echo waits to read).
+#[test]
+fn an_echo_holding_every_receive_buffer_in_transmission_keeps_going() {
+    if !kvm_present("an_echo_holding_every_receive_buffer_in_transmission_keeps_going") {
+        return;
+    }
+    for cmdline in [
+        "vcon.rxbuf=64 vcon.rxbufs=4",
+        "vcon.rxbuf=4096 vcon.rxbufs=1",
+    ] {
+        let out = run_json(
+            cmdline,
+            &[
+                "--workload",
+                "echo:256K",
+                "--port",
+                "name=p1,backend=pattern",
+                "--cmdline",
+                cmdline,
+            ],
+        );
+        let rs = results(&out);
+        assert_eq!(rs.len(), 1, "{cmdline}: {out}");
+        let echoed: u64 = rs[0].0["bytes"].parse().unwrap();
+        assert!(echoed >= 256 << 10, "{cmdline}: {out}");
+        assert!(losses(&out).iter().all(|&l| l == (0, 0)), "{out}");
+    }
+}
+
 #[test]
 fn buffer_exhaustion_on_both_sides_loses_nothing() {
     if !kvm_present("buffer_exhaustion_on_both_sides_loses_nothing") {

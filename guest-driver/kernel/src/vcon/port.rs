@@ -7,9 +7,14 @@
 //!   next message is sent; an interrupt is asked for only when someone needs them (a full
 //!   ring, a drain or close waiting, or more than [`TX_IRQ_BYTES`] or half the ring held), so
 //!   a steady writer takes no interrupt per message.
+//!   A message over a receive buffer (an echo sends what it read) is the exception: the
+//!   reader may wait for that buffer, so its completion is asked for at once.
 //! * Receive buffers are driver memory; a filled one goes upstream as an esballoc'd message
-//!   (zero copy) and is reposted by its free routine. When no message header can be had
-//!   (pool exhausted, injected fault) the driver keeps the filled buffers in order, runs with
+//!   (zero copy). Their free routines give them back to the driver, which reposts them in
+//!   batches of half of the port's buffers (one notification and, from the device, one
+//!   interrupt per batch, not per buffer): the buffers not in a batch are upstream, and the
+//!   reader's frees bring the batch together. When no message header can be had (pool
+//!   exhausted, injected fault) the driver keeps the filled buffers in order, runs with
 //!   fewer posted, and retries through qbufcall.
 //! * open: qprocson, PORT_OPEN to the device, then qwait until the device's PORT_OPEN answer
 //!   rings the read side (or a qtimeout gives up waiting, for devices that never answer).
@@ -50,12 +55,28 @@ const MAX_SEGS: usize = 16;
 /// interrupt is asked for: what an idle port keeps of the pool at most.
 pub const TX_IRQ_BYTES: u64 = 256 * 1024;
 
+/// Where each port's receive buffers lie, `[start, end)`: set once when they are allocated
+/// (they are never freed). A transmitted message over one of them holds a buffer its reader
+/// may wait for.
+static RX_SPANS: [(AtomicU64, AtomicU64); super::MAX_PORTS] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; super::MAX_PORTS];
+
+/// Whether `addr` lies in some port's receive buffers.
+fn in_rx_buffers(addr: u64) -> bool {
+    RX_SPANS.iter().any(|(start, end)| {
+        (start.load(Ordering::Relaxed)..end.load(Ordering::Relaxed)).contains(&addr)
+    })
+}
+
 /// A port's queues and receive buffers; kept by the driver across opens.
 pub struct PortRings {
+    port: usize,
     rx: SplitQueue<u16>,
     tx: SplitQueue<Mblk>,
     rx_mem: u64,
     rx_buf: usize,
+    /// Receive buffers allocated (0 before the first open).
+    rx_count: usize,
     /// Filled buffers not yet sent upstream, in order.
     done: VecDeque<(u16, u32)>,
     /// Buffers handed back by their messages' free routines.
@@ -64,6 +85,8 @@ pub struct PortRings {
     tx_bytes: u64,
     /// The last transmit found no descriptors.
     tx_blocked: bool,
+    /// A message in flight holds a receive buffer (cleared when none is in flight).
+    tx_holds_rx: bool,
     /// Drains (close, [`super::Vcon::drain`]) waiting for every transmit buffer back.
     tx_waiters: u32,
 }
@@ -73,14 +96,17 @@ impl PortRings {
     pub fn new(t: &Transport, p: u32, size: u16) -> Result<PortRings, &'static str> {
         let rxq = if p == 0 { 0 } else { (2 + 2 * p) as u16 };
         Ok(PortRings {
+            port: p as usize,
             rx: SplitQueue::new(t, rxq, size)?,
             tx: SplitQueue::new(t, rxq + 1, size)?,
             rx_mem: 0,
             rx_buf: 0,
+            rx_count: 0,
             done: VecDeque::new(),
             returned: Vec::new(),
             tx_bytes: 0,
             tx_blocked: false,
+            tx_holds_rx: false,
             tx_waiters: 0,
         })
     }
@@ -109,8 +135,25 @@ impl PortRings {
         }
         self.rx_mem = mem as u64;
         self.rx_buf = size;
+        self.rx_count = count;
         self.returned.extend(0..count as u16);
+        let span = &RX_SPANS[self.port];
+        span.0.store(mem as u64, Ordering::Relaxed);
+        span.1
+            .store((mem as usize + size * count) as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Returned receive buffers that make a batch worth reposting: half of the port's.
+    fn rx_batch(&self) -> usize {
+        (self.rx_count / 2).max(1)
+    }
+
+    /// Gives receive buffer `i` back; true when the returned ones make a batch (the caller
+    /// rings the port's doorbell, whose service reposts them).
+    fn give_back(&mut self, i: u16) -> bool {
+        self.returned.push(i);
+        self.returned.len() >= self.rx_batch()
     }
 
     /// Transmit buffers the device has not returned (or the driver not yet reaped).
@@ -126,7 +169,11 @@ impl PortRings {
         let n = self.tx.in_flight() as u16;
         let ahead = if n == 0 {
             None
-        } else if self.tx_blocked || self.tx_bytes >= TX_IRQ_BYTES || n >= self.tx.size() / 2 {
+        } else if self.tx_blocked
+            || self.tx_holds_rx
+            || self.tx_bytes >= TX_IRQ_BYTES
+            || n >= self.tx.size() / 2
+        {
             Some(0)
         } else if self.tx_waiters > 0 {
             Some(n - 1)
@@ -151,8 +198,15 @@ impl PortRings {
         }
     }
 
-    /// Reposts returned buffers.
-    fn repost(&mut self) {
+    /// Reposts the returned buffers: all of them with `all` (an open), else once they make a
+    /// batch. No batch can be missing for good: every buffer not posted or returned is on
+    /// its way back (upstream, or waiting for a message header, or in a transmission whose
+    /// completion is asked for at once).
+    fn repost(&mut self, all: bool) {
+        debug_assert!(self.rx.in_flight() + self.returned.len() + self.done.len() <= self.rx_count);
+        if self.returned.is_empty() || (!all && self.returned.len() < self.rx_batch()) {
+            return;
+        }
         for i in core::mem::take(&mut self.returned) {
             let addr = self.rx_mem + (usize::from(i) * self.rx_buf) as u64;
             let _ = self.rx.add(&[(addr, self.rx_buf as u32)], true, i);
@@ -236,7 +290,7 @@ impl Port {
         {
             let mut r = self.rings();
             r.ensure_rx()?;
-            r.repost();
+            r.repost(true);
             // Whatever is used already, the service below takes.
             let _ = r.rx.interrupt_after(0);
         }
@@ -421,10 +475,12 @@ impl Port {
             return Ok(());
         }
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        let holds_rx = segs.iter().any(|s| in_rx_buffers(s.0));
         let mut r = self.rings();
         match r.tx.add(&segs, false, mp) {
             Ok(()) => {
                 r.tx_blocked = false;
+                r.tx_holds_rx |= holds_rx;
                 r.tx_bytes += bytes;
                 // Used already or not, the next send or reap takes them.
                 let _ = r.arm_tx();
@@ -459,6 +515,7 @@ impl Port {
             let n = r.tx.in_flight();
             if n == 0 {
                 r.tx_bytes = 0;
+                r.tx_holds_rx = false;
             }
             // Used already or not, the next reap takes them: no need to look again here.
             let _ = r.arm_tx();
@@ -486,7 +543,7 @@ impl Port {
                     break;
                 }
             }
-            r.repost();
+            r.repost(false);
         }
         let (v, id) = (self.v, self.id);
         loop {
@@ -501,11 +558,13 @@ impl Port {
                 let mut r = self.rings();
                 r.done.pop_front();
                 r.returned.push(i);
-                continue;
+                continue; // reposted below
             }
             let free = Box::new(move || {
-                v.rings[id as usize].lock().returned.push(i);
-                v.ring(id as usize);
+                let batch = v.rings[id as usize].lock().give_back(i);
+                if batch {
+                    v.ring(id as usize);
+                }
             });
             // SAFETY: buffer i is the driver's (the device returned it) until `free` runs,
             // which reposts it; nobody else writes it meanwhile.
@@ -559,6 +618,6 @@ impl Port {
                 q.putq(mp);
             }
         }
-        self.rings().repost();
+        self.rings().repost(false);
     }
 }
