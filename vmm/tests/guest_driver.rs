@@ -200,6 +200,105 @@ fn buffer_exhaustion_on_both_sides_loses_nothing() {
     }
 }
 
+/// Starts perimeter with `args` and waits until it announced `ports` listening sockets;
+/// the rest of its stderr is collected by the returned thread.
+fn spawn_announcing(
+    args: &[&str],
+    ports: usize,
+) -> (std::process::Child, thread::JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perimeter starts");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut announced = 0;
+    while announced < ports {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("perimeter ended before its sockets listened: {seen}");
+        }
+        announced += usize::from(line.starts_with("perimeter: port p"));
+        seen += &line;
+    }
+    let rest = thread::spawn(move || {
+        let _ = err.read_to_string(&mut seen);
+        seen
+    });
+    (child, rest)
+}
+
+/// The guest's echo with 64-byte receive buffers writes back many small messages in quick
+/// succession: the driver gathers them into few transmit buffers, and the tail of each
+/// burst must still go out once the echo waits for more (nothing else would send it).
+#[test]
+fn small_writes_are_gathered_and_a_bursts_tail_still_goes_out() {
+    if !kvm_present("small_writes_are_gathered_and_a_bursts_tail_still_goes_out") {
+        return;
+    }
+    const BURSTS: usize = 300;
+    let dir = tmp_dir("gather");
+    let sock = dir.join("p0.sock");
+    let spec = format!("name=p0,backend=socket:{}", sock.display());
+    let sizes: Vec<usize> = data(BURSTS, 3)
+        .iter()
+        .map(|&b| 1 + usize::from(b) * 16)
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let workload = format!("echo:{total}");
+    let args = [
+        "run",
+        "--workload",
+        &workload,
+        "--timeout",
+        "300",
+        "--json",
+        "--stats",
+        "--port",
+        &spec,
+        "--cmdline",
+        "vcon.rxbuf=64",
+    ];
+    let (child, rest) = spawn_announcing(&args, 1);
+    let mut s = UnixStream::connect(&sock).expect("the socket listens");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sent = data(total, 9);
+    let mut at = 0;
+    for (k, &n) in sizes.iter().enumerate() {
+        s.write_all(&sent[at..at + n]).unwrap();
+        let mut back = vec![0; n];
+        if let Err(e) = s.read_exact(&mut back) {
+            panic!("burst {k} of {n} bytes did not come back whole: {e}");
+        }
+        assert!(back == sent[at..at + n], "burst {k} differs");
+        at += n;
+    }
+    drop(s);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), rest.join().unwrap());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(stdout.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    let port = port_stats(&doc, "p0");
+    let (written, read) = (
+        port["tx_msgs"].as_u64().unwrap(),
+        port["rx_msgs"].as_u64().unwrap(),
+    );
+    assert!(
+        written * 4 < read,
+        "{read} receive buffers echoed in {written} transmit buffers: small writes were not \
+         gathered ({stdout})"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte() {
     if !kvm_present("echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte") {
@@ -219,29 +318,7 @@ fn echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte() {
     for s in &specs {
         args.extend(["--port", s.as_str()]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("perimeter starts");
-    // Every socket listens once perimeter has announced it.
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut announced = 0;
-    while announced < PORTS {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("perimeter ended before its sockets listened: {seen}");
-        }
-        announced += usize::from(line.starts_with("perimeter: port p"));
-        seen += &line;
-    }
-    let rest = thread::spawn(move || {
-        let _ = err.read_to_string(&mut seen);
-        seen
-    });
+    let (child, rest) = spawn_announcing(&args, PORTS);
     let clients: Vec<_> = socks
         .iter()
         .enumerate()

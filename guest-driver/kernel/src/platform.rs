@@ -82,6 +82,21 @@ pub fn set_timer_hook(f: fn()) {
     TIMER_HOOK.call_once(|| f);
 }
 
+/// Called by a CPU about to wait with nothing left to run: a driver's last chance to send
+/// what it gathered (it must not block; what it queues runs before the CPU waits).
+static IDLE_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Sets the function an idle CPU calls before it waits (once).
+pub fn set_idle_hook(f: fn()) {
+    IDLE_HOOK.call_once(|| f);
+}
+
+fn run_idle_hook() {
+    if let Some(f) = IDLE_HOOK.get() {
+        f();
+    }
+}
+
 fn on_timer(_vector: u8) {
     STATS.timer_irqs.fetch_add(1, Ordering::Relaxed);
     ARMED[cpu_index()].store(u64::MAX, Ordering::SeqCst);
@@ -195,6 +210,7 @@ pub fn idle_until(mut done: impl FnMut() -> bool) {
             return;
         }
         let seen = GENERATION.load(Ordering::SeqCst);
+        run_idle_hook();
         if streams().is_some_and(Streams::has_queued_tasks) {
             continue;
         }
@@ -222,6 +238,7 @@ pub fn idle_forever() -> ! {
     loop {
         run_deferred();
         let seen = GENERATION.load(Ordering::SeqCst);
+        run_idle_hook();
         if streams().is_some_and(Streams::has_queued_tasks) {
             continue;
         }

@@ -199,6 +199,12 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
             v.ring_all();
         }
     });
+    // Small writes gathered while the device was busy go once the CPU runs out of work.
+    platform::set_idle_hook(|| {
+        if let Some(v) = get() {
+            port::send_all_gathered(v);
+        }
+    });
     t.driver_ok()?;
     let def = ModuleDef::builder("vcon")
         .flags(D_MP | D_MTQPAIR | D_MTOUTPERIM | D_MTOCEXCL)
@@ -291,13 +297,13 @@ impl Vcon {
             .map(|i| i as u32)
     }
 
-    /// Whether port `id` has nothing left to transmit: its write queue is empty and the
-    /// device has returned every transmit buffer.
+    /// Whether port `id` has nothing left to transmit: its write queue is empty, nothing is
+    /// gathered, and the device has returned every transmit buffer.
     pub fn tx_idle(&self, id: u32, st: &Stream) -> bool {
         let wq_empty = st
             .queue(1, streams::Side::Write)
             .is_none_or(|q| q.is_empty() && q.deferred() == 0);
-        wq_empty && self.rings[id as usize].lock().tx_in_flight() == 0
+        wq_empty && !self.rings[id as usize].lock().tx_pending()
     }
 
     /// Waits (idle) until port `id` transmitted everything or `timeout_ns` passed; returns

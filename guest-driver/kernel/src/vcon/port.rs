@@ -9,6 +9,13 @@
 //!   a steady writer takes no interrupt per message.
 //!   A message over a receive buffer (an echo sends what it read) is the exception: the
 //!   reader may wait for that buffer, so its completion is asked for at once.
+//! * Small writes are gathered: a message of at most [`SMALL_WRITE`] bytes that follows
+//!   another write within [`GATHER_WINDOW_NS`], or finds the device holding an earlier
+//!   buffer, is copied into one shared buffer of [`GATHER_BYTES`]. That buffer goes when
+//!   full, before any larger message, at a drain or close, or when the CPU runs out of work
+//!   (the platform's idle hook). A port is a byte stream, so only the descriptor count
+//!   changes; a message that ends a delimited record (MSGDELIM) is never gathered. A lone
+//!   write to an idle device goes at once (a round trip pays nothing).
 //! * Receive buffers are driver memory; a filled one goes upstream as an esballoc'd message
 //!   (zero copy). Their free routines give them back to the driver, which reposts them in
 //!   batches of half of the port's buffers (one notification and, from the device, one
@@ -31,8 +38,11 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::{AtomicU64, Ordering};
-use streams::{CallbackId, Errno, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions};
+use streams::{
+    CallbackId, Errno, FLUSHW, MSGDELIM, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions,
+};
 
 /// Bytes per receive buffer unless the command line says `vcon.rxbuf=N`.
 pub const DEFAULT_RX_BUF: usize = 16 * 1024;
@@ -54,6 +64,15 @@ const MAX_SEGS: usize = 16;
 /// Transmitted bytes the device may hold (or have returned unreaped) before a completion
 /// interrupt is asked for: what an idle port keeps of the pool at most.
 pub const TX_IRQ_BYTES: u64 = 256 * 1024;
+
+/// Largest write that may be gathered with others into one transmit buffer.
+pub const SMALL_WRITE: usize = 512;
+/// Size of the buffer small writes are gathered in.
+pub const GATHER_BYTES: usize = 8 * 1024;
+/// A small write this soon after the port's previous one is gathered: the writer streams.
+pub const GATHER_WINDOW_NS: u64 = 20_000;
+/// Ports holding gathered writes not yet sent (the idle hook looks only when some do).
+static GATHERING: AtomicUsize = AtomicUsize::new(0);
 
 /// Where each port's receive buffers lie, `[start, end)`: set once when they are allocated
 /// (they are never freed). A transmitted message over one of them holds a buffer its reader
@@ -87,6 +106,10 @@ pub struct PortRings {
     tx_blocked: bool,
     /// A message in flight holds a receive buffer (cleared when none is in flight).
     tx_holds_rx: bool,
+    /// Small writes gathered and not yet sent (never empty when present).
+    gathered: Option<Mblk>,
+    /// When the port's last write came to the driver (ns).
+    last_write_ns: u64,
     /// Drains (close, [`super::Vcon::drain`]) waiting for every transmit buffer back.
     tx_waiters: u32,
 }
@@ -107,6 +130,8 @@ impl PortRings {
             tx_bytes: 0,
             tx_blocked: false,
             tx_holds_rx: false,
+            gathered: None,
+            last_write_ns: 0,
             tx_waiters: 0,
         })
     }
@@ -156,9 +181,61 @@ impl PortRings {
         self.returned.len() >= self.rx_batch()
     }
 
-    /// Transmit buffers the device has not returned (or the driver not yet reaped).
-    pub fn tx_in_flight(&self) -> usize {
-        self.tx.in_flight()
+    /// Whether output is on its way: buffers in flight or writes gathered.
+    pub fn tx_pending(&self) -> bool {
+        self.tx.in_flight() > 0 || self.gathered.is_some()
+    }
+
+    /// Makes message `mp` (its non-empty blocks `segs`) available on the transmit ring, or
+    /// gives it back when descriptors are short.
+    fn add_tx(&mut self, segs: &[(u64, u32)], mp: Mblk) -> Result<(), Mblk> {
+        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        let holds_rx = segs.iter().any(|s| in_rx_buffers(s.0));
+        match self.tx.add(segs, false, mp) {
+            Ok(()) => {
+                self.tx_blocked = false;
+                self.tx_holds_rx |= holds_rx;
+                self.tx_bytes += bytes;
+                // Used already or not, the next send or reap takes them.
+                let _ = self.arm_tx();
+                COUNTERS[self.port]
+                    .tx_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mp) => {
+                self.tx_blocked = true;
+                COUNTERS[self.port]
+                    .tx_ring_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(mp)
+            }
+        }
+    }
+
+    /// Sends the gathered writes (without notifying); false when they wait for descriptors.
+    fn send_gathered(&mut self) -> bool {
+        let Some(m) = self.gathered.take() else {
+            return true;
+        };
+        let seg = (m.data().as_ptr() as u64, m.len() as u32);
+        match self.add_tx(&[seg], m) {
+            Ok(()) => {
+                GATHERING.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            Err(m) => {
+                self.gathered = Some(m);
+                false
+            }
+        }
+    }
+
+    /// Discards the gathered writes (a write-side flush).
+    fn drop_gathered(&mut self) {
+        if self.gathered.take().is_some() {
+            GATHERING.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Asks for a transmit completion interrupt only when something waits for one: after the
@@ -368,9 +445,15 @@ impl Port {
         let wq = q.wrq();
         loop {
             self.reap_tx();
+            {
+                let mut r = self.rings();
+                if r.send_gathered() {
+                    r.tx.kick();
+                }
+            }
             // A put that found the perimeter busy waits on its syncq, not in the queue: it
             // counts too (qprocsoff would free it). qwait lets it in.
-            if wq.is_empty() && wq.deferred() == 0 && self.rings().tx_in_flight() == 0 {
+            if wq.is_empty() && wq.deferred() == 0 && !self.rings().tx_pending() {
                 return;
             }
             if crate::clock::now_ns() >= deadline || self.v.ports.lock()[self.id as usize].removed {
@@ -410,6 +493,9 @@ impl Port {
                 }
                 // What the device returned since the last send goes back to the pool.
                 self.reap_tx();
+                let Some(mp) = self.gather(mp) else {
+                    return; // sent with the next buffer, or when the CPU idles
+                };
                 match self.transmit(mp) {
                     Ok(()) => {
                         self.rings().tx.kick();
@@ -424,7 +510,12 @@ impl Port {
                     }
                 }
             }
-            MsgType::M_FLUSH => q.flush_driver(mp),
+            MsgType::M_FLUSH => {
+                if mp.data().first().is_some_and(|f| f & FLUSHW != 0) {
+                    self.rings().drop_gathered();
+                }
+                q.flush_driver(mp)
+            }
             _ => {}
         }
     }
@@ -446,6 +537,9 @@ impl Port {
             self.reap_tx();
             let mut blocked = false;
             while let Some(mp) = q.getq() {
+                let Some(mp) = self.gather(mp) else {
+                    continue;
+                };
                 if let Err(mp) = self.transmit(mp) {
                     q.putbq(mp);
                     blocked = true;
@@ -461,7 +555,7 @@ impl Port {
         }
     }
 
-    /// Makes `mp` available on the transmit ring (without notifying).
+    /// Makes `mp` available on the transmit ring (without notifying), after what was gathered.
     fn transmit(&self, mut mp: Mblk) -> Result<(), Mblk> {
         if mp.blocks().filter(|b| !b.is_empty()).count() > MAX_SEGS {
             mp.pullupmsg(-1);
@@ -474,29 +568,48 @@ impl Port {
         if segs.is_empty() {
             return Ok(());
         }
-        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        let holds_rx = segs.iter().any(|s| in_rx_buffers(s.0));
         let mut r = self.rings();
-        match r.tx.add(&segs, false, mp) {
-            Ok(()) => {
-                r.tx_blocked = false;
-                r.tx_holds_rx |= holds_rx;
-                r.tx_bytes += bytes;
-                // Used already or not, the next send or reap takes them.
-                let _ = r.arm_tx();
-                COUNTERS[self.id as usize]
-                    .tx_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mp) => {
-                r.tx_blocked = true;
-                COUNTERS[self.id as usize]
-                    .tx_ring_full
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(mp)
-            }
+        if !r.send_gathered() {
+            return Err(mp);
         }
+        r.add_tx(&segs, mp)
+    }
+
+    /// Copies a small write into the port's gathering buffer when the writer streams or the
+    /// device still holds an earlier buffer; gives the message back when it is to be sent by
+    /// itself (too large, a record's end, a lone write to an idle device, no buffer).
+    fn gather(&self, mp: Mblk) -> Option<Mblk> {
+        let now = crate::clock::now_ns();
+        let mut r = self.rings();
+        let previous = core::mem::replace(&mut r.last_write_ns, now);
+        let len = mp.msgdsize();
+        if len == 0 || len > SMALL_WRITE || mp.blocks().any(|b| b.flag() & MSGDELIM != 0) {
+            return Some(mp);
+        }
+        let streaming = now.saturating_sub(previous) < GATHER_WINDOW_NS;
+        if r.gathered.is_none() && r.tx.in_flight() == 0 && !streaming {
+            return Some(mp);
+        }
+        let full = r
+            .gathered
+            .as_ref()
+            .is_some_and(|g| g.capacity() - g.wptr() < len);
+        if full && !r.send_gathered() {
+            return Some(mp); // the ring is full: it waits behind them
+        }
+        if r.gathered.is_none() {
+            let Some(g) = self.v.streams.allocb(GATHER_BYTES) else {
+                return Some(mp);
+            };
+            r.gathered = Some(g);
+            GATHERING.fetch_add(1, Ordering::Relaxed);
+        }
+        let g = r.gathered.as_mut().expect("set above");
+        debug_assert!(g.capacity() - g.wptr() >= len);
+        for b in mp.blocks() {
+            g.write(b.data()).expect("room was checked");
+        }
+        None
     }
 
     /// Frees transmitted messages; true if any descriptor came back.
@@ -529,8 +642,16 @@ impl Port {
 
     /// What a doorbell does: completions, then received buffers upstream, then reposts.
     fn service(&self, q: &Q<'_>) {
-        if self.reap_tx() && !q.otherq().is_empty() {
-            q.otherq().qenable();
+        if self.reap_tx() {
+            if !q.otherq().is_empty() {
+                q.otherq().qenable();
+            }
+            // Descriptors came back: what was gathered goes now (the write queue's
+            // service would send it first anyway).
+            let mut r = self.rings();
+            if r.gathered.is_some() && r.send_gathered() {
+                r.tx.kick();
+            }
         }
         {
             let mut r = self.rings();
@@ -619,5 +740,30 @@ impl Port {
             }
         }
         self.rings().repost(false);
+    }
+}
+
+/// The idle hook: sends every port's gathered writes (the CPU has nothing left that would
+/// add to them). A port whose ring is full asks for the interrupt that frees descriptors.
+pub fn send_all_gathered(v: &Vcon) {
+    if GATHERING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    for (id, rings) in v.rings.iter().enumerate() {
+        let used = {
+            let mut r = rings.lock();
+            if r.gathered.is_none() {
+                continue;
+            }
+            if r.send_gathered() {
+                r.tx.kick();
+                false
+            } else {
+                r.arm_tx()
+            }
+        };
+        if used {
+            v.ring(id); // descriptors came back meanwhile: the instance sends
+        }
     }
 }
