@@ -38,7 +38,7 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicU8, AtomicUsize};
 use core::sync::atomic::{AtomicU64, Ordering};
 use streams::{
     CallbackId, Errno, FLUSHW, MSGDELIM, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions,
@@ -73,6 +73,20 @@ pub const GATHER_BYTES: usize = 8 * 1024;
 pub const GATHER_WINDOW_NS: u64 = 20_000;
 /// Ports holding gathered writes not yet sent (the idle hook looks only when some do).
 static GATHERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether small writes are gathered: yes unless the command line says `vcon.gather=0`.
+fn gathering_wanted() -> bool {
+    // 0: not looked up yet, 1: no, 2: yes.
+    static WANTED: AtomicU8 = AtomicU8::new(0);
+    match WANTED.load(Ordering::Relaxed) {
+        0 => {
+            let yes = crate::bootinfo::arg("vcon.gather") != Some("0");
+            WANTED.store(1 + u8::from(yes), Ordering::Relaxed);
+            yes
+        }
+        w => w == 2,
+    }
+}
 
 /// Where each port's receive buffers lie, `[start, end)`: set once when they are allocated
 /// (they are never freed). A transmitted message over one of them holds a buffer its reader
@@ -583,7 +597,11 @@ impl Port {
         let mut r = self.rings();
         let previous = core::mem::replace(&mut r.last_write_ns, now);
         let len = mp.msgdsize();
-        if len == 0 || len > SMALL_WRITE || mp.blocks().any(|b| b.flag() & MSGDELIM != 0) {
+        if len == 0
+            || len > SMALL_WRITE
+            || mp.blocks().any(|b| b.flag() & MSGDELIM != 0)
+            || !gathering_wanted()
+        {
             return Some(mp);
         }
         let streaming = now.saturating_sub(previous) < GATHER_WINDOW_NS;
