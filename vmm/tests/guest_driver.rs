@@ -231,6 +231,18 @@ fn spawn_announcing(
     (child, rest)
 }
 
+/// Waits for a run [`spawn_announcing`] started to exit 0; its stdout.
+fn finish(child: std::process::Child, rest: thread::JoinHandle<String>) -> String {
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), rest.join().unwrap());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
 /// The guest's echo with 64-byte receive buffers writes back many small messages in quick
 /// succession: the driver gathers them into few transmit buffers, and the tail of each
 /// burst must still go out once the echo waits for more (nothing else would send it).
@@ -277,13 +289,7 @@ fn small_writes_are_gathered_and_a_bursts_tail_still_goes_out() {
         at += n;
     }
     drop(s);
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (text(&out.stdout), rest.join().unwrap());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    let stdout = finish(child, rest);
     let doc: serde_json::Value =
         serde_json::from_str(stdout.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
     let port = port_stats(&doc, "p0");
@@ -351,13 +357,7 @@ fn echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte() {
         let first_bad = got.iter().zip(&sent).position(|(a, b)| a != b);
         assert_eq!(first_bad, None, "port {i}: the echo differs");
     }
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (text(&out.stdout), rest.join().unwrap());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    let stdout = finish(child, rest);
     let rs = results(&stdout);
     assert_eq!(rs.len(), PORTS, "{stdout}");
     for (f, _) in rs {
