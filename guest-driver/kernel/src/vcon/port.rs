@@ -38,7 +38,7 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicUsize};
+use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::{AtomicU64, Ordering};
 use streams::{
     CallbackId, Errno, FLUSHW, MSGDELIM, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions,
@@ -76,16 +76,8 @@ static GATHERING: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether small writes are gathered: yes unless the command line says `vcon.gather=0`.
 fn gathering_wanted() -> bool {
-    // 0: not looked up yet, 1: no, 2: yes.
-    static WANTED: AtomicU8 = AtomicU8::new(0);
-    match WANTED.load(Ordering::Relaxed) {
-        0 => {
-            let yes = crate::bootinfo::arg("vcon.gather") != Some("0");
-            WANTED.store(1 + u8::from(yes), Ordering::Relaxed);
-            yes
-        }
-        w => w == 2,
-    }
+    static WANTED: spin::Once<bool> = spin::Once::new();
+    *WANTED.call_once(|| crate::bootinfo::arg("vcon.gather") != Some("0"))
 }
 
 /// Where each port's receive buffers lie, `[start, end)`: set once when they are allocated
@@ -243,6 +235,14 @@ impl PortRings {
                 false
             }
         }
+    }
+
+    /// Sends the gathered writes and notifies the device; false when they wait for
+    /// descriptors.
+    fn flush_gathered(&mut self) -> bool {
+        let sent = self.send_gathered();
+        self.tx.kick();
+        sent
     }
 
     /// Discards the gathered writes (a write-side flush).
@@ -459,12 +459,7 @@ impl Port {
         let wq = q.wrq();
         loop {
             self.reap_tx();
-            {
-                let mut r = self.rings();
-                if r.send_gathered() {
-                    r.tx.kick();
-                }
-            }
+            self.rings().flush_gathered();
             // A put that found the perimeter busy waits on its syncq, not in the queue: it
             // counts too (qprocsoff would free it). qwait lets it in.
             if wq.is_empty() && wq.deferred() == 0 && !self.rings().tx_pending() {
@@ -666,10 +661,7 @@ impl Port {
             }
             // Descriptors came back: what was gathered goes now (the write queue's
             // service would send it first anyway).
-            let mut r = self.rings();
-            if r.gathered.is_some() && r.send_gathered() {
-                r.tx.kick();
-            }
+            self.rings().flush_gathered();
         }
         {
             let mut r = self.rings();
@@ -773,12 +765,7 @@ pub fn send_all_gathered(v: &Vcon) {
             if r.gathered.is_none() {
                 continue;
             }
-            if r.send_gathered() {
-                r.tx.kick();
-                false
-            } else {
-                r.arm_tx()
-            }
+            !r.flush_gathered() && r.arm_tx()
         };
         if used {
             v.ring(id); // descriptors came back meanwhile: the instance sends
