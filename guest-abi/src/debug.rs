@@ -18,6 +18,80 @@ pub const FAULT: u64 = 0x20;
 /// through an irqfd routed as MSI. Delivered to the host by an ioeventfd (datamatch on the index).
 pub const IRQ_TEST: u64 = 0x28;
 
+/// u32: a port id; the host starts stamping that port's round trips (see [`TripStamps`]) and
+/// forgets earlier stamps.
+pub const STAGES_BEGIN: u64 = 0x30;
+/// u64: guest physical address of a [`ClockCell`]. The host starts a thread that answers the
+/// guest's clock readings through the cell (up to [`CLOCK_ROUNDS`], for [`CLOCK_DEADLINE_MS`]
+/// at most): each answer bounds the offset between the two TSCs from both sides.
+pub const TSC_SYNC: u64 = 0x38;
+/// u64: a buffer of [`TripStamps`] records, encoded by [`console_word`]; may be written several
+/// times (the records are appended).
+pub const STAGES_TRIPS: u64 = 0x40;
+/// u32: the guest has sent every record; the host matches them with its own stamps, stops
+/// stamping and reports where the round trips' time went as a `@result workload=stages` line.
+pub const STAGES_END: u64 = 0x48;
+
+/// Clock readings exchanged through memory after [`TSC_SYNC`]. Round k (from 1): the guest
+/// stores its TSC in `guest`, then k in `guest_seq` (release); the host, seeing k, stores its
+/// TSC in `host`, then k in `host_seq` (release). The guest's reading after it saw the answer
+/// is the next round's (so reading k+1 follows answer k). To end, the guest stores a last
+/// reading in `guest` and [`CLOCK_DONE`] in `guest_seq`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ClockCell {
+    /// The guest's TSC of this round.
+    pub guest: u64,
+    /// The round the guest is in.
+    pub guest_seq: u64,
+    /// The host's TSC when it saw the round.
+    pub host: u64,
+    /// The last round the host answered.
+    pub host_seq: u64,
+}
+
+/// Most rounds the host answers after one [`TSC_SYNC`].
+pub const CLOCK_ROUNDS: u64 = 4096;
+/// `guest_seq` when the guest is done: `guest` holds its reading after the last answer.
+pub const CLOCK_DONE: u64 = u64::MAX;
+/// How long the host answers after one [`TSC_SYNC`].
+pub const CLOCK_DEADLINE_MS: u64 = 2_000;
+
+/// One round trip as the guest saw it, in guest TSC ticks, as it travels to the host: four
+/// little-endian u64s in this order, packed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TripStamps {
+    /// The write began (before the stream head).
+    pub start: u64,
+    /// The driver made the last transmit buffer available on the ring.
+    pub avail: u64,
+    /// The device's last interrupt reached the driver's handler.
+    pub irq: u64,
+    /// The reader had the whole reply.
+    pub end: u64,
+}
+
+/// Bytes of one [`TripStamps`] record.
+pub const TRIP_STAMPS_SIZE: usize = core::mem::size_of::<TripStamps>();
+
+impl TripStamps {
+    /// Reads one record from its wire form.
+    pub fn from_bytes(b: &[u8; TRIP_STAMPS_SIZE]) -> Self {
+        let w = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(x)
+        };
+        TripStamps {
+            start: w(0),
+            avail: w(1),
+            irq: w(2),
+            end: w(3),
+        }
+    }
+}
+
 /// Longest buffer one [`console_word`] can describe.
 pub const CONSOLE_MAX: usize = 0xffff;
 

@@ -3,6 +3,7 @@
 //! (a `tx` CRC against the `null` backend's), and shown as a table or JSON.
 
 use device_model::console::ConsoleStats;
+use device_model::console::stages::STAGES;
 use serde::Serialize;
 
 /// The prefix of a result line.
@@ -86,7 +87,10 @@ pub fn table(results: &[GuestResult]) -> String {
         "floor us",
         "check"
     );
-    for r in results {
+    for r in results
+        .iter()
+        .filter(|r| r.get("workload") != Some("stages"))
+    {
         let check = match (r.get("check"), r.host_check.as_str()) {
             (Some(g), "") => g.to_string(),
             (None, h) => h.to_string(),
@@ -104,6 +108,45 @@ pub fn table(results: &[GuestResult]) -> String {
             us(r.num("p99_ns")),
             us(r.num("doorbell_ns")),
             check
+        );
+    }
+    s + &stages_lines(results)
+}
+
+/// A `stages` result as lines under the table: where the round trips' time went.
+fn stages_lines(results: &[GuestResult]) -> String {
+    let mut s = String::new();
+    for r in results
+        .iter()
+        .filter(|r| r.get("workload") == Some("stages"))
+    {
+        let port = r.get("port").unwrap_or("?");
+        match r.get("problem") {
+            Some("clocks-loose") => {}
+            Some(p) => {
+                s += &format!("stages of {port}: not matched ({p})\n");
+                continue;
+            }
+            None => {}
+        }
+        let parts: Vec<String> = STAGES
+            .iter()
+            .map(|k| format!("{k} {}", us(r.num(&format!("{k}_ns")))))
+            .collect();
+        s += &format!(
+            "stages of {port}, median us: {}; sum {} of round trip {} ({} of {} trips matched, \
+             clocks related to +-{} us{})\n",
+            parts.join(", "),
+            us(r.num("sum_ns")),
+            us(r.num("round_trip_ns")),
+            r.get("joined").unwrap_or("0"),
+            r.get("trips").unwrap_or("0"),
+            us(r.num("clock_ns")),
+            if r.get("problem").is_some() {
+                ": too loosely for the stages across them"
+            } else {
+                ""
+            },
         );
     }
     s

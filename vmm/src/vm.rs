@@ -163,14 +163,14 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let (tx, rx) = mpsc::channel();
     let mut mmio = Bus::new();
     let results = Arc::new(Mutex::new(Vec::new()));
-    let page = DebugPage::new(
+    let page = Arc::new(DebugPage::new(
         mem.clone(),
         tx.clone(),
         output.out,
         output.err,
         results.clone(),
-    );
-    mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, Arc::new(page))
+    ));
+    mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, page.clone())
         .map_err(Error::BadInput)?;
     let mut pio = Bus::new();
     let serial = if is_linux {
@@ -276,6 +276,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     }
     // Some hosts cannot report the TSC rate; the guest's clock then reads 0 kHz and says so.
     let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0);
+    page.stages.attach(console.handle(), tsc_khz);
 
     let mut params = BootParams::new();
     params.vcpus = config.vcpus;

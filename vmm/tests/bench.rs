@@ -104,6 +104,12 @@ fn bench_writes_a_table_json_and_plots_and_checks_every_byte() {
             .len(),
         9
     );
+    let stages = figures(&doc, "pingpong 64 B", "perimeter")["stages_us"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(stages, 8, "seven stages and the round trip");
+    assert!(table.contains("perimeter round trip, us"), "{table}");
     for plot in ["throughput.svg", "latency.svg"] {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap();
         assert!(

@@ -124,6 +124,56 @@ fn tx_and_rx_of_256_mib_match_their_checksums() {
     assert_eq!(rs[0].0["check"], "ok", "every byte is the pattern's: {out}");
 }
 
+/// `pingpong` asks the host to stamp the port's data path: the run's results hold a `stages`
+/// row that matched every trip, whose seven stages add up to about the round trip.
+#[test]
+fn a_pingpong_shows_where_its_round_trips_went() {
+    if !kvm_present("a_pingpong_shows_where_its_round_trips_went") {
+        return;
+    }
+    for vcpus in ["1", "2"] {
+        // On a host too busy to run both sides of the clock rounds at once, the clocks are
+        // related too loosely to place the stamps, and the row says so: try again.
+        let mut tries = 0;
+        let st = loop {
+            let out = run_json(
+                "pingpong stages",
+                &["--vcpus", vcpus, "--workload", "pingpong:64:300:echo"],
+            );
+            let st = results(&out)
+                .into_iter()
+                .map(|(f, _)| f)
+                .find(|f| f["workload"] == "stages")
+                .unwrap_or_else(|| panic!("no stages row: {out}"));
+            tries += 1;
+            match st.get("problem").map(String::as_str) {
+                Some("clocks-loose") if tries < 5 => continue,
+                None => break st,
+                _ => panic!("{st:?}"),
+            }
+        };
+        assert_eq!(st["trips"], "300", "{st:?}");
+        assert_eq!(st["joined"], "300", "every trip matched: {st:?}");
+        let n = |k: &str| -> f64 { st[k].parse().unwrap() };
+        let stages = [
+            "send",
+            "kick",
+            "to_backend",
+            "peer",
+            "to_ring",
+            "interrupt",
+            "to_reader",
+        ];
+        let sum: f64 = stages.iter().map(|s| n(&format!("{s}_ns"))).sum();
+        assert_eq!(sum, n("sum_ns"), "{st:?}");
+        // Medians of the stages need not add up to the median trip exactly; far off means the
+        // stamps were matched with the wrong trips.
+        let ratio = sum / n("round_trip_ns");
+        assert!((0.5..=1.5).contains(&ratio), "{vcpus} vCPU(s): {st:?}");
+        assert!(n("interrupt_ns") > 0.0 && n("kick_ns") > 0.0, "{st:?}");
+    }
+}
+
 /// The guest's echo sends back the very message it read, over its receive buffer: that
 /// buffer comes back only once the transmission completes, and with all of a port's receive
 /// buffers in transmissions the device has nowhere to put more data. The driver must ask for

@@ -15,6 +15,7 @@
 use super::Shared;
 use super::port::{PortShared, Retry, lock};
 use super::ring::{Pop, Ring};
+use super::stages::HostPoint;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use streams::{
@@ -182,6 +183,7 @@ fn transmit(port: &Arc<PortShared>, q: Q<'_>) {
             Pop::Chain(head, bufs) => (head, bufs),
             Pop::Empty | Pop::Broken => return,
         };
+        port.stages.stamp(HostPoint::Popped);
         let token = Arc::new(TxToken {
             port: port.clone(),
             head,
@@ -382,6 +384,7 @@ fn receive(port: &Arc<PortShared>, q: Q<'_>) {
         q.putbq(m);
     }
     if used {
+        port.stages.stamp(HostPoint::Notified);
         ring.notify(&port.counters);
     }
 }

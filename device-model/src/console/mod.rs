@@ -4,7 +4,8 @@
 //! the port's pair of virtqueues, and modules may be pushed between them. A control stream on
 //! the same driver carries the control queues. See [`driver`] for the data paths,
 //! [`control`] for the handshake and [`poll`] for how a notification starts a period in which
-//! the device watches every transmit ring instead of waiting for more notifications.
+//! the device watches every transmit ring instead of waiting for more notifications;
+//! [`stages`] stamps a port's data path when a guest asks where its round trips go.
 
 pub mod backend;
 mod control;
@@ -17,6 +18,7 @@ mod poll;
 mod port;
 mod ring;
 mod runtime;
+pub mod stages;
 pub mod stats;
 #[cfg(test)]
 mod tests;

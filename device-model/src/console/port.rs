@@ -4,6 +4,7 @@
 use super::lent::Lent;
 use super::poll::TxPoll;
 use super::ring::Ring;
+use super::stages::StageStamps;
 use super::stats::PortCounters;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,6 +71,8 @@ pub struct PortShared {
     pub lent: Lent,
     /// The device's transmit polling (shared by every port).
     pub(crate) poll: Arc<TxPoll>,
+    /// Stamps of the port's round trips, while a guest asks for them.
+    pub stages: StageStamps,
 }
 
 impl PortShared {
@@ -90,6 +93,7 @@ impl PortShared {
             retry: Mutex::new(None),
             lent: Lent::default(),
             poll,
+            stages: StageStamps::default(),
         })
     }
 

@@ -15,6 +15,18 @@ pub fn ticks() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// TSC ticks read after every earlier instruction is done (loads included): a value that
+/// cannot predate what the code before it saw.
+pub fn ticks_ordered() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: lfence and rdtsc have no memory effects; ring 3 may run both (CR4.TSD is clear).
+    unsafe {
+        core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi,
+            options(nostack, preserves_flags));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Converts a tick count into nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);

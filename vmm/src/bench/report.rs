@@ -2,7 +2,8 @@
 
 use super::launch::Vmm;
 use super::matrix::{Cell, Kind};
-use super::sample::{PERCENTILES, Sample};
+use super::sample::Sample;
+use device_model::console::stages::STAGES;
 use std::fmt::Write as _;
 
 /// A cell's runs under one VMM and their medians.
@@ -18,6 +19,10 @@ pub struct VmmFigures {
     pub mib_s: Option<f64>,
     /// Median latency at each percentile (µs), for pingpong.
     pub latency_us: Vec<f64>,
+    /// Median of the runs' floors (see [`Sample::floor`]).
+    pub floor: Option<f64>,
+    /// Median of each of the runs' stages (see [`Sample::stages_us`]).
+    pub stages_us: Vec<f64>,
     /// Bytes delivered over bytes sent, all runs together (1.0 = nothing lost).
     pub delivered_ratio: Option<f64>,
     /// The runs' problems (empty when every run checked out).
@@ -54,6 +59,20 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The median at each index of the runs' `field` (runs without it left out).
+fn medians_by_index(runs: &[Sample], field: impl Fn(&Sample) -> &Vec<f64>) -> Vec<f64> {
+    let n = runs.iter().map(|r| field(r).len()).max().unwrap_or(0);
+    (0..n)
+        .filter_map(|i| {
+            median(
+                runs.iter()
+                    .filter_map(|r| field(r).get(i).copied())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 impl VmmFigures {
     /// Medians of `runs`.
     pub fn new(vmm: Vmm, runs: Vec<Sample>) -> VmmFigures {
@@ -65,15 +84,9 @@ impl VmmFigures {
             first_byte_ms: median(runs.iter().filter_map(|r| r.first_byte_ms).collect()),
             exit_ms: median(runs.iter().map(|r| r.exit_ms).collect()).unwrap_or(0.0),
             mib_s: median(runs.iter().filter_map(|r| r.mib_s).collect()),
-            latency_us: (0..PERCENTILES.len())
-                .filter_map(|i| {
-                    median(
-                        runs.iter()
-                            .filter_map(|r| r.latency_us.get(i).copied())
-                            .collect(),
-                    )
-                })
-                .collect(),
+            latency_us: medians_by_index(&runs, |r| &r.latency_us),
+            floor: median(runs.iter().filter_map(|r| r.floor).collect()),
+            stages_us: medians_by_index(&runs, |r| &r.stages_us),
             delivered_ratio: (sent > 0).then(|| delivered as f64 / sent as f64),
             problems: runs.iter().filter_map(|r| r.problem.clone()).collect(),
             runs,
@@ -131,6 +144,54 @@ fn headline_text(cell: &Cell, f: &VmmFigures) -> String {
     }
 }
 
+/// The perimeter run's floor of a row: memcpy for throughput, the doorbell for pingpong.
+fn floor_text(r: &Row) -> String {
+    let floor = r
+        .vmms
+        .iter()
+        .find(|f| f.vmm == Vmm::Perimeter)
+        .and_then(|f| f.floor);
+    match (r.cell.kind, floor) {
+        (_, None) => "-".into(),
+        (Kind::Pingpong, Some(us)) => format!("doorbell {us:.0} us"),
+        (_, Some(mib)) => format!("memcpy {mib:.0} MiB/s"),
+    }
+}
+
+/// Where perimeter's pingpong round trips went, stage by stage (medians, µs); empty when no
+/// row has stages.
+pub fn stages_table(rows: &[Row]) -> String {
+    let with: Vec<(&Row, &Vec<f64>)> = rows
+        .iter()
+        .filter_map(|r| {
+            let f = r.vmms.iter().find(|f| f.vmm == Vmm::Perimeter)?;
+            (f.stages_us.len() == STAGES.len() + 1).then_some((r, &f.stages_us))
+        })
+        .collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\n{:<28}", "perimeter round trip, us");
+    for name in STAGES {
+        let _ = write!(out, " {name:>10}");
+    }
+    let _ = writeln!(out, " {:>10} {:>10}", "sum", "round trip");
+    for (r, st) in with {
+        let _ = write!(out, "{:<28}", r.name);
+        for v in &st[..STAGES.len()] {
+            let _ = write!(out, " {v:>10.1}");
+        }
+        let sum: f64 = st[..STAGES.len()].iter().sum();
+        let _ = writeln!(out, " {sum:>10.1} {:>10.1}", st[STAGES.len()]);
+    }
+    out.push_str(
+        "stages: send (write to ring), kick (ring to device), to_backend (device to socket), \
+         peer (socket to socket), to_ring (socket to used ring), interrupt (notify to guest \
+         handler), to_reader (handler to reader); medians of TSC stamps on both sides.\n\n",
+    );
+    out
+}
+
 /// The table: one row per cell, a column per VMM, the advantage, bytes delivered / sent.
 pub fn table(rows: &[Row]) -> String {
     let vmms: Vec<Vmm> = rows.first().map_or(vec![Vmm::Perimeter], |r| {
@@ -143,6 +204,7 @@ pub fn table(rows: &[Row]) -> String {
     if vmms.len() > 1 {
         let _ = write!(out, " {:>9}", "advantage");
     }
+    let _ = write!(out, " {:>20}", "floor (same run)");
     out.push_str("   delivered/sent\n");
     for r in rows {
         let _ = write!(out, "{:<28}", r.name);
@@ -161,6 +223,7 @@ pub fn table(rows: &[Row]) -> String {
             };
             let _ = write!(out, " {adv:>9}");
         }
+        let _ = write!(out, " {:>20}", floor_text(r));
         let delivered: Vec<String> = r
             .vmms
             .iter()
@@ -171,6 +234,11 @@ pub fn table(rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(out, "   {}", delivered.join(" / "));
     }
+    out.push_str(&stages_table(rows));
+    out.push_str(
+        "floor: perimeter's guest in the same run: its memcpy of the cell's message size, or \
+         the doorbell round trip (ioeventfd to irqfd) a pingpong cannot beat without polling.\n",
+    );
     out.push_str(
         "advantage: perimeter over QEMU (throughput ratio; for times, QEMU's over perimeter's; \
          `lossy`: a VMM lost data, so no ratio). `!`: a run failed or lost data (see the JSON).\n",

@@ -4,6 +4,7 @@
 use super::launch::RunOutput;
 use super::matrix::{Cell, Kind};
 use crate::results::GuestResult;
+use device_model::console::stages::STAGES;
 
 /// The latency percentiles a pingpong reports, in order (keys of its `@result`).
 pub const PERCENTILES: [(&str, f64); 9] = [
@@ -29,6 +30,12 @@ pub struct Sample {
     pub mib_s: Option<f64>,
     /// Round-trip latency at each of [`PERCENTILES`] (µs).
     pub latency_us: Vec<f64>,
+    /// The same run's floor: the guest's memcpy (MiB/s) for tx and rx, the doorbell round
+    /// trip (µs) for pingpong; `None` where the guest could not measure it.
+    pub floor: Option<f64>,
+    /// Where a pingpong's round trip went: the median of each of `STAGES` (µs), then the
+    /// median round trip of the trips matched; empty when the VMM cannot stamp them.
+    pub stages_us: Vec<f64>,
     /// Bytes the guest sent (tx) or asked for (rx, pingpong).
     pub sent: u64,
     /// Bytes that arrived intact: counted by the host peers (tx), checked by the guest (rx,
@@ -68,6 +75,7 @@ impl Sample {
                 if let Some(r) = of("tx").next() {
                     s.sent = num(r, "bytes").unwrap_or(0);
                     s.mib_s = num(r, "mib_s").map(|v| v as f64);
+                    s.floor = num(r, "memcpy_mib_s").map(|v| v as f64);
                     let crc = u32::from_str_radix(r.get("crc").unwrap_or(""), 16).ok();
                     if s.delivered == s.sent && crc != Some(peer.crc_in) {
                         s.problem = Some("the host's CRC differs from the guest's".into());
@@ -83,6 +91,7 @@ impl Sample {
                         s.problem = Some("the guest received bytes out of pattern".into());
                     }
                     s.mib_s = num(r, "mib_s").map(|v| v as f64);
+                    s.floor = num(r, "memcpy_mib_s").map(|v| v as f64);
                 }
             }
             Kind::Pingpong => {
@@ -92,6 +101,20 @@ impl Sample {
                     s.latency_us = PERCENTILES
                         .iter()
                         .map(|(k, _)| num(r, k).unwrap_or(0) as f64 / 1e3)
+                        .collect();
+                    s.floor = num(r, "doorbell_ns")
+                        .filter(|&n| n > 0)
+                        .map(|n| n as f64 / 1e3);
+                }
+                if let Some(r) = of("stages").next()
+                    && num(r, "joined").is_some_and(|j| j > 0)
+                    && r.get("problem").is_none()
+                {
+                    s.stages_us = STAGES
+                        .iter()
+                        .map(|k| format!("{k}_ns"))
+                        .chain(["round_trip_ns".to_string()])
+                        .map(|k| num(r, &k).unwrap_or(0) as f64 / 1e3)
                         .collect();
                 }
             }

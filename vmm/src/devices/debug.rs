@@ -1,6 +1,7 @@
 //! The debug page (`guest_abi::debug`): exit, console and fault registers for guests that run at
 //! ring 3 and so cannot do port I/O, and the relay behind the test-interrupt register.
 
+use super::stages::StageRegisters;
 use crate::bus::{Action, BusDevice};
 use crate::error::Outcome;
 use crate::results::{GuestResult, LineSplitter};
@@ -22,6 +23,8 @@ pub struct DebugPage {
     /// Standard output split into text and `@result` lines.
     split: Mutex<LineSplitter>,
     results: Arc<Mutex<Vec<GuestResult>>>,
+    /// The round-trip stamping registers.
+    pub stages: StageRegisters,
 }
 
 fn word(data: &[u8]) -> u64 {
@@ -49,6 +52,7 @@ impl DebugPage {
             err: Mutex::new(err),
             split: Mutex::new(LineSplitter::default()),
             results,
+            stages: StageRegisters::default(),
         }
     }
 
@@ -131,6 +135,27 @@ impl BusDevice for DebugPage {
             (debug::FAULT, 8) => {
                 let _ = self.outcome.send(Outcome::Crashed(self.fault(vcpu, value)));
                 Action::Stop
+            }
+            (debug::STAGES_BEGIN, 4) => {
+                self.stages.begin(value as u32);
+                Action::Continue
+            }
+            (debug::TSC_SYNC, 8) => {
+                self.stages.sync(&self.mem, value);
+                Action::Continue
+            }
+            (debug::STAGES_TRIPS, 8) => {
+                self.stages.trips(&self.mem, value);
+                Action::Continue
+            }
+            (debug::STAGES_END, 4) => {
+                if let Some(r) = self.stages.end() {
+                    self.results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(r);
+                }
+                Action::Continue
             }
             // IRQ_TEST writes for an existing CPU never get here (an ioeventfd takes them);
             // other writes, and writes of the wrong width, are ignored.

@@ -2,6 +2,7 @@
 
 pub mod debug;
 pub mod serial;
+pub mod stages;
 pub mod virtio_mmio;
 
 /// A `Write` that collects into a shared buffer, for device tests.

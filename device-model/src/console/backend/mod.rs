@@ -12,6 +12,7 @@ pub use output::{BATCH_BYTES, BATCH_MSGS};
 pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_key};
 
 use super::port::lock;
+use super::stages::HostPoint;
 use super::{ConsoleHandle, PortShared};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -554,6 +555,7 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
                 _ => return, // end of file
             },
             Ok(n) => {
+                st.port.stages.stamp(HostPoint::Read);
                 m.set_ptrs(0, n).expect("within the block");
                 c.in_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 // The device's service copies it into the guest's buffers in this thread: for

@@ -14,8 +14,10 @@
 
 use super::{IoState, Sink, lock};
 use crate::console::PortCounters;
+use crate::console::stages::HostPoint;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -198,6 +200,17 @@ enum Next {
     Stop,
 }
 
+/// [`write_batch`] to the client, stamped first: its reply may be read before the write
+/// returns.
+fn write_to_client(
+    st: &IoState,
+    client: &UnixStream,
+    held: &mut VecDeque<Mblk>,
+) -> io::Result<u64> {
+    st.port.stages.stamp(HostPoint::Written);
+    write_batch(&mut &*client, held)
+}
+
 /// One step with the gate held shared: drop stale messages, gather from the head, and either
 /// write to a client without blocking or make the copies written after the gate is released.
 fn step(st: &IoState, sink: &mut Sink, copies: &mut Copies) -> Next {
@@ -238,6 +251,7 @@ fn step(st: &IoState, sink: &mut Sink, copies: &mut Copies) -> Next {
                         *m = c;
                     }
                 }
+                st.port.stages.stamp(HostPoint::Written);
                 copies.ready.extend(held.drain(..));
                 Next::Again
             }
@@ -258,7 +272,7 @@ fn step(st: &IoState, sink: &mut Sink, copies: &mut Copies) -> Next {
             Sink::Client => match client {
                 None if st.stopping() => Next::Stop, // nobody to take it: left undelivered
                 None => Next::Pause,
-                Some(client) => match write_batch(&mut &*client, &mut held) {
+                Some(client) => match write_to_client(st, &client, &mut held) {
                     Ok(n) => {
                         PortCounters::add(&st.port.counters.out_bytes, n);
                         Next::Again
@@ -314,6 +328,7 @@ fn run(st: &Arc<IoState>, mut sink: Sink, copies: &mut Copies) {
                 }
                 let m = copies.ready.pop_front().expect("not empty");
                 let n = m.msgdsize() as u64;
+                st.port.stages.stamp(HostPoint::Read);
                 if st.stream.putmsg(m).is_err() {
                     return; // hung up
                 }

@@ -142,7 +142,11 @@ pub fn get() -> Option<&'static Vcon> {
     VCON.get()
 }
 
+/// When the device's interrupt last reached the handler (TSC ticks).
+pub static LAST_IRQ_TICKS: AtomicU64 = AtomicU64::new(0);
+
 fn on_irq(_vector: u8) {
+    LAST_IRQ_TICKS.store(crate::clock::ticks(), Ordering::Relaxed);
     let Some(v) = get() else { return };
     v.stats.irqs.fetch_add(1, Ordering::Relaxed);
     if v.level_irq {

@@ -197,6 +197,8 @@ impl PortRings {
     fn add_tx(&mut self, segs: &[(u64, u32)], mp: Mblk) -> Result<(), Mblk> {
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
         let holds_rx = segs.iter().any(|s| in_rx_buffers(s.0));
+        // Read before the buffer is published: the device may take it at once.
+        let now = crate::clock::ticks_ordered();
         match self.tx.add(segs, false, mp) {
             Ok(()) => {
                 self.tx_blocked = false;
@@ -204,9 +206,9 @@ impl PortRings {
                 self.tx_bytes += bytes;
                 // Used already or not, the next send or reap takes them.
                 let _ = self.arm_tx();
-                COUNTERS[self.port]
-                    .tx_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
+                let c = &COUNTERS[self.port];
+                c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+                c.last_avail.store(now, Ordering::Relaxed);
                 Ok(())
             }
             Err(mp) => {
@@ -319,6 +321,8 @@ pub struct PortCounters {
     pub bufcall_retries: AtomicU64,
     /// Times the transmit ring was full.
     pub tx_ring_full: AtomicU64,
+    /// When a transmit buffer was last made available (TSC ticks).
+    pub last_avail: AtomicU64,
 }
 
 /// Counters of every port, by id.
@@ -329,6 +333,7 @@ pub static COUNTERS: [PortCounters; super::MAX_PORTS] = [const {
         rx_alloc_failures: AtomicU64::new(0),
         bufcall_retries: AtomicU64::new(0),
         tx_ring_full: AtomicU64::new(0),
+        last_avail: AtomicU64::new(0),
     }
 }; super::MAX_PORTS];
 

@@ -225,21 +225,28 @@ pub fn rx(v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
 }
 
 /// `pingpong:SIZE:COUNT[:PORT]`: COUNT round trips of SIZE bytes through a port whose host
-/// side echoes; reports the median and 99th percentile, beside the doorbell floor.
+/// side echoes; reports the median and 99th percentile, beside the doorbell floor. With
+/// `stages`, the host also reports where the time went ([`super::stages`]).
 pub fn pingpong(
     s: &Streams,
     v: &Vcon,
     size: usize,
     count: usize,
     port: &str,
+    stages: bool,
 ) -> Result<(), String> {
-    let (_, st) = open_named(v, port)?;
+    let (id, st) = open_named(v, port)?;
     let size = size.max(1);
     let mut ns = Vec::with_capacity(count);
+    let mut trace = if stages {
+        super::stages::StageTrace::begin(id, count)
+    } else {
+        None
+    };
     for i in 0..count {
         let mut m = alloc(s, &st, size);
         m.data_mut().expect("fresh").fill(i as u8);
-        let t0 = clock::now_ns();
+        let t0 = clock::ticks();
         send(&st, m).map_err(|e| alloc::format!("write failed: {e:?}"))?;
         let mut back = 0;
         while back < size {
@@ -251,9 +258,16 @@ pub fn pingpong(
             }
             back += r.msgdsize();
         }
-        ns.push(clock::now_ns() - t0);
+        let t1 = clock::ticks();
+        ns.push(clock::ticks_to_ns(t1 - t0));
+        if let Some(t) = &mut trace {
+            t.record(t0, t1);
+        }
     }
     drop(st.close());
+    if let Some(t) = trace {
+        t.finish();
+    }
     let total_ns: u64 = ns.iter().sum();
     let (median, p99) = percentiles(&mut ns);
     let floor = super::doorbell_floor_ns(101);
@@ -530,7 +544,7 @@ pub fn selftest(s: &Streams, v: &Vcon) -> bool {
         }
     };
     if v.find("echo").is_some() {
-        run("pingpong", pingpong(s, v, 64, 200, "echo"));
+        run("pingpong", pingpong(s, v, 64, 200, "echo", false));
         run("echo stream", echo_stream(s, v, 4096, 1 << 20, "echo"));
     }
     if v.find("sink").is_some() {

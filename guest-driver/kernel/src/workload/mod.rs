@@ -27,6 +27,7 @@
 mod console;
 mod hostile;
 mod report;
+mod stages;
 mod stream_io;
 
 use crate::console::COM1;
@@ -112,6 +113,7 @@ fn console_workload(name: &str, arg: &str) -> ! {
             num(name, "SIZE", first),
             num(name, "COUNT", second),
             port.unwrap_or("echo"),
+            true,
         ),
         "fairness" => console::fairness(
             s,
