@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// How long the console polls its transmit rings after a notification (zero: not).
     pub tx_poll: Duration,
+    /// The vCPU the console's interrupt goes to (our guest; Linux takes it on its pin).
+    pub console_irq_vcpu: u32,
 }
 
 impl VmConfig {
@@ -78,6 +80,12 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(Error::BadInput("--cmdline contains a NUL byte".into()));
+        }
+        if self.console_irq_vcpu >= self.vcpus {
+            return Err(Error::BadInput(format!(
+                "--console-irq-vcpu {}: the VM has {} vCPU(s), numbered from 0",
+                self.console_irq_vcpu, self.vcpus
+            )));
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::BadInput(
@@ -126,6 +134,7 @@ impl Default for VmConfig {
             control: None,
             seccomp: false,
             tx_poll: device_model::console::DEFAULT_TX_POLL,
+            console_irq_vcpu: 0,
         }
     }
 }
@@ -195,6 +204,14 @@ mod tests {
                 ..Default::default()
             },
             "--timeout",
+        );
+        bad(
+            VmConfig {
+                vcpus: 2,
+                console_irq_vcpu: 2,
+                ..Default::default()
+            },
+            "--console-irq-vcpu 2: the VM has 2 vCPU(s)",
         );
         bad(
             VmConfig {

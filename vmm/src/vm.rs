@@ -228,9 +228,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let console_irq = if is_linux {
         Irq::Pin(linux::CONSOLE_GSI)
     } else {
-        Irq::Msi {
-            dest: config.vcpus - 1,
-        }
+        Irq::Msi { dest: 0 }
     };
     let (console_entry, console_transport) = virtio_mmio::attach(
         &vm,

@@ -174,7 +174,7 @@ fn bad_input_gives_status_120_and_one_clear_line() {
     bytes[0x202..0x206].copy_from_slice(b"HdrS");
     std::fs::write(&fake_bz, bytes).unwrap();
     let fake_bz = fake_bz.to_str().unwrap();
-    let cases: [(&[&str], &str); 19] = [
+    let cases: [(&[&str], &str); 20] = [
         (
             &["run", "--kernel", "/nonexistent/kernel"],
             "cannot read kernel /nonexistent/kernel",
@@ -197,6 +197,10 @@ fn bad_input_gives_status_120_and_one_clear_line() {
         (
             &["run", "--kernel", fake_bz, "--vcpus", "2"],
             "perimeter boots Linux on one vCPU",
+        ),
+        (
+            &["run", "--vcpus", "2", "--console-irq-vcpu", "2"],
+            "--console-irq-vcpu 2: the VM has 2 vCPU(s), numbered from 0",
         ),
         (&["run", "--kernel", fake_bz], "not a loadable bzImage"),
         (&["run", "--memory", "2"], "--memory 2 MiB is out of range"),

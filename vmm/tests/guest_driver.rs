@@ -83,9 +83,12 @@ fn selftest_passes_on_2_vcpus() {
     if !kvm_present("selftest_passes_on_2_vcpus") {
         return;
     }
-    // On 2 vCPUs the console's interrupt goes to vCPU 1 while vCPU 0 runs the workload: puts
-    // from two CPUs race on every port's perimeter.
-    let out = run_json("selftest 2 vcpus", &["--vcpus", "2"]);
+    // With the console's interrupt on vCPU 1 while vCPU 0 runs the workload, puts from two
+    // CPUs race on every port's perimeter.
+    let out = run_json(
+        "selftest 2 vcpus",
+        &["--vcpus", "2", "--console-irq-vcpu", "1"],
+    );
     let rs = results(&out);
     let names: Vec<&str> = rs.iter().map(|(f, _)| f["workload"].as_str()).collect();
     assert_eq!(

@@ -23,8 +23,8 @@ const CHECK_WINDOW: usize = 64 * 1024;
 
 /// The STREAMS instance (pool sized to the heap), guest faults applied, and the driver.
 pub fn setup() -> (&'static Streams, &'static Vcon) {
-    // The device interrupts the last vCPU: its local APIC must be up before the first one
-    // (an MSI to a CPU still starting is lost).
+    // The device may interrupt any vCPU (the VMM chooses): every local APIC must be up before
+    // the first interrupt (an MSI to a CPU still starting is lost).
     crate::smp::wait_for_online(u64::from(bootinfo::params().vcpus.saturating_sub(1)));
     let heap = crate::heap::size();
     let s = platform::init(StreamsConfig {
