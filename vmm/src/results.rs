@@ -134,7 +134,8 @@ fn stages_lines(results: &[GuestResult]) -> String {
             .map(|k| format!("{k} {}", us(r.num(&format!("{k}_ns")))))
             .collect();
         s += &format!(
-            "stages of {port}, median us: {}; sum {} of round trip {} ({} of {} trips matched, \
+            "stages of {port}, typical trip, us: {}; sum {} of median round trip {} ({} of {} \
+             trips matched, \
              clocks related to +-{} us{})\n",
             parts.join(", "),
             us(r.num("sum_ns")),

@@ -169,12 +169,52 @@ fn a_pingpong_shows_where_its_round_trips_went() {
         ];
         let sum: f64 = stages.iter().map(|s| n(&format!("{s}_ns"))).sum();
         assert_eq!(sum, n("sum_ns"), "{st:?}");
-        // Medians of the stages need not add up to the median trip exactly; far off means the
-        // stamps were matched with the wrong trips.
+        // The stages are those of the trips around the median one: they add up to about it.
         let ratio = sum / n("round_trip_ns");
-        assert!((0.5..=1.5).contains(&ratio), "{vcpus} vCPU(s): {st:?}");
-        assert!(n("interrupt_ns") > 0.0 && n("kick_ns") > 0.0, "{st:?}");
+        assert!((0.8..=1.25).contains(&ratio), "{vcpus} vCPU(s): {st:?}");
+        assert!(n("kick_ns") > 0.0 && n("to_backend_ns") > 0.0, "{st:?}");
     }
+}
+
+/// A CPU that spins before halting watches the receive rings itself, the device leaving out
+/// the interrupts; before it halts it asks for them again. With the spin cut to 1 µs nearly
+/// every round trip takes that way out, so a wake-up lost there would hang the run; with
+/// `vcon.rxpoll=0` nothing is polled.
+#[test]
+fn receive_rings_polled_by_an_idle_cpu_lose_no_wake_up() {
+    if !kvm_present("receive_rings_polled_by_an_idle_cpu_lose_no_wake_up") {
+        return;
+    }
+    let pingpong = |cmdline: &str| {
+        let out = run_json(
+            "polled receive",
+            &["--cmdline", cmdline, "--workload", "pingpong:64:2000:echo"],
+        );
+        let rs = results(&out);
+        let (f, _) = rs
+            .iter()
+            .find(|(f, _)| f["workload"] == "pingpong")
+            .unwrap_or_else(|| panic!("no pingpong: {out}"));
+        assert_eq!(f["count"], "2000", "{f:?}");
+        (
+            f["polled"].parse::<u64>().unwrap(),
+            f["irqs"].parse::<u64>().unwrap(),
+        )
+    };
+    let (polled, _) = pingpong("poll_us=200");
+    assert!(polled > 0, "a spinning CPU found replies itself");
+    let (polled, irqs) = pingpong("poll_us=1");
+    assert!(polled + irqs > 0);
+    let (polled, irqs) = pingpong("vcon.rxpoll=0");
+    assert_eq!(polled, 0);
+    assert!(irqs > 1000, "replies interrupt: {irqs}");
+    // Receive streams with the same short spin: every buffer batch must still arrive.
+    let out = run_json(
+        "polled rx",
+        &["--cmdline", "poll_us=1", "--workload", "rx:64:1M"],
+    );
+    let rs = results(&out);
+    assert_eq!(rs[0].0["check"], "ok", "{out}");
 }
 
 /// The guest's echo sends back the very message it read, over its receive buffer: that

@@ -182,14 +182,16 @@ impl ClockSync {
     }
 }
 
-/// What [`join`] found: medians in ticks of the trips whose every stamp was found.
+/// What [`join`] found, in ticks, over the trips whose every stamp was found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Breakdown {
     /// Trips the guest reported.
     pub trips: usize,
     /// Trips matched with host stamps.
     pub joined: usize,
-    /// Median of each of [`STAGES`].
+    /// Each of [`STAGES`] in a typical trip: the mean over the tenth of the trips around the
+    /// median one (so that they add up to about the median, which the medians of the stages
+    /// need not when trips vary).
     pub stages: [u64; 7],
     /// Median round trip of the joined trips.
     pub round_trip: u64,
@@ -206,14 +208,6 @@ fn first(v: &[u64], at: &mut usize, from: u64, to: u64) -> Option<u64> {
     Some(t)
 }
 
-fn median(v: &mut [u64]) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 /// Matches the guest's `trips` with the host's stamps (`host[point]`, sorted), converting guest
 /// stamps with `offset` known to within `slack` ticks.
 pub fn join(
@@ -224,8 +218,8 @@ pub fn join(
 ) -> Breakdown {
     let to_host = |t: u64| (i128::from(t) + i128::from(offset)).max(0) as u64;
     let mut at = [0usize; HOST_POINTS];
-    let mut stages: [Vec<u64>; 7] = Default::default();
-    let mut totals = Vec::new();
+    // (round trip, its stages) of each matched trip.
+    let mut joined: Vec<(u64, [u64; 7])> = Vec::new();
     for t in trips {
         let (start, avail, irq, end) = (
             to_host(t.start),
@@ -264,19 +258,26 @@ pub fn join(
             chain[i] = chain[i].clamp(chain[i - 1], end);
         }
         debug_assert_eq!(chain[7] - chain[0], end - start);
-        for (k, v) in stages.iter_mut().enumerate() {
-            v.push(chain[k + 1] - chain[k]);
-        }
-        totals.push(end - start);
+        joined.push((
+            end - start,
+            core::array::from_fn(|k| chain[k + 1] - chain[k]),
+        ));
     }
     let mut b = Breakdown {
         trips: trips.len(),
-        joined: totals.len(),
-        round_trip: median(&mut totals),
+        joined: joined.len(),
         ..Default::default()
     };
-    for (k, v) in stages.iter_mut().enumerate() {
-        b.stages[k] = median(v);
+    if joined.is_empty() {
+        return b;
+    }
+    joined.sort_unstable_by_key(|j| j.0);
+    let (n, mid) = (joined.len(), joined.len() / 2);
+    b.round_trip = joined[mid].0;
+    let band = &joined[mid.saturating_sub(n / 20)..=(mid + n / 20).min(n - 1)];
+    for k in 0..STAGES.len() {
+        let sum: u128 = band.iter().map(|j| u128::from(j.1[k])).sum();
+        b.stages[k] = (sum / band.len() as u128) as u64;
     }
     b
 }
@@ -335,7 +336,8 @@ mod tests {
         assert_eq!((b.trips, b.joined), (2, 2));
         // Trip 0: send 10, kick 20, to_backend 10, peer 20, to_ring 10, interrupt 5, to_reader 15.
         // Trip 1: send 15, kick 15, to_backend 10, peer 20, to_ring 15, interrupt 15, to_reader 10.
-        assert_eq!(b.stages, [15, 20, 10, 20, 15, 15, 15]);
+        // The median trip is trip 1 (100 ticks); with two trips it is the whole band.
+        assert_eq!(b.stages, [15, 15, 10, 20, 15, 15, 10]);
         assert_eq!(b.round_trip, 100);
     }
 
@@ -349,6 +351,31 @@ mod tests {
         assert_eq!(b.joined, 1);
         assert_eq!(b.stages, [10, 0, 20, 30, 20, 0, 20]);
         assert_eq!(b.stages.iter().sum::<u64>(), b.round_trip);
+    }
+
+    #[test]
+    fn the_stages_are_those_of_the_trips_around_the_median_and_add_up_to_it() {
+        // 40 trips of 100 ticks spent in kick and 20 of 1000 spent in peer, interleaved: the
+        // medians of the stages would be kick 100 (or 0) and peer 0, adding up to nowhere near
+        // the median trip; the trips around the median are all of the first kind.
+        let mut trips = Vec::new();
+        let mut host: [Vec<u64>; HOST_POINTS] = Default::default();
+        let mut t = 0;
+        for i in 0..60u64 {
+            let slow = i % 3 == 2;
+            let (kick, peer) = if slow { (0, 1000) } else { (100, 0) };
+            let (pop, written) = (t + kick, t + kick);
+            let read = written + peer;
+            host[0].push(pop);
+            host[1].push(written);
+            host[2].push(read);
+            host[3].push(read);
+            trips.push(trip(t, t, 0, read));
+            t = read + 10;
+        }
+        let b = join(&trips, &host, 0, 0);
+        assert_eq!((b.joined, b.round_trip), (60, 100));
+        assert_eq!(b.stages, [0, 100, 0, 0, 0, 0, 0]);
     }
 
     #[test]

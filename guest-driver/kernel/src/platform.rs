@@ -91,6 +91,24 @@ pub fn set_idle_hook(f: fn()) {
     IDLE_HOOK.call_once(|| f);
 }
 
+/// What a CPU does with devices while it polls before halting (see [`poll_briefly`]).
+pub struct PollHooks {
+    /// It starts polling: devices may stop interrupting for what it will find itself.
+    pub start: fn(),
+    /// One turn: true when it found device work (and queued it).
+    pub look: fn() -> bool,
+    /// It stops polling, to halt or to run what it found: devices must interrupt again.
+    /// True when work turned up meanwhile (it was queued).
+    pub stop: fn() -> bool,
+}
+
+static POLL_HOOKS: spin::Once<PollHooks> = spin::Once::new();
+
+/// Sets the device side of polling (once).
+pub fn set_poll_hooks(hooks: PollHooks) {
+    POLL_HOOKS.call_once(|| hooks);
+}
+
 fn run_idle_hook() {
     if let Some(f) = IDLE_HOOK.get() {
         f();
@@ -172,9 +190,11 @@ pub fn run_deferred() {
 /// How long an idle CPU polls before it halts (`poll_us=N` on the command line).
 static POLL_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Spins (interrupts arrive as upcalls meanwhile) until [`GENERATION`] moves past `seen` or
-/// the poll time is over; true if it moved. Halting and being woken costs a ring-0 service
-/// and, from another CPU, an IPI: when the next event is close, spinning is cheaper.
+/// Spins (interrupts arrive as upcalls meanwhile) until [`GENERATION`] moves past `seen`, the
+/// poll hooks find device work, or the poll time is over; true if there is work. Halting and
+/// being woken costs a ring-0 service and, from another CPU, an IPI: when the next event is
+/// close, spinning is cheaper. Meanwhile devices may leave out the interrupts for what the
+/// hooks find (an interrupt is an exit and a ring-0 entry here).
 fn poll_briefly(seen: u64) -> bool {
     let mut ns = POLL_NS.load(Ordering::Relaxed);
     if ns == u64::MAX {
@@ -186,14 +206,21 @@ fn poll_briefly(seen: u64) -> bool {
     if ns == 0 {
         return false;
     }
+    let hooks = POLL_HOOKS.get();
+    if let Some(h) = hooks {
+        (h.start)();
+    }
     let until = clock::now_ns() + ns;
+    let mut moved = false;
     while clock::now_ns() < until {
-        if GENERATION.load(Ordering::Acquire) != seen {
-            return true;
+        if GENERATION.load(Ordering::Acquire) != seen || hooks.is_some_and(|h| (h.look)()) {
+            moved = true;
+            break;
         }
         core::hint::spin_loop();
     }
-    false
+    // Every path out re-enables the devices' interrupts: a halt must not miss one.
+    hooks.is_some_and(|h| (h.stop)()) || moved
 }
 
 /// Default poll time before halting.

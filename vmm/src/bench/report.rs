@@ -158,7 +158,7 @@ fn floor_text(r: &Row) -> String {
     }
 }
 
-/// Where perimeter's pingpong round trips went, stage by stage (medians, µs); empty when no
+/// Where perimeter's pingpong round trips went, stage by stage (µs); empty when no
 /// row has stages.
 pub fn stages_table(rows: &[Row]) -> String {
     let with: Vec<(&Row, &Vec<f64>)> = rows
@@ -187,7 +187,8 @@ pub fn stages_table(rows: &[Row]) -> String {
     out.push_str(
         "stages: send (write to ring), kick (ring to device), to_backend (device to socket), \
          peer (socket to socket), to_ring (socket to used ring), interrupt (notify to guest \
-         handler), to_reader (handler to reader); medians of TSC stamps on both sides.\n\n",
+         handler), to_reader (handler to reader): a typical trip (the tenth around the median) \
+         from TSC stamps on both sides, median of the runs.\n\n",
     );
     out
 }

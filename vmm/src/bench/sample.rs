@@ -33,7 +33,7 @@ pub struct Sample {
     /// The same run's floor: the guest's memcpy (MiB/s) for tx and rx, the doorbell round
     /// trip (µs) for pingpong; `None` where the guest could not measure it.
     pub floor: Option<f64>,
-    /// Where a pingpong's round trip went: the median of each of `STAGES` (µs), then the
+    /// Where a pingpong's round trip went: each of `STAGES` in a typical trip (µs), then the
     /// median round trip of the trips matched; empty when the VMM cannot stamp them.
     pub stages_us: Vec<f64>,
     /// Bytes the guest sent (tx) or asked for (rx, pingpong).

@@ -103,7 +103,7 @@ impl StageRegisters {
         }
     }
 
-    /// `STAGES_END`: stops stamping and returns the `stages` result (medians in ns).
+    /// `STAGES_END`: stops stamping and returns the `stages` result (ns).
     pub fn end(&self) -> Option<GuestResult> {
         let s = self.session().take()?;
         let (host, lost) = s.port.stages.take();

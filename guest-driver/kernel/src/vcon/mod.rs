@@ -10,9 +10,11 @@
 //!   buffers are driver memory lent upstream as esballoc'd messages and reposted when freed.
 //! * [`control`]: DEVICE_READY, PORT_READY, and the device's PORT_ADD/REMOVE, PORT_NAME,
 //!   CONSOLE_PORT, RESIZE and PORT_OPEN messages.
+//! * [`poll`]: receive rings watched by a CPU that spins before halting, without interrupts.
 //! * [`virtq`]: split rings with EVENT_IDX, over [`crate::virtio_mmio`].
 
 mod control;
+mod poll;
 mod port;
 
 pub use control::event;
@@ -96,6 +98,8 @@ pub struct VconStats {
     pub control_out: AtomicU64,
     /// Control messages that made no sense (unknown port or event, short).
     pub control_bad: AtomicU64,
+    /// Receive rings a polling CPU found moved (each a receive interrupt not needed).
+    pub polled: AtomicU64,
 }
 
 /// The driver: the device's transport and what every instance shares.
@@ -208,6 +212,17 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
         if let Some(v) = get() {
             port::send_all_gathered(v);
         }
+    });
+    // An idle CPU that spins before halting watches the receive rings instead of waiting for
+    // interrupts.
+    platform::set_poll_hooks(platform::PollHooks {
+        start: || {
+            if let Some(v) = get() {
+                poll::start(v);
+            }
+        },
+        look: || get().is_some_and(poll::look),
+        stop: || get().is_some_and(poll::stop),
     });
     t.driver_ok()?;
     let def = ModuleDef::builder("vcon")

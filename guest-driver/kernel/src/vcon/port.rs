@@ -187,6 +187,24 @@ impl PortRings {
         self.returned.len() >= self.rx_batch()
     }
 
+    /// Whether the device returned receive buffers not taken yet.
+    pub fn rx_waiting(&self) -> bool {
+        self.rx_mem != 0 && self.rx.has_used()
+    }
+
+    /// Asks for no receive interrupt (a polling CPU looks at the ring).
+    pub fn rx_quiet(&mut self) {
+        if self.rx_mem != 0 {
+            self.rx.no_interrupt();
+        }
+    }
+
+    /// Asks for the next receive interrupt again; true when buffers came back meanwhile (no
+    /// interrupt comes for those).
+    pub fn rx_rearm(&mut self) -> bool {
+        self.rx_mem != 0 && self.rx.interrupt_after(0)
+    }
+
     /// Whether output is on its way: buffers in flight or writes gathered.
     pub fn tx_pending(&self) -> bool {
         self.tx.in_flight() > 0 || self.gathered.is_some()
@@ -674,6 +692,10 @@ impl Port {
                 while let Some((i, len)) = r.rx.pop_used() {
                     let len = len.min(r.rx_buf as u32);
                     r.done.push_back((i, len));
+                }
+                if super::poll::polling() {
+                    r.rx_quiet(); // the polling CPU asks again when it stops
+                    break;
                 }
                 if !r.rx.interrupt_after(0) {
                     break;

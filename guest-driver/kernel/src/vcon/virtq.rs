@@ -225,6 +225,11 @@ impl<T> SplitQueue<T> {
         v
     }
 
+    /// Whether the device returned buffers not popped yet.
+    pub fn has_used(&self) -> bool {
+        self.used_idx() != self.last_used
+    }
+
     /// Takes the next buffer the device returned: its token and the bytes it wrote. A used
     /// element naming a descriptor that is not in flight (a device bug) is skipped.
     pub fn pop_used(&mut self) -> Option<(T, u32)> {

@@ -238,6 +238,7 @@ pub fn pingpong(
     let (id, st) = open_named(v, port)?;
     let size = size.max(1);
     let mut ns = Vec::with_capacity(count);
+    let (irqs0, polled0) = (v.stats.irqs.load(Relaxed), v.stats.polled.load(Relaxed));
     let mut trace = if stages {
         super::stages::StageTrace::begin(id, count)
     } else {
@@ -278,7 +279,9 @@ pub fn pingpong(
         .add("median_ns", median)
         .add("p99_ns", p99)
         .add("doorbell_ns", floor)
-        .add("total_ns", total_ns);
+        .add("total_ns", total_ns)
+        .add("irqs", v.stats.irqs.load(Relaxed) - irqs0)
+        .add("polled", v.stats.polled.load(Relaxed) - polled0);
     // The distribution, for plots: min, p10, p25, p75, p90, p99.9, max.
     for (key, per_mille) in [
         ("min_ns", 0),
