@@ -13,7 +13,7 @@
 //! | [`vcpu`] | vCPU threads and exit dispatch |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
 //! | [`irq`] | GSI routing: irqfds routed as MSI |
-//! | [`devices`] | the debug page and the 8250 UART |
+//! | [`devices`] | the debug page (with its round-trip stage registers) and the 8250 UART |
 //! | [`results`] | the guest's `@result` lines: collected, checked, shown |
 //! | [`error`] | errors, outcomes and exit statuses |
 //! | [`signals`] | SIGINT, SIGTERM, SIGHUP: a clean stop with the statistics |
