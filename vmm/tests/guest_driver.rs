@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use device_model::console::stages::STAGES;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -160,16 +161,7 @@ fn a_pingpong_shows_where_its_round_trips_went() {
         let joined: u32 = st["joined"].parse().unwrap();
         assert!(joined >= 297, "the trips are matched: {st:?}");
         let n = |k: &str| -> f64 { st[k].parse().unwrap() };
-        let stages = [
-            "send",
-            "kick",
-            "to_backend",
-            "peer",
-            "to_ring",
-            "interrupt",
-            "to_reader",
-        ];
-        let sum: f64 = stages.iter().map(|s| n(&format!("{s}_ns"))).sum();
+        let sum: f64 = STAGES.iter().map(|s| n(&format!("{s}_ns"))).sum();
         assert_eq!(sum, n("sum_ns"), "{st:?}");
         // The stages are those of the trips around the median one: they add up to about it.
         let ratio = sum / n("round_trip_ns");
