@@ -228,7 +228,9 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let console_irq = if is_linux {
         Irq::Pin(linux::CONSOLE_GSI)
     } else {
-        Irq::Msi { dest: 0 }
+        Irq::Msi {
+            dest: config.console_irq_vcpu,
+        }
     };
     let (console_entry, console_transport) = virtio_mmio::attach(
         &vm,

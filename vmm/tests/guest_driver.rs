@@ -128,6 +128,34 @@ fn tx_and_rx_of_256_mib_match_their_checksums() {
     assert_eq!(rs[0].0["check"], "ok", "every byte is the pattern's: {out}");
 }
 
+/// The console's interrupt goes to vCPU 0, where the workloads run, unless
+/// `--console-irq-vcpu` names another.
+#[test]
+fn the_console_interrupt_goes_to_the_vcpu_asked_for() {
+    if !kvm_present("the_console_interrupt_goes_to_the_vcpu_asked_for") {
+        return;
+    }
+    for (extra, cpu) in [(&[][..], "0"), (&["--console-irq-vcpu", "1"][..], "1")] {
+        // Without receive polling every reply interrupts.
+        let mut args = vec![
+            "--vcpus",
+            "2",
+            "--cmdline",
+            "vcon.rxpoll=0",
+            "--workload",
+            "pingpong:64:50:echo",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_json("interrupt routing", &args);
+        let rs = results(&out);
+        let (f, _) = rs
+            .iter()
+            .find(|(f, _)| f["workload"] == "pingpong")
+            .unwrap_or_else(|| panic!("no pingpong: {out}"));
+        assert_eq!(f["irq_cpu"], cpu, "{extra:?}: {f:?}");
+    }
+}
+
 /// `pingpong` asks the host to stamp the port's data path: the run's results hold a `stages`
 /// row that matched the trips, whose seven stages add up to about the round trip.
 #[test]

@@ -148,9 +148,12 @@ pub fn get() -> Option<&'static Vcon> {
 
 /// When the device's interrupt last reached the handler (TSC ticks).
 pub static LAST_IRQ_TICKS: AtomicU64 = AtomicU64::new(0);
+/// The CPU that took the device's last interrupt.
+pub static LAST_IRQ_CPU: AtomicUsize = AtomicUsize::new(0);
 
 fn on_irq(_vector: u8) {
     LAST_IRQ_TICKS.store(crate::clock::ticks(), Ordering::Relaxed);
+    LAST_IRQ_CPU.store(crate::percpu::cpu_index(), Ordering::Relaxed);
     let Some(v) = get() else { return };
     v.stats.irqs.fetch_add(1, Ordering::Relaxed);
     if v.level_irq {

@@ -281,7 +281,8 @@ pub fn pingpong(
         .add("doorbell_ns", floor)
         .add("total_ns", total_ns)
         .add("irqs", v.stats.irqs.load(Relaxed) - irqs0)
-        .add("polled", v.stats.polled.load(Relaxed) - polled0);
+        .add("polled", v.stats.polled.load(Relaxed) - polled0)
+        .add("irq_cpu", vcon::LAST_IRQ_CPU.load(Relaxed));
     // The distribution, for plots: min, p10, p25, p75, p90, p99.9, max.
     for (key, per_mille) in [
         ("min_ns", 0),
