@@ -154,8 +154,13 @@ impl ClockSync {
         self.pairs.len()
     }
 
-    /// Records the guest's reading after the last answer.
+    /// Records the guest's reading after the last answer. A reading that is the last answered
+    /// one itself (the guest stopped waiting for an answer that came after all) was taken
+    /// before that answer and bounds nothing.
     pub fn close(&mut self, guest: u64) {
+        if self.pairs.last().is_some_and(|&(g, _)| g == guest) {
+            return;
+        }
         self.last = Some(guest);
     }
 
@@ -216,7 +221,7 @@ pub fn join(
     offset: i64,
     slack: u64,
 ) -> Breakdown {
-    let to_host = |t: u64| (i128::from(t) + i128::from(offset)).max(0) as u64;
+    let to_host = |t: u64| (i128::from(t) + i128::from(offset)).clamp(0, u64::MAX.into()) as u64;
     let mut at = [0usize; HOST_POINTS];
     // (round trip, its stages) of each matched trip.
     let mut joined: Vec<(u64, [u64; 7])> = Vec::new();
@@ -234,7 +239,7 @@ pub fn join(
         let mut from = avail.saturating_sub(slack);
         let mut found = true;
         for (p, slot) in (2..6).enumerate() {
-            match first(&host[p], &mut at[p], from, end + slack) {
+            match first(&host[p], &mut at[p], from, end.saturating_add(slack)) {
                 Some(s) => {
                     chain[slot] = s;
                     from = s;
@@ -249,7 +254,7 @@ pub fn join(
             continue;
         }
         // An interrupt handler that ran before the device notified woke nobody for this reply.
-        chain[6] = if irq + slack >= chain[5] && irq <= end {
+        chain[6] = if irq.saturating_add(slack) >= chain[5] && irq <= end {
             irq
         } else {
             chain[5]
@@ -314,6 +319,16 @@ mod tests {
         assert_eq!(one.offset(), None);
         one.close(120);
         assert_eq!(one.offset(), Some((990, 10)));
+        // A guest that gave up on an answer that came after all ends with the reading it sent.
+        let mut late = ClockSync::default();
+        late.add(100, 1100);
+        late.add(130, 1135);
+        late.close(130);
+        assert_eq!(
+            late.offset(),
+            Some((985, 15)),
+            "bounded by the answered rounds"
+        );
         // The host's second stamp is earlier than its first: no offset fits both.
         let mut bad = ClockSync::default();
         bad.add(100, 1000);
@@ -376,6 +391,31 @@ mod tests {
         let b = join(&trips, &host, 0, 0);
         assert_eq!((b.joined, b.round_trip), (60, 100));
         assert_eq!(b.stages, [0, 100, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn stamps_at_the_ends_of_the_clock_do_not_overflow() {
+        // What a guest sends is not to be trusted: the largest stamps, a large slack and
+        // offsets that push stamps below zero or past the top of the clock.
+        let trips = [
+            trip(0, 0, u64::MAX, u64::MAX),
+            trip(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+        ];
+        let host = [
+            vec![u64::MAX],
+            vec![u64::MAX],
+            vec![u64::MAX],
+            vec![u64::MAX],
+        ];
+        for offset in [i64::MIN, -1, 0, 1, i64::MAX] {
+            let b = join(&trips, &host, offset, u64::MAX);
+            assert!(b.joined <= 2);
+        }
+        let mut s = ClockSync::default();
+        s.add(u64::MAX, 0);
+        s.add(0, u64::MAX);
+        s.close(u64::MAX);
+        let _ = s.offset();
     }
 
     #[test]
