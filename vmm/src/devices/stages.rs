@@ -251,15 +251,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stamps_a_guest_makes_up_give_a_row_not_a_panic() {
-        let spec = PortSpec::parse("name=e,backend=null").unwrap();
-        let rt = ConsoleRuntime::start(&[spec], &[]).unwrap();
-        let r = StageRegisters::default();
-        r.attach(rt.handle(), 1); // a slow clock: tick counts become large times
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        r.begin(0);
-        clock_rounds(&r, &mem);
+    /// Port 0's data path, stamped once at each point, in order.
+    fn stamp_every_point(rt: &ConsoleRuntime) {
         let port = rt.handle().port(0).unwrap().clone();
         for p in [
             HostPoint::Popped,
@@ -269,6 +262,18 @@ mod tests {
         ] {
             port.stages.stamp(p);
         }
+    }
+
+    #[test]
+    fn stamps_a_guest_makes_up_give_a_row_not_a_panic() {
+        let spec = PortSpec::parse("name=e,backend=null").unwrap();
+        let rt = ConsoleRuntime::start(&[spec], &[]).unwrap();
+        let r = StageRegisters::default();
+        r.attach(rt.handle(), 1); // a slow clock: tick counts become large times
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        r.begin(0);
+        clock_rounds(&r, &mem);
+        stamp_every_point(&rt);
         // A trip from the clock's start to its end, around the host's stamps.
         let mut bytes = Vec::new();
         for w in [
@@ -319,16 +324,8 @@ mod tests {
         r.begin(0);
         // The guest's side of two clock rounds, answered by the thread.
         clock_rounds(&r, &mem);
-        let port = rt.handle().port(0).unwrap().clone();
         let start = stages::host_ticks_ordered();
-        for p in [
-            HostPoint::Popped,
-            HostPoint::Written,
-            HostPoint::Read,
-            HostPoint::Notified,
-        ] {
-            port.stages.stamp(p);
-        }
+        stamp_every_point(&rt);
         let end = stages::host_ticks_ordered();
         let trip = TripStamps {
             start,
