@@ -50,6 +50,46 @@ pub struct ClockCell {
     pub host_seq: u64,
 }
 
+/// What clock rounds tell of the offset between the clocks (host = guest + offset), in ticks:
+/// an answer bounds it from above (the guest's reading came before the host's), the guest's
+/// next reading from below (it came after the guest saw the answer). Both sides keep the same
+/// bounds: the guest to know when to stop, the host to place the guest's stamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockBounds {
+    /// The offset is at least this.
+    pub lo: i128,
+    /// The offset is at most this.
+    pub hi: i128,
+}
+
+impl ClockBounds {
+    /// Nothing known yet.
+    pub const UNKNOWN: ClockBounds = ClockBounds {
+        lo: i128::MIN,
+        hi: i128::MAX,
+    };
+
+    /// The guest's reading `guest` was answered with the host's `host`.
+    pub fn answered(&mut self, guest: u64, host: u64) {
+        self.hi = self.hi.min(i128::from(host) - i128::from(guest));
+    }
+
+    /// The guest read `after` once it had seen the answer `host`.
+    pub fn read_after(&mut self, host: u64, after: u64) {
+        self.lo = self.lo.max(i128::from(host) - i128::from(after));
+    }
+
+    /// The middle of the bounds and how far off it may be; `None` until both sides are
+    /// bounded, or when they contradict each other.
+    pub fn offset(&self) -> Option<(i64, u64)> {
+        if self.lo == i128::MIN || self.hi == i128::MAX || self.lo > self.hi {
+            return None;
+        }
+        let mid = i64::try_from((self.lo + self.hi) / 2).ok()?;
+        Some((mid, u64::try_from((self.hi - self.lo) / 2).ok()?))
+    }
+}
+
 /// Most rounds the host answers after one [`TSC_SYNC`].
 pub const CLOCK_ROUNDS: u64 = 4096;
 /// `guest_seq` when the guest is done: `guest` holds its reading after the last answer.

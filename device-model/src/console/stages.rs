@@ -22,6 +22,7 @@
 //! ([`MAX_STAMPS`] per point): what a guest asks for cannot grow the host's memory.
 
 use super::port::lock;
+use guest_abi::debug::ClockBounds;
 pub use guest_abi::debug::TripStamps;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -170,20 +171,15 @@ impl ClockSync {
     /// (offset >= host_i - guest_{i+1}). `None` without a reading on each side or when they
     /// contradict each other.
     pub fn offset(&self) -> Option<(i64, u64)> {
-        let diff = |h: u64, g: u64| h as i128 - g as i128;
-        let hi = self.pairs.iter().map(|&(g, h)| diff(h, g)).min()?;
+        let mut b = ClockBounds::UNKNOWN;
         let after = self.pairs.iter().skip(1).map(|p| p.0).chain(self.last);
-        let lo = self
-            .pairs
-            .iter()
-            .zip(after)
-            .map(|(&(_, h), g)| diff(h, g))
-            .max()?;
-        if lo > hi {
-            return None;
+        for (&(guest, host), after) in self.pairs.iter().zip(after.map(Some).chain([None])) {
+            b.answered(guest, host);
+            if let Some(a) = after {
+                b.read_after(host, a);
+            }
         }
-        let mid = i64::try_from((lo + hi) / 2).ok()?;
-        Some((mid, ((hi - lo) / 2) as u64))
+        b.offset()
     }
 }
 

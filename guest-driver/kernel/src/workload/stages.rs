@@ -8,7 +8,9 @@ use crate::{bootinfo, clock, mmio, vcon};
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use guest_abi::debug::{self, CLOCK_DONE, CLOCK_ROUNDS, ClockCell, TRIP_STAMPS_SIZE, TripStamps};
+use guest_abi::debug::{
+    self, CLOCK_DONE, CLOCK_ROUNDS, ClockBounds, ClockCell, TRIP_STAMPS_SIZE, TripStamps,
+};
 use guest_abi::layout::DEBUG_BASE;
 
 /// How closely the clock rounds should relate the two clocks.
@@ -93,7 +95,7 @@ fn sync_clocks() {
         CELL.as_ptr().cast(),
     );
     let began = clock::now_ns();
-    let (mut lo, mut hi) = (i128::MIN, i128::MAX);
+    let mut bounds = ClockBounds::UNKNOWN;
     let mut reading = clock::ticks_ordered();
     for round in 1..=CLOCK_ROUNDS {
         guest.store(reading, Relaxed);
@@ -112,11 +114,13 @@ fn sync_clocks() {
         let answer = host.load(Relaxed);
         let sent = reading;
         reading = clock::ticks_ordered();
-        hi = hi.min(i128::from(answer) - i128::from(sent));
-        lo = lo.max(i128::from(answer) - i128::from(reading));
-        let width_ns = clock::ticks_to_ns(u64::try_from(hi - lo).unwrap_or(u64::MAX));
+        bounds.answered(sent, answer);
+        bounds.read_after(answer, reading);
+        let within_ns = bounds
+            .offset()
+            .map_or(u64::MAX, |(_, err)| clock::ticks_to_ns(err));
         if round >= MIN_ROUNDS
-            && (width_ns <= 2 * CLOCK_GOAL_NS || clock::now_ns() - began > SYNC_BUDGET_NS)
+            && (within_ns <= CLOCK_GOAL_NS || clock::now_ns() - began > SYNC_BUDGET_NS)
         {
             break;
         }
