@@ -118,11 +118,7 @@ pub const TRIP_STAMPS_SIZE: usize = core::mem::size_of::<TripStamps>();
 impl TripStamps {
     /// Reads one record from its wire form.
     pub fn from_bytes(b: &[u8; TRIP_STAMPS_SIZE]) -> Self {
-        let w = |i: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(x)
-        };
+        let w = |i: usize| le_word(b, i);
         TripStamps {
             start: w(0),
             avail: w(1),
@@ -134,6 +130,13 @@ impl TripStamps {
 
 /// Longest buffer one [`console_word`] can describe.
 pub const CONSOLE_MAX: usize = 0xffff;
+
+/// Little-endian 64-bit word `i` of `b` (the records the guest hands over are arrays of them).
+fn le_word(b: &[u8], i: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(x)
+}
 
 /// Encodes a console buffer: the length in bits 63..48, the guest physical address below.
 ///
@@ -179,11 +182,7 @@ pub const FAULT_FRAME_SIZE: usize = core::mem::size_of::<FaultFrame>();
 impl FaultFrame {
     /// Reads a frame from its in-memory bytes (little-endian words).
     pub fn from_bytes(b: &[u8; FAULT_FRAME_SIZE]) -> Self {
-        let w = |i: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(x)
-        };
+        let w = |i: usize| le_word(b, i);
         FaultFrame {
             cr2: w(0),
             vector: w(1),
