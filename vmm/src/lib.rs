@@ -10,6 +10,7 @@
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
 //! | [`linux`] | booting Linux: zero page, MP table, CPUID profile, reset and panic |
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
+//! | [`memory`] | guest RAM: mapped, backed by huge pages where the host allows |
 //! | [`vcpu`] | vCPU threads and exit dispatch |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
 //! | [`irq`] | GSI routing: irqfds routed as MSI |
@@ -29,6 +30,7 @@ pub mod error;
 pub mod irq;
 pub mod linux;
 pub mod loader;
+pub mod memory;
 pub mod results;
 pub mod seccomp;
 pub mod signals;

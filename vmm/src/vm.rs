@@ -15,6 +15,7 @@ use crate::error::{Error, Outcome};
 use crate::irq::MsiRouter;
 use crate::linux::{self, legacy};
 use crate::loader;
+use crate::memory;
 use crate::results::GuestResult;
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu};
@@ -33,9 +34,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
@@ -99,12 +98,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     config.validate()?;
     let (name, image) = loader::image_bytes(&config.kernel)?;
     let mem_size = config.memory_bytes();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(
-        |e| Error::Host {
-            what: "mapping guest memory",
-            source: io::Error::other(e),
-        },
-    )?;
+    let mem = memory::guest_memory(mem_size)?;
     boot::write_entry_tables(&mem)?;
     let pvm = linux::cpuid::pvm_host();
     let entry = match linux::detect(&image) {
