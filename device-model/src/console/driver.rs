@@ -380,12 +380,17 @@ fn receive(port: &Arc<PortShared>, q: Q<'_>) {
             .fetch_add(u64::from(written), Ordering::Relaxed);
         port.counters.rx_msgs.fetch_add(1, Ordering::Relaxed);
     }
+    // Nothing left over: the guest has all that came, and may answer it at once.
+    let all_delivered = cur.is_none();
     if let Some(m) = cur {
         q.putbq(m);
     }
     if used {
         port.stages.stamp(HostPoint::Notified);
         ring.notify(&port.counters);
+        if all_delivered {
+            port.poll.delivered();
+        }
     }
 }
 

@@ -235,6 +235,7 @@ impl ConsoleHandle {
             control_backlog: self.0.control_backlog.load(Ordering::Relaxed),
             tx_poll_periods: self.0.poll.periods.load(Ordering::Relaxed),
             tx_poll_found: self.0.poll.found.load(Ordering::Relaxed),
+            tx_poll_cut: self.0.poll.cut.load(Ordering::Relaxed),
             transport: Default::default(),
             pool_calls: pool.calls,
             pool_failed_capacity: pool.failed_capacity,

@@ -9,6 +9,12 @@
 //! one notifies. A guest writing to many ports in turn thus pays one notification per burst,
 //! not one per message.
 //!
+//! A polling period's pauses wait for more chains to gather, but a round trip's next message
+//! should not wait for them: when the device delivers data to the guest during a period, the
+//! poller's current or next pause is cut short ([`TxPoll::delivered`]), so a writer that answers
+//! what it read is found as soon as it writes. Streaming writers, whose rings move with no data
+//! coming back, keep their batches.
+//!
 //! No lost wake-up: the transmit path reads [`TxPoll::active`] under the ring's lock, and the
 //! poller clears it before it takes each ring's lock to re-arm that ring. A transmit pass that
 //! saw it set and left its ring unarmed had released the lock before the poller took it, so
@@ -23,7 +29,8 @@ use std::time::{Duration, Instant};
 /// How long the poller goes on after the last ring moved, unless set otherwise.
 pub const DEFAULT_IDLE: Duration = Duration::from_micros(50);
 
-/// The pause after a sweep that found rings moving (the kernel's timer slack adds to it).
+/// The pause after a sweep that found rings moving (the kernel's timer slack adds to it: on
+/// this project's machines it lasts 60-90 µs).
 const SWEEP_PAUSE: Duration = Duration::from_micros(10);
 
 /// The device-wide polling state, shared by the transmit paths and the poller thread.
@@ -34,10 +41,16 @@ pub struct TxPoll {
     shutdown: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The poller is in its pause after a sweep.
+    pausing: AtomicBool,
+    /// Data reached the guest during the pause: look again at once.
+    look_now: AtomicBool,
     /// Polling periods started.
     pub periods: AtomicU64,
     /// Times the poller found a ring that had moved (a notification it saved).
     pub found: AtomicU64,
+    /// Pauses cut short because data reached the guest.
+    pub cut: AtomicU64,
 }
 
 impl Default for TxPoll {
@@ -48,8 +61,11 @@ impl Default for TxPoll {
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            pausing: AtomicBool::new(false),
+            look_now: AtomicBool::new(false),
             periods: AtomicU64::new(0),
             found: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
         }
     }
 }
@@ -90,6 +106,46 @@ impl TxPoll {
         self.active.store(on, Ordering::SeqCst);
     }
 
+    /// Data reached the guest (a receive pass filled buffers): an answer may follow at once,
+    /// so during a polling period the poller's pause, current or next, is cut short.
+    pub fn delivered(&self) {
+        if !self.active.load(Ordering::SeqCst) {
+            return;
+        }
+        // Dekker-style with `pause`: this store before the load of `pausing`, there the store
+        // of `pausing` before the load of `look_now` (all SeqCst): a pause that starts after
+        // this sees `look_now`, one that started before is notified.
+        self.look_now.store(true, Ordering::SeqCst);
+        if self.pausing.load(Ordering::SeqCst) {
+            let _g = lock(&self.lock);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The pause after a sweep that found rings moving: `length`, or less when data reached
+    /// the guest since the sweep began. Whether it was cut short.
+    pub(crate) fn pause(&self, length: Duration) -> bool {
+        let deadline = Instant::now() + length;
+        let mut g = lock(&self.lock);
+        self.pausing.store(true, Ordering::SeqCst);
+        while !self.look_now.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = match self.wake.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        self.pausing.store(false, Ordering::SeqCst);
+        let cut = self.look_now.load(Ordering::SeqCst);
+        if cut {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+        }
+        cut
+    }
+
     /// Ends the poller thread.
     pub fn shut_down(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
@@ -116,6 +172,8 @@ impl TxPoll {
     pub(crate) fn sweep(&self, ports: &[Arc<PortShared>], seen: &mut [Option<u16>]) -> bool {
         debug_assert_eq!(ports.len(), seen.len());
         let mut moved = false;
+        // Data delivered from here on cuts the pause after this sweep.
+        self.look_now.store(false, Ordering::SeqCst);
         for (p, seen) in ports.iter().zip(seen.iter_mut()) {
             if p.removed() {
                 continue; // its ring is left alone until it is added again
@@ -150,21 +208,82 @@ impl TxPoll {
 /// The poller thread: polling periods, one per burst of notifications, until shut down.
 pub(crate) fn run(poll: &TxPoll, ports: &[Arc<PortShared>]) {
     let mut seen = vec![None; ports.len()];
+    // How long a whole pause lasts here, timer slack included.
+    let mut typical_pause = SWEEP_PAUSE;
     while poll.wait_for_start() {
         poll.periods.fetch_add(1, Ordering::Relaxed);
         let mut last = Instant::now();
         loop {
             if poll.sweep(ports, &mut seen) {
                 // Rings are moving: let more gather (a transmit pass then takes a batch) and
-                // leave the core to the backends and STREAMS workers meanwhile.
-                std::thread::sleep(SWEEP_PAUSE);
+                // leave the core to the backends and STREAMS workers meanwhile, unless an
+                // answer to data just delivered may be coming.
+                let start = Instant::now();
+                let cut = poll.pause(SWEEP_PAUSE);
                 last = Instant::now();
-            } else if last.elapsed() >= poll.idle() || poll.shutdown.load(Ordering::SeqCst) {
+                if cut {
+                    // Looking sooner must not end the period sooner: it lasts as long as it
+                    // would have after a whole pause.
+                    last = last.max(start + typical_pause);
+                } else {
+                    typical_pause = (typical_pause * 7 + (last - start)) / 8;
+                }
+            } else if Instant::now().saturating_duration_since(last) >= poll.idle()
+                || poll.shutdown.load(Ordering::SeqCst)
+            {
                 break;
             } else {
                 std::thread::yield_now();
             }
         }
         poll.stop(ports);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Longer than any test could wait: a pause that is not cut short hangs the test.
+    const FOREVER: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn data_delivered_before_a_pause_cuts_it_short() {
+        let poll = TxPoll::default();
+        poll.set_active(true);
+        poll.delivered();
+        assert!(poll.pause(FOREVER));
+        assert_eq!(poll.cut.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn data_delivered_during_a_pause_wakes_the_poller() {
+        for _ in 0..200 {
+            let poll = Arc::new(TxPoll::default());
+            poll.set_active(true);
+            let pauser = {
+                let poll = poll.clone();
+                std::thread::spawn(move || poll.pause(FOREVER))
+            };
+            while !poll.pausing.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            poll.delivered();
+            assert!(pauser.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn only_deliveries_since_the_sweep_and_during_a_period_count() {
+        let poll = TxPoll::default();
+        // No period: a delivery is no reason to look.
+        poll.delivered();
+        assert!(!poll.pause(Duration::from_millis(1)));
+        // Delivered before the sweep: the sweep saw what it could; the pause stands.
+        poll.set_active(true);
+        poll.delivered();
+        poll.sweep(&[], &mut []);
+        assert!(!poll.pause(Duration::from_millis(1)));
+        assert_eq!(poll.cut.load(Ordering::Relaxed), 0);
     }
 }

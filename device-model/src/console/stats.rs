@@ -152,6 +152,8 @@ pub struct ConsoleStats {
     pub tx_poll_periods: u64,
     /// Times the poller found a transmit ring that had moved without a notification.
     pub tx_poll_found: u64,
+    /// Poller pauses cut short because data reached the guest (an answer may follow).
+    pub tx_poll_cut: u64,
     /// The transport's counters (filled in by whoever owns the transport).
     pub transport: crate::virtio::TransportCounters,
     /// Allocation calls on the STREAMS pool.
@@ -218,8 +220,8 @@ impl ConsoleStats {
             self.pool_peak_bytes
         );
         s += &format!(
-            "transmit polling: {} periods, {} rings found moved\n",
-            self.tx_poll_periods, self.tx_poll_found
+            "transmit polling: {} periods, {} rings found moved, {} pauses cut short by data sent to the guest\n",
+            self.tx_poll_periods, self.tx_poll_found, self.tx_poll_cut
         );
         let t = &self.transport;
         s += &format!(
