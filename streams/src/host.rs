@@ -14,6 +14,23 @@ std::thread_local! {
     /// Set inside [`HostPlatform::run_inline`]: this thread runs what it queues.
     static INLINE: Cell<bool> = const { Cell::new(false) };
 }
+/// What every worker and timer thread runs first (see [`set_thread_start`]).
+static THREAD_START: Mutex<Option<fn()>> = Mutex::new(None);
+
+/// Sets what every worker and timer thread started from now on runs first, in that thread
+/// (as tokio's `on_thread_start`): an embedder places the threads it did not start itself,
+/// whichever of its threads happened to start them. None: nothing.
+pub fn set_thread_start(hook: Option<fn()>) {
+    *lock(&THREAD_START) = hook;
+}
+
+fn thread_started() {
+    let hook = *lock(&THREAD_START);
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
 /// Most worker threads; blocking entries can park workers, so the pool grows on demand.
 const MAX_WORKERS: usize = 64;
 
@@ -105,6 +122,7 @@ impl HostPlatform {
             std::thread::Builder::new()
                 .name("streams-worker".into())
                 .spawn(move || {
+                    thread_started();
                     let run = std::panic::AssertUnwindSafe(|| shared.worker(weak));
                     if std::panic::catch_unwind(run).is_err() {
                         // A routine panicked inside a perimeter it can never leave now: every
@@ -206,6 +224,7 @@ impl Platform for HostPlatform {
             std::thread::Builder::new()
                 .name("streams-timer".into())
                 .spawn(move || {
+                    thread_started();
                     shared.timer(weak);
                     lock(&shared.workers).timer_thread = false;
                 })

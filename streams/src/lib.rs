@@ -75,7 +75,7 @@ pub use sched::{FAULTED_FIRES_PER_TICK, Streams, StreamsConfig, WeakStreams};
 pub use stream::Stream;
 
 #[cfg(all(feature = "std", not(loom)))]
-pub use host::HostPlatform;
+pub use host::{HostPlatform, set_thread_start};
 
 /// Default stream-head high-water mark (`STRHIGH`).
 pub const STRHIGH: usize = 5120;

@@ -28,6 +28,52 @@ fn write_through_a_module_reaches_the_driver_and_replies_reach_the_head() {
     st.close().unwrap();
 }
 
+/// The names of the threads that ran the start hook (see the test below).
+static HOOKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[test]
+fn worker_and_timer_threads_run_the_start_hook() {
+    set_thread_start(Some(|| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        HOOKED.lock().unwrap().push(name);
+    }));
+    let s = host();
+    let drv = def(
+        "svc",
+        D_MP | D_MTQPAIR,
+        (false, true),
+        Fns::pass()
+            .put(|q, m| {
+                if q.is_read() {
+                    q.putnext(m)
+                } else {
+                    q.qtimeout(1, |_q| {}).unwrap();
+                    q.putq(m)
+                }
+            })
+            .srv(|q| {
+                while let Some(m) = q.getq() {
+                    q.qreply(m);
+                }
+            }),
+    );
+    let st = Stream::open(&s, &drv).unwrap();
+    st.write(b"x").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let started = |name: &str| HOOKED.lock().unwrap().iter().any(|n| n == name);
+    while !(started("streams-worker") && started("streams-timer")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            HOOKED.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    set_thread_start(None);
+    s.quiesce();
+    st.close().unwrap();
+}
+
 #[test]
 fn threaded_platform_runs_service_procedures() {
     let s = host();

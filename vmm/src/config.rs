@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub tx_poll: Duration,
     /// The vCPU the console's interrupt goes to (our guest; Linux takes it on its pin).
     pub console_irq_vcpu: u32,
+    /// Give each vCPU thread a host CPU of its own ([`crate::affinity`]).
+    pub pin_vcpus: bool,
 }
 
 impl VmConfig {
@@ -135,6 +137,7 @@ impl Default for VmConfig {
             seccomp: false,
             tx_poll: device_model::console::DEFAULT_TX_POLL,
             console_irq_vcpu: 0,
+            pin_vcpus: false,
         }
     }
 }

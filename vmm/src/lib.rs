@@ -12,6 +12,7 @@
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
 //! | [`memory`] | guest RAM: mapped, backed by huge pages where the host allows |
 //! | [`vcpu`] | vCPU threads and exit dispatch |
+//! | [`affinity`] | `--pin-vcpus`: a host CPU for each vCPU thread, the rest for the others |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
 //! | [`irq`] | GSI routing: irqfds routed as MSI |
 //! | [`devices`] | the debug page (with its round-trip stage registers) and the 8250 UART |
@@ -20,6 +21,7 @@
 //! | [`signals`] | SIGINT, SIGTERM, SIGHUP: a clean stop with the statistics |
 //! | [`seccomp`] | the system-call filter of a running VM |
 
+pub mod affinity;
 pub mod bench;
 pub mod boot;
 pub mod bus;

@@ -8,7 +8,8 @@
 //! - an allow-list, whose default is `KillProcess`: reading and writing descriptors the VMM
 //!   already holds, `KVM_RUN` and the few other ioctls of a running VM, epoll, futexes,
 //!   memory for the allocator, threads (`clone` only with `CLONE_THREAD`), signals to this
-//!   process's own threads, sleeping, accepting clients on the listening sockets;
+//!   process's own threads, sleeping, accepting clients on the listening sockets, the
+//!   calling thread's CPU affinity (`--pin-vcpus`);
 //! - two filters that answer, instead of killing, calls a C library makes on its own:
 //!   `openat` fails with EACCES (glibc reads `/sys/devices/system/cpu/online` when a thread
 //!   first allocates; no file can be opened once the VM runs), and `clone3` fails with
@@ -127,6 +128,12 @@ fn allow_list(pid: u32) -> Result<SeccompFilter, BackendError> {
     rules.insert(
         libc::SYS_tgkill,
         vec![rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid))?])?],
+    );
+    // CPU affinity of the calling thread only (`--pin-vcpus` starts vCPU threads on their
+    // CPUs and restores the building thread's CPUs at the end).
+    rules.insert(
+        libc::SYS_sched_setaffinity,
+        vec![rule(vec![cond(0, SeccompCmpOp::Eq, 0)?])?],
     );
     // Naming threads.
     rules.insert(

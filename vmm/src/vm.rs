@@ -4,6 +4,7 @@
 //! arrives on eventfds, and the caller's thread, which waits for the outcome (or the timeout),
 //! then stops and joins every other thread before returning.
 
+use crate::affinity;
 use crate::boot;
 use crate::bus::Bus;
 use crate::config::VmConfig;
@@ -96,6 +97,11 @@ pub fn run(config: &VmConfig) -> Result<RunReport, Error> {
 pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, Error> {
     let mut phases = Phases::from_env();
     config.validate()?;
+    // Before any thread starts: they all inherit the CPUs left to them.
+    let pinning = match config.pin_vcpus {
+        true => Some(affinity::Pinning::start(config.vcpus)?),
+        false => None,
+    };
     let (name, image) = loader::image_bytes(&config.kernel)?;
     let mem_size = config.memory_bytes();
     let mem = memory::guest_memory(mem_size)?;
@@ -328,16 +334,22 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
             outcome: tx.clone(),
             stop: stop.clone(),
         };
-        let spawned = thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || {
-                // A panic here is a perimeter bug; it must still end the run, not hang it.
-                let (outcome, index) = (v.outcome.clone(), v.index);
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.run())).is_err() {
-                    let why = format!("internal error: the vCPU {index} thread panicked");
-                    let _ = outcome.send(Outcome::Crashed(why));
-                }
-            });
+        let spawn = || {
+            thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    // A panic here is a perimeter bug; it must still end the run, not hang it.
+                    let (outcome, index) = (v.outcome.clone(), v.index);
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.run())).is_err() {
+                        let why = format!("internal error: the vCPU {index} thread panicked");
+                        let _ = outcome.send(Outcome::Crashed(why));
+                    }
+                })
+        };
+        let spawned = match &pinning {
+            Some(p) => p.on_vcpu_cpu(index, spawn).and_then(|r| r),
+            None => spawn(),
+        };
         match spawned {
             Ok(h) => threads.push(h),
             Err(e) => {

@@ -110,6 +110,22 @@ fn bench_writes_a_table_json_and_plots_and_checks_every_byte() {
         .len();
     assert_eq!(stages, 8, "seven stages and the round trip");
     assert!(table.contains("perimeter round trip, us"), "{table}");
+    // Pinned where a CPU is left over for everything but the vCPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        assert_eq!(
+            doc["pinned"]["vcpus"].as_array().map(Vec::len),
+            Some(1),
+            "{doc}"
+        );
+        assert!(
+            table.contains("pinned: perimeter's vCPU thread(s) alone"),
+            "{table}"
+        );
+    } else {
+        assert!(doc["pinned"].is_null());
+        assert!(table.contains("not pinned"), "{table}");
+    }
     for plot in ["throughput.svg", "latency.svg"] {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap();
         assert!(

@@ -403,3 +403,134 @@ fn a_reader_that_goes_away_does_not_crash_perimeter() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The CPUs this test may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, written by the kernel up to its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t of the size passed.
+    assert_eq!(
+        unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) },
+        0
+    );
+    // SAFETY: every index is below the set's size in bits.
+    (0..8 * size_of::<libc::cpu_set_t>())
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// `perimeter run ARGS`, started on exactly `cpus`, with stdout and stderr piped.
+fn perimeter_on(cpus: &[usize], args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let cpus = cpus.to_vec();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec the closure builds a cpu_set_t on the stack and makes one
+    // system call; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in &cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            match libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    cmd.spawn().expect("perimeter starts")
+}
+
+/// Each thread of process `pid`: its name and the CPUs it may run on (`Cpus_allowed_list`).
+fn threads_of(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    tasks
+        .flatten()
+        .map(|task| {
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            (comm.trim().to_string(), list)
+        })
+        .collect()
+}
+
+#[test]
+fn pinned_vcpus_run_alone_and_every_other_thread_on_the_rest() {
+    let test = "pinned_vcpus_run_alone_and_every_other_thread_on_the_rest";
+    if !kvm_present(test) {
+        return;
+    }
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("\n*** SKIPPED {test}: this test may use only one CPU ***\n");
+        return;
+    }
+    let (vcpu_cpu, rest) = (cpus[0], cpus[1]);
+    let mut child = perimeter_on(
+        &[vcpu_cpu, rest],
+        &[
+            "run",
+            "--pin-vcpus",
+            "--workload",
+            "pingpong:64:1000000:echo",
+            "--timeout",
+            "60",
+        ],
+    );
+    // The vCPU threads start last: once vcpu0 runs, every thread of the run exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let threads = loop {
+        let threads = threads_of(child.id());
+        if threads.iter().any(|(c, _)| c == "vcpu0") || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(threads.iter().any(|(c, _)| c == "vcpu0"), "{threads:?}");
+    assert!(threads.iter().any(|(c, _)| c == "tx-poll"), "{threads:?}");
+    for (comm, list) in &threads {
+        // KVM's own kernel workers follow the process's first thread, not perimeter's choice.
+        if comm.starts_with("kvm") {
+            continue;
+        }
+        let want = if comm == "vcpu0" { vcpu_cpu } else { rest };
+        assert_eq!(*list, want.to_string(), "{comm}: {threads:?}");
+    }
+}
+
+#[test]
+fn pinning_without_a_spare_cpu_is_refused_in_one_line() {
+    if !kvm_present("pinning_without_a_spare_cpu_is_refused_in_one_line") {
+        return;
+    }
+    let cpu = allowed_cpus()[0];
+    let o = perimeter_on(&[cpu], &["run", "--pin-vcpus", "--workload", "hello"])
+        .wait_with_output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(status(&o), 120, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("perimeter: --pin-vcpus: 1 vCPU(s) need 2 CPUs"),
+        "{err}"
+    );
+    assert!(
+        !text(&o.stdout).contains("perimeter guest"),
+        "nothing booted"
+    );
+}

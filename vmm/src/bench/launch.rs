@@ -4,8 +4,10 @@
 
 use super::matrix::Cell;
 use super::peer::{Peer, PeerReport};
+use crate::affinity::{self, Split};
 use crate::results::GuestResult;
 use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -54,6 +56,18 @@ pub struct Launcher {
     pub vcpus: u32,
     /// perimeter's `--tx-poll-us`, when given.
     pub tx_poll_us: Option<u64>,
+    /// The CPUs of pinned runs (the bench's own threads are on the rest already): perimeter
+    /// runs with `--pin-vcpus`; QEMU and perimeter both start with every CPU.
+    pub pin: Option<Pin>,
+}
+
+/// How the runs are pinned.
+#[derive(Clone, Debug)]
+pub struct Pin {
+    /// The vCPUs' CPUs and the rest.
+    pub split: Split,
+    /// Every CPU the bench may use: perimeter starts with them and splits them itself.
+    pub all: Vec<usize>,
 }
 
 /// What one run produced.
@@ -97,6 +111,15 @@ impl Launcher {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(pin) = &self.pin {
+            // Not the bench's CPUs: every CPU, for perimeter to split and for QEMU to use.
+            let all = pin.all.clone();
+            // SAFETY: between fork and exec the closure makes one system call
+            // (sched_setaffinity) on a cpu_set_t built on the stack; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || affinity::set_this_thread(&all));
+            }
+        }
         let t0 = Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
             io::Error::new(
@@ -104,6 +127,7 @@ impl Launcher {
                 format!("cannot start {:?}: {e}", cmd.get_program()),
             )
         })?;
+
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let reader = std::thread::spawn(move || {
             let (mut buf, mut first) = (Vec::new(), None);
@@ -176,6 +200,9 @@ impl Launcher {
             .args(["--workload", &cell.workload()])
             .args(["--cmdline", &self.cmdline])
             .args(["--vcpus", &self.vcpus.to_string()]);
+        if self.pin.is_some() {
+            cmd.arg("--pin-vcpus");
+        }
         if let Some(us) = self.tx_poll_us {
             cmd.args(["--tx-poll-us", &us.to_string()]);
         }

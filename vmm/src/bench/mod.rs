@@ -52,6 +52,8 @@ pub struct BenchOptions {
     pub vcpus: u32,
     /// perimeter's `--tx-poll-us`, when given.
     pub tx_poll_us: Option<u64>,
+    /// Pin each vCPU thread to a CPU of its own when there are CPUs enough.
+    pub pin: bool,
 }
 
 /// How a bench ended, for the exit status.
@@ -96,7 +98,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
         })
         .collect();
     Ok(BenchReport {
-        table: report::table(&rows),
+        table: report::table(&rows) + &pin_note(&launcher),
         perimeter_problems,
     })
 }
@@ -129,7 +131,27 @@ fn prepare(opts: &BenchOptions) -> Result<Launcher, Error> {
         cmdline: opts.cmdline.clone(),
         vcpus: opts.vcpus,
         tx_poll_us: opts.tx_poll_us,
+        pin: pinning(opts)?,
     })
+}
+
+/// The CPUs of the runs when they are pinned; this thread (and so every host peer and helper
+/// thread it starts) is confined to the rest. None, with a note, when there are not CPUs
+/// enough.
+fn pinning(opts: &BenchOptions) -> Result<Option<launch::Pin>, Error> {
+    if !opts.pin {
+        return Ok(None);
+    }
+    let all = crate::affinity::allowed().map_err(host("cannot read the CPU affinity"))?;
+    let split = match crate::affinity::Split::of(&all, opts.vcpus) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("perimeter: runs are not pinned ({e})");
+            return Ok(None);
+        }
+    };
+    crate::affinity::set_this_thread(&split.rest).map_err(host("cannot set the CPU affinity"))?;
+    Ok(Some(launch::Pin { split, all }))
 }
 
 /// Runs every cell `runs` times under each VMM, interleaved, with a progress bar on stderr
@@ -182,6 +204,10 @@ fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Resu
         "guest_cmdline": opts.cmdline,
         "vcpus": opts.vcpus,
         "tx_poll_us": opts.tx_poll_us,
+        "pinned": launcher.pin.as_ref().map(|p| serde_json::json!({
+            "vcpus": p.split.vcpus,
+            "rest": p.split.rest,
+        })),
         "rows": rows,
     });
     let text = serde_json::to_string_pretty(&doc).expect("plain data serializes");
@@ -193,6 +219,18 @@ fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Resu
             what: "cannot draw the plots",
             source: std::io::Error::other(e.to_string()),
         })
+}
+
+/// How the runs were placed on the host's CPUs (a line after the table).
+fn pin_note(launcher: &Launcher) -> String {
+    match &launcher.pin {
+        Some(p) => format!(
+            "pinned: perimeter's vCPU thread(s) alone on CPU {:?}, its other threads and the host \
+             peers on CPU {:?}; QEMU unpinned (--no-pin: nothing pinned).\n",
+            p.split.vcpus, p.split.rest
+        ),
+        None => "not pinned: the VMMs' threads and the host peers run on any CPU.\n".into(),
+    }
 }
 
 /// The machine the figures come from.

@@ -78,7 +78,11 @@ impl StageRegisters {
         let mem = mem.clone();
         s.clock = thread::Builder::new()
             .name("stage-clock".into())
-            .spawn(move || answer_clock(&mem, GuestAddress(addr)))
+            .spawn(move || {
+                // Started by a vCPU thread: off its CPU, or the guest and this take turns.
+                crate::affinity::leave_vcpu_cpus();
+                answer_clock(&mem, GuestAddress(addr))
+            })
             .ok();
     }
 
