@@ -127,7 +127,6 @@ impl Launcher {
                 format!("cannot start {:?}: {e}", cmd.get_program()),
             )
         })?;
-
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let reader = std::thread::spawn(move || {
             let (mut buf, mut first) = (Vec::new(), None);
