@@ -190,9 +190,9 @@ pub struct Breakdown {
     pub trips: usize,
     /// Trips matched with host stamps.
     pub joined: usize,
-    /// Each of [`STAGES`] in a typical trip: the mean over the tenth of the trips around the
-    /// median one (so that they add up to about the median, which the medians of the stages
-    /// need not when trips vary).
+    /// Each of [`STAGES`] in a typical trip: the mean over the trips within 10% of the median
+    /// one's length (so that they add up to the median within 10%, which the medians of the
+    /// stages need not when trips vary, nor trips taken by rank when they fall in two modes).
     pub stages: [u64; 7],
     /// Median round trip of the joined trips.
     pub round_trip: u64,
@@ -273,9 +273,13 @@ pub fn join(
         return b;
     }
     joined.sort_unstable_by_key(|j| j.0);
-    let (n, mid) = (joined.len(), joined.len() / 2);
-    b.round_trip = joined[mid].0;
-    let band = &joined[mid.saturating_sub(n / 20)..=(mid + n / 20).min(n - 1)];
+    let median = joined[joined.len() / 2].0;
+    b.round_trip = median;
+    // The trips within a tenth of the median's length (the median one among them): their
+    // stages add up to within 10% of it however the other trips spread.
+    let (lo, hi) = (median - median / 10, median.saturating_add(median / 10));
+    let band = &joined[joined.partition_point(|j| j.0 < lo)..joined.partition_point(|j| j.0 <= hi)];
+    debug_assert!(!band.is_empty());
     for k in 0..STAGES.len() {
         let sum: u128 = band.iter().map(|j| u128::from(j.1[k])).sum();
         b.stages[k] = (sum / band.len() as u128) as u64;
@@ -347,8 +351,9 @@ mod tests {
         assert_eq!((b.trips, b.joined), (2, 2));
         // Trip 0: send 10, kick 20, to_backend 10, peer 20, to_ring 10, interrupt 5, to_reader 15.
         // Trip 1: send 15, kick 15, to_backend 10, peer 20, to_ring 15, interrupt 15, to_reader 10.
-        // The median trip is trip 1 (100 ticks); with two trips it is the whole band.
-        assert_eq!(b.stages, [15, 15, 10, 20, 15, 15, 10]);
+        // The median trip is trip 1 (100 ticks); trip 0 (90) is within a tenth of it, so the
+        // typical trip is their mean (rounded down).
+        assert_eq!(b.stages, [12, 17, 10, 20, 12, 10, 12]);
         assert_eq!(b.round_trip, 100);
     }
 
@@ -387,6 +392,33 @@ mod tests {
         let b = join(&trips, &host, 0, 0);
         assert_eq!((b.joined, b.round_trip), (60, 100));
         assert_eq!(b.stages, [0, 100, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_typical_trip_adds_up_to_the_median_when_trips_fall_in_two_modes() {
+        // A busy host: half the trips take about 100 ticks, half about 1000, and the median
+        // one lies between. Trips picked by rank around it would mix both modes (their mean
+        // about 550); the typical trip is made of trips close to the median in length.
+        let mut trips = Vec::new();
+        let mut host: [Vec<u64>; HOST_POINTS] = Default::default();
+        let mut t = 0;
+        for i in 0..101u64 {
+            let kick = match i {
+                50 => 500,
+                i if i % 2 == 0 => 100 + i,
+                i => 1000 + i,
+            };
+            host[0].push(t + kick);
+            host[1].push(t + kick);
+            host[2].push(t + kick);
+            host[3].push(t + kick);
+            trips.push(trip(t, t, 0, t + kick));
+            t += kick + 10;
+        }
+        let b = join(&trips, &host, 0, 0);
+        assert_eq!((b.joined, b.round_trip), (101, 500));
+        let sum: u64 = b.stages.iter().sum();
+        assert!((450..=550).contains(&sum), "{b:?}");
     }
 
     #[test]
