@@ -187,7 +187,7 @@ pub fn stages_table(rows: &[Row]) -> String {
     out.push_str(
         "stages: send (write to ring), kick (ring to device), to_backend (device to socket), \
          peer (socket to socket), to_ring (socket to used ring), interrupt (notify to guest \
-         handler), to_reader (handler to reader): a typical trip (the tenth around the median) \
+         handler), to_reader (handler to reader): a typical trip (those within 10% of the median) \
          from TSC stamps on both sides, median of the runs.\n\n",
     );
     out
