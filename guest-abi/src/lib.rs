@@ -2,9 +2,11 @@
 //!
 //! Both sides compile this one definition: the VMM (`vmm/`) writes [`BootParams`] into guest memory
 //! and serves the [`debug`] MMIO page; the guest (`guest-driver/`) reads the one and writes the
-//! other. Nothing here depends on KVM, virtio or `std`.
+//! other; both speak the virtio console's wire format as [`console`] defines it. Nothing here
+//! depends on KVM or `std`.
 #![no_std]
 
+pub mod console;
 pub mod debug;
 pub mod layout;
 pub mod workload;

@@ -25,9 +25,9 @@ use virtio_queue::QueueOwnedT;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// High-water mark set on a port's stream head: guest bytes held for a slow backend.
-pub const HEAD_HIWAT: u64 = 512 * 1024;
+pub use super::defs::PORT_HEAD_HIWAT as HEAD_HIWAT;
 /// Low-water mark of a port's stream head.
-pub const HEAD_LOWAT: u64 = 128 * 1024;
+pub use super::defs::PORT_HEAD_LOWAT as HEAD_LOWAT;
 
 /// What one driver instance is.
 pub(crate) enum Role {

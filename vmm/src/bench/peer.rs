@@ -2,7 +2,7 @@
 //! (perimeter's `connect:` backend, QEMU's client-mode socket chardev) connects to. Both VMMs
 //! get the same peers, so neither gains from an in-process backend.
 
-use device_model::console::backend::{PATTERN_CHUNK, pattern_byte};
+use device_model::console::backend::{PATTERN_CHUNK, PATTERN_PERIOD, pattern_byte};
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ pub enum Role {
     /// As [`Role::Sink`], but sleeps `pause` after every read of at most `chunk` bytes: a
     /// reader slower than the guest.
     SlowSink { chunk: usize, pause: Duration },
-    /// Writes the `pattern` backend's stream (byte i = i mod 251) until the VMM goes away.
+    /// Writes the `pattern` backend's stream (byte i = i mod [`PATTERN_PERIOD`]) until the VMM
+    /// goes away.
     Source,
     /// Writes back whatever it reads.
     Echo,
@@ -102,7 +103,7 @@ fn serve(mut conn: UnixStream, role: Role) -> PeerReport {
         },
         Role::Source => {
             // A whole number of periods per write keeps every write the same bytes.
-            let period = PATTERN_CHUNK / 251 * 251;
+            let period = PATTERN_CHUNK / PATTERN_PERIOD * PATTERN_PERIOD;
             let block: Vec<u8> = (0..period as u64).map(pattern_byte).collect();
             while conn.write_all(&block).is_ok() {
                 r.bytes_out += block.len() as u64;

@@ -32,7 +32,7 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// a kernel's socket buffer.
 pub const LEFTOVER_MAX: usize = 8 << 20;
 /// The pattern backend's period: byte `i` of its stream is `i % PATTERN_PERIOD`.
-pub const PATTERN_PERIOD: usize = 251;
+pub use guest_abi::console::PATTERN_PERIOD;
 /// The pattern backend's message size (a 64 KiB receive buffer takes one message).
 pub const PATTERN_CHUNK: usize = 64 * 1024;
 

@@ -18,27 +18,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use streams::{CallbackId, Errno, Mblk, MsgType, Perim, Q};
 
-/// Control events (`struct virtio_console_control.event`).
-pub mod event {
-    /// Driver: ready for ports.
-    pub const DEVICE_READY: u16 = 0;
-    /// Device: a port exists.
-    pub const DEVICE_ADD: u16 = 1;
-    /// Device: a port is gone.
-    pub const DEVICE_REMOVE: u16 = 2;
-    /// Driver: a port is set up.
-    pub const PORT_READY: u16 = 3;
-    /// Device: the port is a console.
-    pub const CONSOLE_PORT: u16 = 4;
-    /// Device: the console's size (cols, rows follow).
-    pub const RESIZE: u16 = 5;
-    /// Either side: the port was opened (1) or closed (0).
-    pub const PORT_OPEN: u16 = 6;
-    /// Device: the port's name follows.
-    pub const PORT_NAME: u16 = 7;
-}
+use guest_abi::console::{
+    CONTROL_LEN as CTRL_HDR, CTRL_RX_QUEUE, CTRL_TX_QUEUE, Control as Message, decode_resize, event,
+};
 
-const CTRL_HDR: usize = 8;
 const RX_BUF: usize = 512;
 const TX_SLOTS: u16 = 32;
 
@@ -72,8 +55,8 @@ impl CtrlRings {
     /// Sets up the control queues (2 and 3) with `size` entries.
     pub fn new(t: &Transport, size: u16) -> Result<CtrlRings, &'static str> {
         let mut c = CtrlRings {
-            rx: SplitQueue::new(t, 2, size)?,
-            tx: SplitQueue::new(t, 3, size)?,
+            rx: SplitQueue::new(t, CTRL_RX_QUEUE, size)?,
+            tx: SplitQueue::new(t, CTRL_TX_QUEUE, size)?,
             rx_mem: zeroed(RX_BUF * usize::from(size))?,
             tx_mem: zeroed(CTRL_HDR * usize::from(TX_SLOTS))?,
             tx_free: (0..TX_SLOTS).collect(),
@@ -132,10 +115,7 @@ impl CtrlRings {
 impl Vcon {
     /// Sends a control message (`id`, `event`, `value`) to the device. Never allocates.
     pub(super) fn send_control(&self, id: u32, event: u16, value: u16) {
-        let mut m = [0u8; CTRL_HDR];
-        m[0..4].copy_from_slice(&id.to_le_bytes());
-        m[4..6].copy_from_slice(&event.to_le_bytes());
-        m[6..8].copy_from_slice(&value.to_le_bytes());
+        let m = Message { id, event, value }.encode();
         self.stats.control_out.fetch_add(1, Ordering::Relaxed);
         let mut c = self.ctrl.lock();
         c.reap_tx();
@@ -239,13 +219,15 @@ impl Control {
 /// One control message from the device, with every instance held off (outer perimeter).
 fn handle(v: &Vcon, mp: &Mblk) {
     let d = mp.data();
-    if d.len() < CTRL_HDR {
+    let Some(Message {
+        id,
+        event: ev,
+        value,
+    }) = Message::decode(d)
+    else {
         v.stats.control_bad.fetch_add(1, Ordering::Relaxed);
         return;
-    }
-    let id = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-    let ev = u16::from_le_bytes([d[4], d[5]]);
-    let value = u16::from_le_bytes([d[6], d[7]]);
+    };
     let payload = &d[CTRL_HDR..];
     if id >= v.max_ports {
         v.stats.control_bad.fetch_add(1, Ordering::Relaxed);
@@ -270,11 +252,8 @@ fn handle(v: &Vcon, mp: &Mblk) {
                     .and_then(|d| d.hangup.take().map(|m| (d.q.clone(), m)));
             }
             event::CONSOLE_PORT => p.console = true,
-            event::RESIZE if payload.len() >= 4 => {
-                p.size = (
-                    u16::from_le_bytes([payload[0], payload[1]]),
-                    u16::from_le_bytes([payload[2], payload[3]]),
-                );
+            event::RESIZE if decode_resize(payload).is_some() => {
+                p.size = decode_resize(payload).unwrap_or(p.size);
             }
             event::PORT_OPEN => {
                 p.host_open = value != 0;

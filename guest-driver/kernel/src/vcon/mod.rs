@@ -17,7 +17,7 @@ mod control;
 mod poll;
 mod port;
 
-pub use control::event;
+pub use guest_abi::console::event;
 pub use port::COUNTERS;
 pub mod virtq;
 
@@ -33,17 +33,10 @@ use streams::{
     Q, QueueRef, Stream, Streams,
 };
 
-/// virtio device ID of a console.
-const CONSOLE_DEVICE_ID: u32 = 3;
-/// VIRTIO_CONSOLE_F_MULTIPORT.
-const F_MULTIPORT: u64 = 1 << 1;
-/// VIRTIO_CONSOLE_F_EMERG_WRITE.
-const F_EMERG_WRITE: u64 = 1 << 2;
-/// Configuration offsets.
-const CONFIG_MAX_NR_PORTS: u64 = 4;
-const CONFIG_EMERG_WR: u64 = 8;
-/// Most ports the driver handles.
-pub const MAX_PORTS: usize = 31;
+use guest_abi::console::{CONSOLE_DEVICE_ID, F_EMERG_WRITE, F_MULTIPORT, config};
+
+/// Most ports the driver handles: as many as the wire format allows.
+pub const MAX_PORTS: usize = guest_abi::console::MAX_PORTS as usize;
 /// The doorbell slot of the control stream.
 const CTRL_SLOT: usize = MAX_PORTS;
 /// Entries per virtqueue.
@@ -174,7 +167,7 @@ pub fn early_print(line: &str) {
     match emerg {
         Some(v) => {
             for &b in line.as_bytes().iter().chain(b"\n") {
-                v.transport.set_config_u32(CONFIG_EMERG_WR, b.into());
+                v.transport.set_config_u32(config::EMERG_WR, b.into());
             }
         }
         None => crate::println!("{line}"),
@@ -194,7 +187,9 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
             "the device lacks MULTIPORT or EVENT_IDX (QEMU offers MULTIPORT only with max_ports > 1)",
         );
     }
-    let max_ports = t.config_u32(CONFIG_MAX_NR_PORTS).clamp(1, MAX_PORTS as u32);
+    let max_ports = t
+        .config_u32(config::MAX_NR_PORTS)
+        .clamp(1, MAX_PORTS as u32);
     let size = QUEUE_SIZE.min(prev_power_of_two(t.queue_max(0)));
     let mut rings = Vec::new();
     for p in 0..max_ports {

@@ -28,7 +28,6 @@
 //!   close: cancel the qbufcall/qtimeout, let queued output drain (bounded, as strclose
 //!   does), qprocsoff, PORT_OPEN(0).
 
-use super::control::event;
 use super::virtq::SplitQueue;
 use super::{Role, Vcon, alloc_in_open, deregister, register};
 use crate::lock::IrqLock;
@@ -40,6 +39,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::console::{event, rx_queue, tx_queue};
 use streams::{
     CallbackId, Errno, FLUSHW, MSGDELIM, Mblk, MsgType, Q, SO_HIWAT, SO_LOWAT, Stroptions,
 };
@@ -53,8 +53,7 @@ pub const DEFAULT_RX_BUFS: usize = 32;
 /// one interrupt covers as many bytes as a few large ones would.
 pub const RX_POSTED_BYTES: usize = 256 * 1024;
 /// Stream-head water marks set at open (bytes held for a slow reader).
-const HEAD_HIWAT: u64 = 512 * 1024;
-const HEAD_LOWAT: u64 = 128 * 1024;
+use guest_abi::console::{PORT_HEAD_HIWAT as HEAD_HIWAT, PORT_HEAD_LOWAT as HEAD_LOWAT};
 /// How long a close waits for the port's output to reach the device.
 const CLOSE_DRAIN_NS: u64 = 5_000_000_000;
 /// How long an open waits for the device's PORT_OPEN answer when the host side is closed (ms).
@@ -123,11 +122,10 @@ pub struct PortRings {
 impl PortRings {
     /// Sets up port `p`'s receiveq and transmitq with `size` entries.
     pub fn new(t: &Transport, p: u32, size: u16) -> Result<PortRings, &'static str> {
-        let rxq = if p == 0 { 0 } else { (2 + 2 * p) as u16 };
         Ok(PortRings {
             port: p as usize,
-            rx: SplitQueue::new(t, rxq, size)?,
-            tx: SplitQueue::new(t, rxq + 1, size)?,
+            rx: SplitQueue::new(t, rx_queue(p), size)?,
+            tx: SplitQueue::new(t, tx_queue(p), size)?,
             rx_mem: 0,
             rx_buf: 0,
             rx_count: 0,

@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use streams::{FaultPolicy, Mblk, PoolConfig, Stream, Streams, StreamsConfig};
 
 /// Period of the host's `pattern` backend.
-const PATTERN_PERIOD: usize = 251;
+use guest_abi::console::PATTERN_PERIOD;
 /// How long a workload waits for its last output to reach the device before closing.
 const DRAIN_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Bytes compared at once against the expected pattern.

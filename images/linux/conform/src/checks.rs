@@ -7,8 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The pattern perimeter's `pattern` backend sends: byte `i` is `i % 251`.
-const PATTERN_PERIOD: u64 = 251;
+/// The pattern perimeter's `pattern` backend sends: byte `i` is `i % PATTERN_PERIOD`.
+const PATTERN_PERIOD: u64 = guest_abi::console::PATTERN_PERIOD as u64;
 /// Bytes per write() of a data check (Linux's driver takes up to 32 KiB per buffer).
 const CHUNK: usize = 64 * 1024;
 /// Round trips of the latency check, and their size.
