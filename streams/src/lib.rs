@@ -4,7 +4,8 @@
 //! into a [`Stream`], guarded by inner and outer perimeters. The primitives keep their DDI
 //! names (`putnext`, `canputnext`, `qwriter`, `qwait`, `qbufcall`, `qtimeout`, `qprocson`, ...)
 //! so that a reader of the man pages finds them; ownership is Rust's: a message is moved,
-//! and freeing it is dropping it. The contract is what the tests in `streams/tests/` check.
+//! and freeing it is dropping it. `docs/streams.md` states the contract primitive by
+//! primitive; the tests in `streams/tests/` check it, one per numbered scenario there.
 //!
 //! The core is `no_std` + `alloc`. It runs on a [`Platform`]: feature `std` adds
 //! [`HostPlatform`] (threads); [`DetPlatform`] is a deterministic single-threaded platform

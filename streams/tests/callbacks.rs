@@ -1,4 +1,4 @@
-//! Scenarios 51–56 (§12 "Callbacks"): qtimeout/quntimeout, qbufcall/qunbufcall.
+//! Scenarios 51–56 (docs/streams.md, "Callbacks"): qtimeout/quntimeout, qbufcall/qunbufcall.
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,4 @@
-//! Scenarios 57–62 (§12 "Stream head / M_FLUSH").
+//! Scenarios 57–62 (docs/streams.md, "Stream head and M_FLUSH").
 mod common;
 use common::*;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Scenarios 1–7 of the spec (§12 "Messages"), plus the other message utilities.
+//! Scenarios 1–7 (docs/streams.md, "Messages"), plus the other message utilities.
 mod common;
 use common::*;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Scenarios 21–32 (§12 "Perimeters"), multi-threaded: latches hold threads inside
+//! Scenarios 21–32 (docs/streams.md, "Perimeters"), multi-threaded: latches hold threads inside
 //! routines, a recorder logs entries and exits and counts overlaps.
 mod common;
 use common::*;

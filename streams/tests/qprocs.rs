@@ -1,4 +1,4 @@
-//! Scenarios 40–45 (§12 "qprocson / qprocsoff").
+//! Scenarios 40–45 (docs/streams.md, "qprocson and qprocsoff").
 mod common;
 use common::*;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Scenarios 8–16 (§12 "Queues and order"): priority order, flow control, back-enabling.
+//! Scenarios 8–16 (docs/streams.md, "Queues and order"): priority order, flow control, back-enabling.
 mod common;
 use common::*;
 use streams::*;

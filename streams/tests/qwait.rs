@@ -1,4 +1,4 @@
-//! Scenarios 46–50 (§12 "qwait").
+//! Scenarios 46–50 (docs/streams.md, "qwait").
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

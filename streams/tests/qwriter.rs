@@ -1,4 +1,4 @@
-//! Scenarios 33–39 (§12 "qwriter").
+//! Scenarios 33–39 (docs/streams.md, "qwriter").
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! Scenarios 17–20 (§12 "Service scheduling").
+//! Scenarios 17–20 (docs/streams.md, "Service scheduling").
 mod common;
 use common::*;
 use std::sync::Arc;
