@@ -1,7 +1,7 @@
 //! Guest buffers lent to host-side messages by the zero-copy transmit path, and what keeps the
 //! host from reading them once the guest may use them again.
 //!
-//! The transmit path ([`super::driver`]) wraps each guest buffer in a message without copying.
+//! The transmit path (`driver.rs`) wraps each guest buffer in a message without copying.
 //! Such a message may wait at the stream head, or in the backend for a slow client, for as
 //! long as the client likes. Two events end every loan of a port at once:
 //!

@@ -6,8 +6,11 @@ use super::*;
 use crate::testing::FakeGuest;
 use crate::virtio::features::{EVENT_IDX, INDIRECT_DESC, VERSION_1};
 use crate::virtio::status::{DEVICE_NEEDS_RESET, DRIVER_OK};
+use port::lock;
 use std::collections::HashMap;
-use streams::{DetPlatform, Errno, FaultPolicy, ReadResult, StreamsConfig};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use streams::{DetPlatform, Errno, FaultPolicy, ReadResult, Stream, Streams, StreamsConfig};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG_GENERATION;
 
 const ALL: u64 = VERSION_1 | EVENT_IDX | INDIRECT_DESC | F_SIZE | F_MULTIPORT | F_EMERG_WRITE;
