@@ -60,7 +60,7 @@ pub use head::{
 };
 pub use module::{
     D_MP, D_MTCBSHARED, D_MTOCEXCL, D_MTOCSHARED, D_MTOUTPERIM, D_MTPERMOD, D_MTPERQ,
-    D_MTPUTSHARED, D_MTQPAIR, D_MTSAFE, D_MTSVCSHARED, Module, ModuleDef, ModuleDefBuilder,
+    D_MTPUTSHARED, D_MTQPAIR, D_MTSAFE, D_MTSVCSHARED, Dev, Module, ModuleDef, ModuleDefBuilder,
     ModuleInfo, OpenHow,
 };
 pub use msg::{DBLK_REFMAX, FreeRoutine, MSGDELIM, MSGMARK, MSGNOLOOP, Mblk, MsgType};

@@ -101,7 +101,12 @@ pub(crate) enum Inner {
     PerMod,
 }
 
-type Factory = dyn Fn() -> Box<dyn Module> + Send + Sync;
+type Factory = dyn Fn(Dev) -> Box<dyn Module> + Send + Sync;
+
+/// The device number an open names ([`crate::Stream::open_dev`]), as illumos's `devp` names a
+/// minor device: the driver's factory, and that of every module pushed later, learn which
+/// device the instance is for.
+pub type Dev = u32;
 
 /// A registered module or driver: its name, MT flags, queue limits, which queues have a
 /// service procedure, and how to make an instance. Built by [`ModuleDef::builder`]; an
@@ -242,6 +247,15 @@ impl ModuleDefBuilder {
         self,
         factory: impl Fn() -> M + Send + Sync + 'static,
     ) -> Result<Arc<ModuleDef>, Error> {
+        self.build_dev(move |_| factory())
+    }
+
+    /// [`ModuleDefBuilder::build`] for a module whose instance depends on the device its
+    /// stream was opened on: `factory` gets the [`Dev`] the open named.
+    pub fn build_dev<M: Module>(
+        self,
+        factory: impl Fn(Dev) -> M + Send + Sync + 'static,
+    ) -> Result<Arc<ModuleDef>, Error> {
         let inner = validate_flags(self.flags)?;
         Ok(Arc::new(ModuleDef {
             name: self.name,
@@ -251,7 +265,7 @@ impl ModuleDefBuilder {
             winfo: self.winfo,
             rsrv: self.rsrv,
             wsrv: self.wsrv,
-            factory: Box::new(move || Box::new(factory())),
+            factory: Box::new(move |dev| Box::new(factory(dev))),
             permod: (inner == Inner::PerMod).then(|| Arc::new(Syncq::new())),
             outer: (self.flags & D_MTOUTPERIM != 0).then(|| Arc::new(Outer::new())),
         }))

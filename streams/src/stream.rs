@@ -4,7 +4,7 @@
 use crate::callback::Signal;
 use crate::error::{Errno, Error};
 use crate::head::{HeadModule, HeadState, ReadResult};
-use crate::module::{D_MP, D_MTQPAIR, Inner, ModuleDef, OpenHow};
+use crate::module::{D_MP, D_MTQPAIR, Dev, Inner, ModuleDef, OpenHow};
 use crate::msg::Mblk;
 use crate::perimeter::{Event, Syncq};
 use crate::queue::{
@@ -84,7 +84,7 @@ impl QueuePair {
         Arc::new_cyclic(|me: &Weak<QueuePair>| QueuePair {
             rq: Queue::new(Side::Read, &def.rinfo, def.rsrv, me.as_ptr()),
             wq: Queue::new(Side::Write, &def.winfo, def.wsrv, me.as_ptr()),
-            module: (def.factory)(),
+            module: (def.factory)(stream.dev),
             def,
             streams: streams.clone(),
             sqs,
@@ -281,6 +281,8 @@ pub(crate) struct StreamInner {
     pairs: Mutex<Vec<Arc<QueuePair>>>,
     shared: Arc<StreamShared>,
     pub(crate) head: Arc<HeadState>,
+    /// The device number the stream was opened on (every instance's factory gets it).
+    dev: Dev,
 }
 
 impl StreamInner {
@@ -816,9 +818,17 @@ fn head_def(state: Arc<HeadState>) -> Arc<ModuleDef> {
 }
 
 impl Stream {
-    /// Opens a stream on a new instance of the driver `driver`.
+    /// Opens a stream on a new instance of the driver `driver` (device number 0).
     pub fn open(streams: &Streams, driver: &Arc<ModuleDef>) -> Result<Stream, Error> {
+        Stream::open_dev(streams, driver, 0)
+    }
+
+    /// Opens a stream on a new instance of the driver `driver` for device `dev`: the
+    /// driver's factory (see [`crate::ModuleDefBuilder::build_dev`]), and that of every
+    /// module pushed later, gets `dev`, as an illumos open gets its `devp`.
+    pub fn open_dev(streams: &Streams, driver: &Arc<ModuleDef>, dev: Dev) -> Result<Stream, Error> {
         let inner = Arc::new(StreamInner {
+            dev,
             streams: streams.clone(),
             pairs: Mutex::new(Vec::new()),
             shared: Arc::new(StreamShared {

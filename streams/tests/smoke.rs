@@ -132,3 +132,39 @@ fn a_closed_stream_and_its_framework_leave_nothing_behind() {
         "no reference cycle keeps the framework alive"
     );
 }
+
+/// Passes every message on (the default open and close).
+struct Passing;
+
+impl Module for Passing {
+    fn put(&self, q: Q<'_>, mp: Mblk) {
+        q.putnext(mp)
+    }
+}
+
+#[test]
+fn an_open_names_its_device_to_the_driver_and_to_pushed_modules() {
+    use std::sync::{Arc, Mutex};
+    let (_p, s) = det();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let named = |name: &'static str| {
+        let seen = seen.clone();
+        ModuleDef::builder(name)
+            .flags(D_MP | D_MTQPAIR)
+            .build_dev(move |dev| {
+                seen.lock().unwrap().push((name, dev));
+                Passing
+            })
+            .unwrap()
+    };
+    let (driver, module) = (named("driver"), named("module"));
+    let st = Stream::open_dev(&s, &driver, 7).unwrap();
+    st.push(&module).unwrap();
+    let other = Stream::open(&s, &driver).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("driver", 7), ("module", 7), ("driver", 0)]
+    );
+    st.close().unwrap();
+    other.close().unwrap();
+}

@@ -14,7 +14,7 @@ use super::handle::ConsoleHandle;
 use super::poll;
 use super::port::{PortShared, lock};
 use super::ring::Ring;
-use super::shared::Shared;
+use super::shared::{CONTROL_DEV, Shared};
 use super::stats::PortCounters;
 use crate::virtio::features::{EVENT_IDX, INDIRECT_DESC};
 use crate::virtio::{ActivateError, Activation, VirtioDevice};
@@ -68,7 +68,6 @@ impl Console {
             ctl_wq: Mutex::new(None),
             staged: Mutex::new(None),
             signals: Mutex::new(None),
-            opening: Mutex::new(None),
             control_in: AtomicU64::new(0),
             control_out: AtomicU64::new(0),
             control_ignored: AtomicU64::new(0),
@@ -85,25 +84,21 @@ impl Console {
                 lowat: RX_HIWAT / 4,
                 ..Default::default()
             })
-            .build(move || ConsoleDriver {
-                role: weak
-                    .upgrade()
-                    .and_then(|s| lock(&s.opening).take())
-                    .unwrap_or(Role::Unbound),
+            .build_dev(move |dev| ConsoleDriver {
+                role: weak.upgrade().map_or(Role::Unbound, |s| s.role_of(dev)),
             })
             .expect("valid driver flags");
-        let open = |role: Role, name: &str| {
-            *lock(&shared.opening) = Some(role);
-            Stream::open(streams, &def).map_err(|error| ConsoleError::Streams {
+        let open = |dev: u32, name: &str| {
+            Stream::open_dev(streams, &def, dev).map_err(|error| ConsoleError::Streams {
                 port: name.to_string(),
                 what: "open",
                 error,
             })
         };
-        let control = open(Role::Control(shared.clone()), "control")?;
+        let control = open(CONTROL_DEV, "control")?;
         let mut streams_out = Vec::new();
         for (i, (c, modules)) in ports.iter().enumerate() {
-            let s = open(Role::Port(shared.ports[i].clone()), &c.name)?;
+            let s = open(i as u32, &c.name)?;
             for m in modules.iter().rev() {
                 s.push(m).map_err(|error| ConsoleError::Streams {
                     port: c.name.clone(),

@@ -27,8 +27,6 @@ pub(crate) struct Shared {
     pub staged: Mutex<Option<Staged>>,
     /// The live interrupt line.
     pub signals: Mutex<Option<Arc<Signals>>>,
-    /// The role the next driver instance takes (set around each open).
-    pub opening: Mutex<Option<Role>>,
     pub control_in: AtomicU64,
     pub control_out: AtomicU64,
     pub control_ignored: AtomicU64,
@@ -38,7 +36,21 @@ pub(crate) struct Shared {
     pub streams: Streams,
 }
 
+/// The device number the control stream is opened on (port `i`'s stream on device `i`).
+pub const CONTROL_DEV: u32 = super::defs::MAX_PORTS;
+
 impl Shared {
+    /// What a driver instance opened on device `dev` serves: a port, the control queues, or
+    /// nothing (a device this console does not have).
+    pub fn role_of(self: &Arc<Self>, dev: u32) -> Role {
+        if dev == CONTROL_DEV {
+            return Role::Control(self.clone());
+        }
+        self.ports
+            .get(dev as usize)
+            .map_or(Role::Unbound, |p| Role::Port(p.clone()))
+    }
+
     /// Asks the control plane for `bits` of work.
     pub fn control(&self, bits: u32) {
         self.pending.fetch_or(bits, Ordering::AcqRel);

@@ -108,7 +108,6 @@ pub struct Vcon {
     rings: Vec<IrqLock<port::PortRings>>,
     ctrl: IrqLock<control::CtrlRings>,
     doorbells: IrqLock<Vec<Option<Doorbell>>>,
-    opening: IrqLock<Option<Role>>,
     /// The device answers a driver's PORT_OPEN (perimeter does; assumed until one is not).
     answers_opens: AtomicBool,
     /// When the last control message arrived (ns).
@@ -122,6 +121,26 @@ pub struct Vcon {
 enum Role {
     Control,
     Port(u32),
+}
+
+impl Role {
+    /// The device number a stream for this role is opened on (port `i` on `i`, the control
+    /// stream on [`CTRL_SLOT`]).
+    fn dev(self) -> u32 {
+        match self {
+            Role::Control => CTRL_SLOT as u32,
+            Role::Port(p) => p,
+        }
+    }
+
+    /// The role of an instance opened on device `dev` (none past the last port and control).
+    fn of(dev: u32) -> Option<Role> {
+        match dev as usize {
+            CTRL_SLOT => Some(Role::Control),
+            p if p < MAX_PORTS => Some(Role::Port(dev)),
+            _ => None,
+        }
+    }
 }
 
 static VCON: spin::Once<Vcon> = spin::Once::new();
@@ -231,10 +250,9 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
             lowat: WR_LOWAT,
             ..Default::default()
         })
-        .build(|| {
+        .build_dev(|dev| {
             let v = get().expect("the driver exists before any open");
-            let role = v.opening.lock().take();
-            Instance::new(v, role)
+            Instance::new(v, Role::of(dev))
         })
         .map_err(|_| "bad MT flags")?;
     let v = VCON.call_once(|| Vcon {
@@ -247,7 +265,6 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
         rings,
         ctrl: IrqLock::new(ctrl),
         doorbells: IrqLock::new((0..=MAX_PORTS).map(|_| None).collect()),
-        opening: IrqLock::new(None),
         answers_opens: AtomicBool::new(true),
         last_control_ns: AtomicU64::new(0),
         stats: VconStats::default(),
@@ -356,10 +373,7 @@ impl Vcon {
     }
 
     fn open_role(&self, role: Role) -> Result<Stream, Errno> {
-        *self.opening.lock() = Some(role);
-        let r = Stream::open(self.streams, &self.def);
-        *self.opening.lock() = None;
-        let st = r.map_err(|_| Errno::ENXIO)?;
+        let st = Stream::open_dev(self.streams, &self.def, role.dev()).map_err(|_| Errno::ENXIO)?;
         st.head().set_notify(platform::notify);
         st.head().set_writable(platform::notify);
         Ok(st)
