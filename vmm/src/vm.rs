@@ -223,7 +223,8 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         .map_err(Error::host("eventfd for virtio-rng"))?;
 
     // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
-    let console = ConsoleRuntime::start(&config.ports, &config.faults).map_err(Error::BadInput)?;
+    let console = ConsoleRuntime::start(&config.ports, &config.faults)
+        .map_err(|e| Error::BadInput(e.to_string()))?;
     console.handle().set_tx_poll(config.tx_poll);
     let console_irq = if is_linux {
         Irq::Pin(linux::CONSOLE_GSI)

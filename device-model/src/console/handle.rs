@@ -3,6 +3,7 @@
 
 use super::control::{HOST_EVENT, KICK_RX, KICK_TX};
 use super::defs::{QueueRole, queue_role};
+use super::error::ConsoleError;
 use super::port::PortShared;
 use super::shared::Shared;
 use super::stats::{ConsoleStats, PortStats};
@@ -70,10 +71,13 @@ impl ConsoleHandle {
     /// Removes port `id` while the guest runs (DEVICE_REMOVE): the driver hangs up its stream;
     /// nothing more is delivered to the guest on it. Output already sent still reaches the
     /// backend. Fails for an unknown or already removed port.
-    pub fn remove_port(&self, id: u32) -> Result<(), String> {
-        let p = self.port(id).ok_or_else(|| format!("no port {id}"))?;
+    pub fn remove_port(&self, id: u32) -> Result<(), ConsoleError> {
+        let p = self.port(id).ok_or(ConsoleError::NoPort(id))?;
         if p.removed.swap(true, Ordering::AcqRel) {
-            return Err(format!("port {} is not plugged in", p.config.name));
+            return Err(ConsoleError::Plugged {
+                port: p.config.name.clone(),
+                state: "not plugged in",
+            });
         }
         p.guest_open.store(false, Ordering::Release);
         p.host_event.store(true, Ordering::Release);
@@ -88,10 +92,13 @@ impl ConsoleHandle {
     /// removed before. The driver then asks for its name and state as at start; host data
     /// that waited while it was out is delivered once the guest opens it. Fails for an
     /// unknown port or one that is plugged in.
-    pub fn add_port(&self, id: u32) -> Result<(), String> {
-        let p = self.port(id).ok_or_else(|| format!("no port {id}"))?;
+    pub fn add_port(&self, id: u32) -> Result<(), ConsoleError> {
+        let p = self.port(id).ok_or(ConsoleError::NoPort(id))?;
         if !p.removed.swap(false, Ordering::AcqRel) {
-            return Err(format!("port {} is already plugged in", p.config.name));
+            return Err(ConsoleError::Plugged {
+                port: p.config.name.clone(),
+                state: "already plugged in",
+            });
         }
         p.host_event.store(true, Ordering::Release);
         self.0.control(HOST_EVENT);

@@ -1,7 +1,7 @@
 //! A console with its backends running: what `perimeter run --port ...` builds.
 
 use super::backend::{FaultSpec, PortIo, PortSpec, check_ports};
-use super::{Console, ConsoleHandle, ConsoleStats, PortConfig, modules};
+use super::{Console, ConsoleError, ConsoleHandle, ConsoleStats, PortConfig, modules};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +19,8 @@ pub struct ConsoleRuntime {
 impl ConsoleRuntime {
     /// Builds the console for `specs` (port 0 first) with the host-side `faults`, and starts
     /// every backend. Errors name the port and what went wrong.
-    pub fn start(specs: &[PortSpec], faults: &[FaultSpec]) -> Result<Self, String> {
-        check_ports(specs)?;
+    pub fn start(specs: &[PortSpec], faults: &[FaultSpec]) -> Result<Self, ConsoleError> {
+        check_ports(specs).map_err(ConsoleError::Ports)?;
         let mut config = StreamsConfig::default();
         let mut policies: Vec<FaultPolicy> = Vec::new();
         for f in faults {
@@ -36,7 +36,7 @@ impl ConsoleRuntime {
                 let m = s
                     .modules
                     .iter()
-                    .map(|m| modules::lookup(m).ok_or(format!("no module {m:?}")))
+                    .map(|m| modules::lookup(m).ok_or_else(|| ConsoleError::NoModule(m.clone())))
                     .collect::<Result<Vec<_>, _>>()?;
                 let c = PortConfig {
                     name: s.name.clone(),
@@ -45,8 +45,8 @@ impl ConsoleRuntime {
                 };
                 Ok((c, m))
             })
-            .collect::<Result<Vec<_>, String>>()?;
-        let console = Console::new(&streams, ports).map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, ConsoleError>>()?;
+        let console = Console::new(&streams, ports)?;
         let handle = console.handle();
         let mut io = Vec::new();
         for (i, s) in specs.iter().enumerate() {
@@ -132,5 +132,45 @@ fn quiesce(streams: &Streams, deadline: Instant) {
     let t = std::thread::spawn(move || s.quiesce());
     while !t.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_stops_a_console_from_starting_is_said_in_one_line_of_one_error_type() {
+        let spec = |s: &str| PortSpec::parse(s).unwrap();
+        let cases = [
+            (
+                vec![spec("name=a,backend=connect:/nonexistent/perimeter.sock")],
+                "port a: cannot connect to /nonexistent/perimeter.sock: ",
+            ),
+            (
+                // The parser refuses it; a spec made in code can still name it.
+                vec![PortSpec {
+                    modules: vec!["nosuch".into()],
+                    ..spec("name=a,backend=null")
+                }],
+                "no module \"nosuch\"",
+            ),
+            (
+                vec![spec("name=a,backend=null"), spec("name=a,backend=null")],
+                "two ports are named \"a\"",
+            ),
+        ];
+        for (specs, want) in cases {
+            let e = match ConsoleRuntime::start(&specs, &[]) {
+                Err(e) => e,
+                Ok(_) => panic!("{want}: started"),
+            };
+            let text = e.to_string();
+            assert!(text.starts_with(want), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+            if want.starts_with("port a:") {
+                assert!(matches!(e, ConsoleError::Backend { .. }), "{e:?}");
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_
 
 use super::port::lock;
 use super::stages::HostPoint;
-use super::{ConsoleHandle, PortShared};
+use super::{ConsoleError, ConsoleHandle, PortShared};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
@@ -203,8 +203,8 @@ impl PortIo {
         stream: Arc<Stream>,
         id: u32,
         kind: &BackendKind,
-    ) -> Result<PortIo, String> {
-        let port = console.port(id).ok_or("no such port")?.clone();
+    ) -> Result<PortIo, ConsoleError> {
+        let port = console.port(id).ok_or(ConsoleError::NoPort(id))?.clone();
         let name = port.config.name.clone();
         let state = Arc::new(IoState {
             stream,
@@ -238,8 +238,15 @@ impl PortIo {
         }));
         let s = state.clone();
         state.stream.head().set_writable(move || s.in_wake.notify());
-        let err = |what: &str, p: &PathBuf, e: io::Error| {
-            format!("port {name}: {what} {}: {e}", p.display())
+        let err = |what: &str, p: &PathBuf, e: io::Error| ConsoleError::Backend {
+            port: name.clone(),
+            what: format!("{what} {}", p.display()),
+            source: e,
+        };
+        let failed = |what: &str, e: io::Error| ConsoleError::Backend {
+            port: name.clone(),
+            what: what.into(),
+            source: e,
         };
         let mut path = None;
         let mut socket = None;
@@ -252,7 +259,7 @@ impl PortIo {
                 let dup = |f: std::os::fd::BorrowedFd<'_>| {
                     f.try_clone_to_owned()
                         .map(File::from)
-                        .map_err(|e| format!("port {name}: stdio: {e}"))
+                        .map_err(|e| failed("stdio", e))
                 };
                 use std::os::fd::AsFd;
                 let out = dup(io::stdout().as_fd())?;
@@ -269,11 +276,8 @@ impl PortIo {
                 (Sink::Writer(o), i)
             }
             BackendKind::Pty => {
-                let (master, slave) =
-                    pty::open().map_err(|e| format!("port {name}: cannot open a pty: {e}"))?;
-                let out = master
-                    .try_clone()
-                    .map_err(|e| format!("port {name}: pty: {e}"))?;
+                let (master, slave) = pty::open().map_err(|e| failed("cannot open a pty", e))?;
+                let out = master.try_clone().map_err(|e| failed("pty", e))?;
                 path = Some(slave);
                 (Sink::Writer(out), Source::Pty(master))
             }
@@ -403,11 +407,15 @@ fn spawn(
     port: &str,
     what: &str,
     f: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<JoinHandle<()>, ConsoleError> {
     std::thread::Builder::new()
         .name(format!("port-{port}-{what}"))
         .spawn(f)
-        .map_err(|e| format!("port {port}: cannot start a thread: {e}"))
+        .map_err(|e| ConsoleError::Backend {
+            port: port.into(),
+            what: "cannot start a thread".into(),
+            source: e,
+        })
 }
 
 /// Listens on `p`, replacing a stale socket file: never anything else, and never a socket
