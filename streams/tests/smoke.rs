@@ -28,26 +28,19 @@ fn write_through_a_module_reaches_the_driver_and_replies_reach_the_head() {
     st.close().unwrap();
 }
 
-/// The names of the threads that ran the start hook (see the test below).
-static HOOKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-#[test]
-fn worker_and_timer_threads_run_the_start_hook() {
-    set_thread_start(Some(|| {
-        let name = std::thread::current().name().unwrap_or("").to_string();
-        HOOKED.lock().unwrap().push(name);
-    }));
-    let s = host();
-    let drv = def(
+/// A driver whose write side queues what comes (after `on_write` sees it) and whose service
+/// procedure sends it back up.
+fn replying_driver(on_write: fn(Q<'_>)) -> std::sync::Arc<ModuleDef> {
+    def(
         "svc",
         D_MP | D_MTQPAIR,
         (false, true),
         Fns::pass()
-            .put(|q, m| {
+            .put(move |q, m| {
                 if q.is_read() {
                     q.putnext(m)
                 } else {
-                    q.qtimeout(1, |_q| {}).unwrap();
+                    on_write(q);
                     q.putq(m)
                 }
             })
@@ -56,19 +49,48 @@ fn worker_and_timer_threads_run_the_start_hook() {
                     q.qreply(m);
                 }
             }),
-    );
+    )
+}
+
+/// The names of the threads that ran the start hook (see the test below), and a signal
+/// for each new one.
+static HOOKED: (std::sync::Mutex<Vec<String>>, std::sync::Condvar) =
+    (std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new());
+
+#[test]
+fn worker_and_timer_threads_run_the_start_hook() {
+    set_thread_start(Some(|| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        HOOKED.0.lock().unwrap().push(name);
+        HOOKED.1.notify_all();
+    }));
+    let s = host();
+    // A write starts a worker for the service procedure, and its qtimeout the timer thread.
+    // The test waits for the callback to run too: a close must find no timeout pending.
+    let drv = replying_driver(|q| {
+        q.qtimeout(1, |_q| {
+            HOOKED.0.lock().unwrap().push("the timeout ran".into());
+            HOOKED.1.notify_all();
+        })
+        .unwrap();
+    });
     let st = Stream::open(&s, &drv).unwrap();
     st.write(b"x").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let started = |name: &str| HOOKED.lock().unwrap().iter().any(|n| n == name);
-    while !(started("streams-worker") && started("streams-timer")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            HOOKED.lock().unwrap()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let started = |names: &Vec<String>| {
+        ["streams-worker", "streams-timer", "the timeout ran"]
+            .iter()
+            .all(|want| names.iter().any(|n| n == want))
+    };
+    let (names, timeout) = HOOKED
+        .1
+        .wait_timeout_while(
+            HOOKED.0.lock().unwrap(),
+            std::time::Duration::from_secs(30),
+            |names| !started(names),
+        )
+        .unwrap();
+    assert!(!timeout.timed_out(), "{names:?}");
+    drop(names);
     set_thread_start(None);
     s.quiesce();
     st.close().unwrap();
@@ -77,18 +99,7 @@ fn worker_and_timer_threads_run_the_start_hook() {
 #[test]
 fn threaded_platform_runs_service_procedures() {
     let s = host();
-    let drv = def(
-        "svc",
-        D_MP | D_MTQPAIR,
-        (false, true),
-        Fns::pass()
-            .put(|q, m| if q.is_read() { q.putnext(m) } else { q.putq(m) })
-            .srv(|q| {
-                while let Some(m) = q.getq() {
-                    q.qreply(m);
-                }
-            }),
-    );
+    let drv = replying_driver(|_q| {});
     let st = Stream::open(&s, &drv).unwrap();
     for i in 0..100u8 {
         st.write(&[i]).unwrap();
