@@ -94,6 +94,16 @@ const WORKLOADS: &[Workload] = &[
         usage: "fairness:PORTS:TOTAL[:SIZE] (PORTS 0 to 31, 0 for all; SIZE 1 to 1M)",
     },
     Workload {
+        name: "tx-idle",
+        args: &[
+            ("SIZE", size(1, MSG_MAX)),
+            ("TOTAL", size(1, ANY)),
+            ("PORT", Arg::Port),
+        ],
+        required: 2,
+        usage: "tx-idle:SIZE:TOTAL[:PORT] (SIZE 1 to 1M)",
+    },
+    Workload {
         name: "exit",
         args: &[("N", size(0, u32::MAX as u64))],
         required: 1,
@@ -258,6 +268,7 @@ mod tests {
             "pingpong:64:500:port1",
             "fairness:16:8M:4K",
             "fairness:0:1M",
+            "tx-idle:64K:1M:p0",
             "exit:0",
             "exit:200",
             "svc",
@@ -286,6 +297,7 @@ mod tests {
             ("fairness:32:1M", "PORTS \"32\" is out of range"),
             ("selftest:1", "expected selftest"),
             ("pingpong:64:0", "COUNT \"0\" is out of range"),
+            ("tx-idle:64K", "expected tx-idle:SIZE:TOTAL"),
         ] {
             let e = check(bad).expect_err(bad);
             let mut s = [0u8; 512];

@@ -488,6 +488,77 @@ fn echo_on_4_socket_ports_returns_16_mib_each_byte_for_byte() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A writer that stops while the device holds much of its output (its socket's client does
+/// not read yet), and neither drains nor closes: once the client reads, the driver must still
+/// take its buffers back while the CPU idles. No send of the port's reaps them, nothing waits
+/// for them and no other event comes, so only the completion interrupt the idle CPU asks for
+/// brings them back.
+#[test]
+fn buffers_a_stopped_writer_left_with_the_device_come_back_while_the_cpu_idles() {
+    let test = "buffers_a_stopped_writer_left_with_the_device_come_back_while_the_cpu_idles";
+    if !kvm_present(test) {
+        return;
+    }
+    const TOTAL: usize = 1 << 20;
+    let dir = tmp_dir("txidle");
+    let sock = dir.join("p0.sock");
+    let spec = format!("name=p0,backend=socket:{}", sock.display());
+    let workload = format!("tx-idle:64K:{TOTAL}:p0");
+    let args = [
+        "run",
+        "--workload",
+        &workload,
+        "--timeout",
+        "60",
+        "--json",
+        "--port",
+        &spec,
+    ];
+    let (mut child, rest) = spawn_announcing(&args, 1);
+    // Connected at once (a client arriving later is news the guest hears, and its handler
+    // would reap), but read only once the guest wrote everything: until then the device
+    // returns no more than the socket's buffer takes, so the guest goes idle holding most of
+    // its output.
+    let mut s = UnixStream::connect(&sock).expect("the socket listens");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("the guest ended before it wrote: {stdout}");
+        }
+        stdout += &line;
+        if line.starts_with("tx-idle: written") {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = vec![0; TOTAL];
+    s.read_exact(&mut got).expect("every byte arrives");
+    out.read_to_string(&mut stdout).unwrap();
+    let status = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let rs = results(&stdout);
+    let (r, _) = rs
+        .iter()
+        .find(|(f, _)| f["workload"] == "tx-idle")
+        .unwrap_or_else(|| panic!("no tx-idle result: {stdout}"));
+    assert_eq!(r["check"], "ok", "{r:?}");
+    // The case was the one meant: the driver held far more than an idle port may keep
+    // (256 KiB) when the CPU went idle.
+    let held: u64 = r["held"].parse().unwrap();
+    assert!(held >= 512 << 10, "{r:?}");
+    // A timer interrupt rings every doorbell and would reap as well (the guest still has one
+    // armed from its open's wait for the device's answer, 500 ms on): the buffers must have
+    // come back without one.
+    assert_eq!(
+        r["timers"], "0",
+        "only a timer brought the buffers back: {r:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Waits for perimeter's stderr line starting with `prefix`; returns the rest of stderr later.
 fn wait_for_line(
     child: &mut std::process::Child,

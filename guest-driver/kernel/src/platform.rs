@@ -138,6 +138,13 @@ fn wake(cpu: usize) {
     svc::send_ipi(cpu as u32, WAKE_VECTOR);
 }
 
+/// Makes a CPU on its way to halt in [`idle_until`] go round once more, so that its idle
+/// hook runs again, without waking CPUs already halted: for work the hook must see that an
+/// interrupt handler did after the hook ran.
+pub fn idle_again() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
 /// Bumps [`GENERATION`] and wakes every other CPU halted on it (new data at a stream head,
 /// a stream became writable): what a thread waits for in [`idle_until`].
 pub fn notify() {

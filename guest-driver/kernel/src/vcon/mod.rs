@@ -18,7 +18,7 @@ mod poll;
 mod port;
 
 pub use guest_abi::console::event;
-pub use port::COUNTERS;
+pub use port::{COUNTERS, TX_IRQ_BYTES};
 pub mod virtq;
 
 use crate::lock::IrqLock;
@@ -224,10 +224,11 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
             v.ring_all();
         }
     });
-    // Small writes gathered while the device was busy go once the CPU runs out of work.
+    // Small writes gathered while the device was busy go once the CPU runs out of work, and
+    // completions nobody's send will reap are asked for.
     platform::set_idle_hook(|| {
         if let Some(v) = get() {
-            port::send_all_gathered(v);
+            port::on_idle(v);
         }
     });
     // An idle CPU that spins before halting watches the receive rings instead of waiting for
@@ -331,6 +332,11 @@ impl Vcon {
             .map(|i| i as u32)
     }
 
+    /// Bytes port `id` transmitted that the driver has not yet taken back from the device.
+    pub fn tx_unreaped(&self, id: u32) -> u64 {
+        self.rings[id as usize].lock().tx_unreaped()
+    }
+
     /// Whether port `id` has nothing left to transmit: its write queue is empty, nothing is
     /// gathered, and the device has returned every transmit buffer.
     pub fn tx_idle(&self, id: u32, st: &Stream) -> bool {
@@ -351,7 +357,7 @@ impl Vcon {
             if self.tx_idle(id, st) {
                 return true;
             }
-            if rings.lock().arm_tx() {
+            if rings.lock().arm_tx(false) {
                 // Used before the interrupt was asked for: the instance reaps them, and the
                 // loop looks again rather than halting.
                 self.ring(id as usize);

@@ -5,8 +5,9 @@
 //!   waits on the write queue (flow control reaches the writer) and the service procedure
 //!   sends it once a completion interrupt returns descriptors. Completions are reaped as the
 //!   next message is sent; an interrupt is asked for only when someone needs them (a full
-//!   ring, a drain or close waiting, or more than [`TX_IRQ_BYTES`] or half the ring held), so
-//!   a steady writer takes no interrupt per message.
+//!   ring, a drain or close waiting), or when the CPU runs out of work while the device holds
+//!   more than [`TX_IRQ_BYTES`] or half the ring (the idle hook asks), so a steady writer
+//!   takes no completion interrupt at all: its own sends reap.
 //!   A message over a receive buffer (an echo sends what it read) is the exception: the
 //!   reader may wait for that buffer, so its completion is asked for at once.
 //! * Small writes are gathered: a message of at most [`SMALL_WRITE`] bytes that follows
@@ -60,9 +61,13 @@ const CLOSE_DRAIN_NS: u64 = 5_000_000_000;
 const OPEN_ANSWER_MS: u64 = 500;
 /// Most segments a transmitted message may have before it is pulled up into one.
 const MAX_SEGS: usize = 16;
-/// Transmitted bytes the device may hold (or have returned unreaped) before a completion
-/// interrupt is asked for: what an idle port keeps of the pool at most.
+/// Transmitted bytes the device may hold (or have returned unreaped) when the CPU runs out of
+/// work before a completion interrupt is asked for: what an idle port keeps of the pool at
+/// most. While the CPU has work, a port holds at most its ring's worth, as a busy device would.
 pub const TX_IRQ_BYTES: u64 = 256 * 1024;
+/// Ports holding more than [`TX_IRQ_BYTES`] or half their ring with no completion interrupt
+/// asked for (the idle hook looks only when some do).
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Largest write that may be gathered with others into one transmit buffer.
 pub const SMALL_WRITE: usize = 512;
@@ -117,6 +122,8 @@ pub struct PortRings {
     last_write_ns: u64,
     /// Drains (close, [`super::Vcon::drain`]) waiting for every transmit buffer back.
     tx_waiters: u32,
+    /// Counted in [`HOLDING`]: much in flight and no interrupt asked for it.
+    holding: bool,
 }
 
 impl PortRings {
@@ -137,6 +144,7 @@ impl PortRings {
             gathered: None,
             last_write_ns: 0,
             tx_waiters: 0,
+            holding: false,
         })
     }
 
@@ -203,6 +211,11 @@ impl PortRings {
         self.rx_mem != 0 && self.rx.interrupt_after(0)
     }
 
+    /// Bytes transmitted and not yet taken back from the device (returned or not).
+    pub fn tx_unreaped(&self) -> u64 {
+        self.tx_bytes
+    }
+
     /// Whether output is on its way: buffers in flight or writes gathered.
     pub fn tx_pending(&self) -> bool {
         self.tx.in_flight() > 0 || self.gathered.is_some()
@@ -221,7 +234,7 @@ impl PortRings {
                 self.tx_holds_rx |= holds_rx;
                 self.tx_bytes += bytes;
                 // Used already or not, the next send or reap takes them.
-                let _ = self.arm_tx();
+                let _ = self.arm_tx(false);
                 let c = &COUNTERS[self.port];
                 c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
                 c.last_avail.store(now, Ordering::Relaxed);
@@ -271,29 +284,44 @@ impl PortRings {
     }
 
     /// Asks for a transmit completion interrupt only when something waits for one: after the
-    /// next completion when the ring was full or holds too much, after the last when a drain
-    /// waits; else none (the next send reaps). Returns whether buffers were used meanwhile
-    /// (the caller reaps them: no interrupt comes for those).
-    pub fn arm_tx(&mut self) -> bool {
+    /// next completion when the ring was full, or (`idle`: the CPU runs out of work) holds
+    /// too much; after the last when a drain waits; else none (the next send reaps). Returns
+    /// whether buffers were used meanwhile (the caller reaps them: no interrupt comes for
+    /// those).
+    pub fn arm_tx(&mut self, idle: bool) -> bool {
         let n = self.tx.in_flight() as u16;
+        let much = n > 0 && (self.tx_bytes >= TX_IRQ_BYTES || n >= self.tx.size() / 2);
         let ahead = if n == 0 {
             None
-        } else if self.tx_blocked
-            || self.tx_holds_rx
-            || self.tx_bytes >= TX_IRQ_BYTES
-            || n >= self.tx.size() / 2
-        {
+        } else if self.tx_blocked || self.tx_holds_rx || (idle && much) {
             Some(0)
         } else if self.tx_waiters > 0 {
             Some(n - 1)
         } else {
             None
         };
+        // Much held and no interrupt at the next completion: the idle hook will ask for one.
+        self.set_holding(much && ahead != Some(0));
         match ahead {
             Some(a) => self.tx.interrupt_after(a),
             None => {
                 self.tx.no_interrupt();
                 false
+            }
+        }
+    }
+
+    /// Whether this port is counted in [`HOLDING`] (the idle hook then asks for its interrupt).
+    /// A port that starts holding makes a CPU about to halt run the hook again: a reap in an
+    /// interrupt handler may have taken back the interrupt the hook asked for.
+    fn set_holding(&mut self, holding: bool) {
+        if holding != self.holding {
+            self.holding = holding;
+            if holding {
+                HOLDING.fetch_add(1, Ordering::Relaxed);
+                crate::platform::idle_again();
+            } else {
+                HOLDING.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -492,7 +520,7 @@ impl Port {
             if !wq.is_empty() {
                 wq.qenable();
             }
-            if self.rings().arm_tx() {
+            if self.rings().arm_tx(false) {
                 continue; // returned meanwhile: take them now
             }
             crate::platform::wake_at(deadline);
@@ -534,7 +562,7 @@ impl Port {
                         q.putq(m);
                         // Descriptors came back before the interrupt was asked for: the
                         // service procedure takes them and sends.
-                        if self.rings().arm_tx() {
+                        if self.rings().arm_tx(false) {
                             q.qenable();
                         }
                     }
@@ -579,7 +607,7 @@ impl Port {
             let mut r = self.rings();
             r.tx.kick();
             // Blocked on descriptors: an interrupt is asked for, unless they came back already.
-            if !blocked || !r.arm_tx() {
+            if !blocked || !r.arm_tx(false) {
                 return;
             }
         }
@@ -665,7 +693,7 @@ impl Port {
                 r.tx_holds_rx = false;
             }
             // Used already or not, the next reap takes them: no need to look again here.
-            let _ = r.arm_tx();
+            let _ = r.arm_tx(false);
             if n == 0 {
                 // A thread on another CPU may wait for the port to drain (`Vcon::drain`).
                 crate::platform::notify();
@@ -778,9 +806,31 @@ impl Port {
     }
 }
 
-/// The idle hook: sends every port's gathered writes (the CPU has nothing left that would
-/// add to them). A port whose ring is full asks for the interrupt that frees descriptors.
-pub fn send_all_gathered(v: &Vcon) {
+/// The idle hook: every port's gathered writes go (the CPU has nothing left that would add
+/// to them), and a port whose device holds much asks for the completion interrupt that
+/// returns it to the pool (no send of the port's will reap it soon).
+pub fn on_idle(v: &Vcon) {
+    send_all_gathered(v);
+    if HOLDING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    for (id, rings) in v.rings.iter().enumerate() {
+        let used = {
+            let mut r = rings.lock();
+            if !r.holding {
+                continue;
+            }
+            r.arm_tx(true)
+        };
+        if used {
+            v.ring(id); // returned meanwhile: the instance reaps them
+        }
+    }
+}
+
+/// Sends every port's gathered writes. A port whose ring is full asks for the interrupt that
+/// frees descriptors.
+fn send_all_gathered(v: &Vcon) {
     if GATHERING.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -790,7 +840,7 @@ pub fn send_all_gathered(v: &Vcon) {
             if r.gathered.is_none() {
                 continue;
             }
-            !r.flush_gathered() && r.arm_tx()
+            !r.flush_gathered() && r.arm_tx(false)
         };
         if used {
             v.ring(id); // descriptors came back meanwhile: the instance sends

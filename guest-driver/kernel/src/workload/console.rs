@@ -137,6 +137,58 @@ pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<
     Ok(())
 }
 
+/// How long `tx-idle` lets the CPU idle for the driver to take its buffers back.
+const TX_IDLE_WAIT_NS: u64 = 10_000_000_000;
+
+/// `tx-idle:SIZE:TOTAL[:PORT]`: writes TOTAL bytes in SIZE-byte messages, then, with no
+/// drain or close to ask for completions, lets the CPU idle until the driver holds less than
+/// [`vcon::TX_IRQ_BYTES`] of them: the bound on what a port whose writer stopped keeps. Prints
+/// `tx-idle: written` first (a host may hold its reader back until then) and reports what the
+/// driver held when the CPU went idle, and the timer interrupts that came while it waited.
+/// Fails after [`TX_IDLE_WAIT_NS`].
+pub fn tx_idle(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
+    let (id, st) = open_named(v, port)?;
+    let block = seeded_block(size.clamp(1, 1 << 20));
+    let mut sent = 0u64;
+    while sent < total {
+        let len = (total - sent).min(block.len() as u64) as usize;
+        let mut m = alloc(s, &st, len);
+        m.data_mut()
+            .expect("a fresh block is writable")
+            .copy_from_slice(&block[..len]);
+        send(&st, m).map_err(|e| alloc::format!("write failed: {e:?}"))?;
+        sent += len as u64;
+    }
+    let held = v.tx_unreaped(id);
+    println!("tx-idle: written {sent} bytes, {held} held");
+    let (t0, timers) = (clock::now_ns(), platform::STATS.timer_irqs.load(Relaxed));
+    let back = platform::idle_until_or(t0 + TX_IDLE_WAIT_NS, || {
+        v.tx_unreaped(id) < vcon::TX_IRQ_BYTES
+    });
+    let ns = clock::now_ns() - t0;
+    // A timer interrupt rings every doorbell, which reaps too: a result that needed one
+    // says so.
+    let timers = platform::STATS.timer_irqs.load(Relaxed) - timers;
+    let left = v.tx_unreaped(id);
+    drop(st.close());
+    Line::new("tx-idle")
+        .add("port", port)
+        .add("bytes", sent)
+        .add("held", held)
+        .add("left", left)
+        .add("ns", ns)
+        .add("timers", timers)
+        .add("check", if back { "ok" } else { "held" })
+        .emit();
+    if !back {
+        return Err(alloc::format!(
+            "{port}: {left} bytes still held after {} s idle",
+            TX_IDLE_WAIT_NS / 1_000_000_000
+        ));
+    }
+    Ok(())
+}
+
 fn seeded_block(size: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1du64;
     (0..size)
@@ -424,6 +476,10 @@ pub fn fairness(
             .add("ns", ns)
             .add("mib_s", mib_per_s(p.sent, ns))
             .add("check", check)
+            .add(
+                "ring_full",
+                vcon::COUNTERS[p.id as usize].tx_ring_full.load(Relaxed),
+            )
             .emit();
         if finished || p.hungup {
             drop(p.st.close());

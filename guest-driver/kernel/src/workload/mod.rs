@@ -9,8 +9,8 @@
 //!   irqfd as MSI; the bootstrap processor reads 64 bytes from the virtio-rng over virtio-mmio,
 //!   prints a summary and exits 0.
 //! * `echo[:BYTES]`, `tx:SIZE:TOTAL[:PORT]`, `rx:SIZE:TOTAL[:PORT]`,
-//!   `pingpong:SIZE:COUNT[:PORT]`, `fairness:PORTS:TOTAL[:SIZE]`: see [`console`]; results as
-//!   `@result` lines ([`report`]).
+//!   `pingpong:SIZE:COUNT[:PORT]`, `fairness:PORTS:TOTAL[:SIZE]`, `tx-idle:SIZE:TOTAL[:PORT]`:
+//!   see [`console`]; results as `@result` lines ([`report`]).
 //! * `exit:N`: exits with code N.
 //! * `panic`: panics (the guest exits with [`EXIT_PANIC`](guest_abi::EXIT_PANIC)).
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
@@ -122,6 +122,13 @@ fn console_workload(name: &str, arg: &str) -> ! {
             num(name, "TOTAL", second),
             port.map_or(4096, |p| num(name, "SIZE", Some(p))),
         ),
+        "tx-idle" => console::tx_idle(
+            s,
+            v,
+            num(name, "SIZE", first),
+            num(name, "TOTAL", second),
+            port.unwrap_or("sink"),
+        ),
         _ => unreachable!("dispatched by name"),
     };
     match r {
@@ -152,7 +159,7 @@ pub fn run() -> ! {
             println!("boot: ok");
             crate::exit(0)
         }
-        "echo" | "tx" | "rx" | "pingpong" | "fairness" => console_workload(name, arg),
+        "echo" | "tx" | "rx" | "pingpong" | "fairness" | "tx-idle" => console_workload(name, arg),
         "exit" => crate::exit(num(name, "N", Some(arg))),
         "panic" => panic!("the panic workload panics on purpose"),
         "fault" => {
