@@ -2,7 +2,7 @@
 //!
 //! * `selftest` (the default): the `boot` checks, then the STREAMS virtio-console driver opens
 //!   every port and, by port name, runs round trips and a stream through `echo`, a
-//!   checksummed stream to `sink` and a checked stream from `source` ([`console::selftest`]);
+//!   checksummed stream to `sink` and a checked stream from `source` ([`ports::selftest`]);
 //!   exits 0 when everything passed, 1 otherwise.
 //! * `hello`: prints the banner (what the guest was given) and exits 0: the boot benchmark.
 //! * `boot`: every vCPU comes online and takes a test interrupt routed through an
@@ -10,7 +10,7 @@
 //!   prints a summary and exits 0.
 //! * `echo[:BYTES]`, `tx:SIZE:TOTAL[:PORT]`, `rx:SIZE:TOTAL[:PORT]`,
 //!   `pingpong:SIZE:COUNT[:PORT]`, `fairness:PORTS:TOTAL[:SIZE]`, `tx-idle:SIZE:TOTAL[:PORT]`:
-//!   see [`console`]; results as `@result` lines ([`report`]).
+//!   see [`ports`]; results as `@result` lines ([`report`]).
 //! * `exit:N`: exits with code N.
 //! * `panic`: panics (the guest exits with [`EXIT_PANIC`](guest_abi::EXIT_PANIC)).
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
@@ -24,16 +24,19 @@
 //! * `hostile`: the guest breaks its own virtio-console's rings, registers and control
 //!   messages one case at a time and checks that the device holds ([`hostile`]).
 
-mod console;
 mod hostile;
+mod ports;
 mod report;
 mod stages;
 mod stream_io;
+mod vd_echo;
 
-use crate::console::COM1;
-use crate::irq::wait_while;
-use crate::percpu::{PERCPU, this_cpu};
-use crate::{bootinfo, clock, println, smp, svc};
+use crate::cpu::debug_out::COM1;
+use crate::cpu::percpu::{PERCPU, this_cpu};
+use crate::cpu::svc::wait_while;
+use crate::cpu::{bootinfo, smp, svc};
+use crate::platform::clock;
+use crate::println;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::{debug, layout::DEBUG_BASE};
 
@@ -51,7 +54,7 @@ fn test_interrupt(cpu: usize) -> u64 {
     let before = pc.test_irqs.load(Ordering::Acquire);
     let t0 = clock::ticks();
     // Reaches an ioeventfd (datamatch `cpu`): no exit to the VMM's vCPU thread.
-    crate::mmio::write_u32(DEBUG_BASE + debug::IRQ_TEST, cpu as u32);
+    crate::cpu::mmio::write_u32(DEBUG_BASE + debug::IRQ_TEST, cpu as u32);
     wait_while(&pc.test_irqs, before);
     clock::ticks_to_ns(clock::ticks() - t0)
 }
@@ -79,7 +82,7 @@ pub fn doorbell_floor_ns(n: usize) -> u64 {
 /// Parses `a:b[:c]` numbers of a workload's argument, with a clear panic when malformed.
 fn num<T: core::str::FromStr>(workload: &str, what: &str, v: Option<&str>) -> T {
     let v = v.unwrap_or_else(|| panic!("workload {workload} needs {what}"));
-    let n = bootinfo::parse_size(v).unwrap_or_else(|| {
+    let n = guest_abi::workload::parse_size(v).unwrap_or_else(|| {
         panic!("workload {workload}: {what} {v:?} is not a number (or is too large)")
     });
     alloc::format!("{n}")
@@ -87,27 +90,27 @@ fn num<T: core::str::FromStr>(workload: &str, what: &str, v: Option<&str>) -> T 
         .unwrap_or_else(|_| panic!("workload {workload}: {what} {v:?} is out of range"))
 }
 
-/// Runs a console workload and exits 0, or prints why it failed and exits 1.
-fn console_workload(name: &str, arg: &str) -> ! {
+/// Runs a workload on the console's ports and exits 0, or prints why it failed and exits 1.
+fn port_workload(name: &str, arg: &str) -> ! {
     let mut a = arg.split(':');
     let (first, second, port) = (a.next().filter(|s| !s.is_empty()), a.next(), a.next());
-    let (s, v) = console::setup();
+    let (s, v) = ports::setup();
     let r = match name {
-        "echo" => console::echo(v, first.map(|b| num(name, "BYTES", Some(b)))),
-        "tx" => console::tx(
+        "echo" => ports::echo(v, first.map(|b| num(name, "BYTES", Some(b)))),
+        "tx" => ports::tx(
             s,
             v,
             num(name, "SIZE", first),
             num(name, "TOTAL", second),
             port.unwrap_or("sink"),
         ),
-        "rx" => console::rx(
+        "rx" => ports::rx(
             v,
             num(name, "SIZE", first),
             num(name, "TOTAL", second),
             port.unwrap_or("source"),
         ),
-        "pingpong" => console::pingpong(
+        "pingpong" => ports::pingpong(
             s,
             v,
             num(name, "SIZE", first),
@@ -115,14 +118,14 @@ fn console_workload(name: &str, arg: &str) -> ! {
             port.unwrap_or("echo"),
             true,
         ),
-        "fairness" => console::fairness(
+        "fairness" => ports::fairness(
             s,
             v,
             num(name, "PORTS", first),
             num(name, "TOTAL", second),
             port.map_or(4096, |p| num(name, "SIZE", Some(p))),
         ),
-        "tx-idle" => console::tx_idle(
+        "tx-idle" => ports::tx_idle(
             s,
             v,
             num(name, "SIZE", first),
@@ -159,7 +162,7 @@ pub fn run() -> ! {
             println!("boot: ok");
             crate::exit(0)
         }
-        "echo" | "tx" | "rx" | "pingpong" | "fairness" | "tx-idle" => console_workload(name, arg),
+        "echo" | "tx" | "rx" | "pingpong" | "fairness" | "tx-idle" => port_workload(name, arg),
         "exit" => crate::exit(num(name, "N", Some(arg))),
         "panic" => panic!("the panic workload panics on purpose"),
         "fault" => {
@@ -181,7 +184,7 @@ pub fn run() -> ! {
             "" => 100,
             n => num(name, "N", Some(n)),
         }),
-        "vd-echo" => crate::vd_console::echo(match arg {
+        "vd-echo" => vd_echo::echo(match arg {
             "" => 1 << 20,
             n => num(name, "BYTES", Some(n)),
         }),
@@ -198,8 +201,8 @@ pub fn run() -> ! {
 
 fn selftest() -> ! {
     boot_checks();
-    let (s, v) = console::setup();
-    let ok = console::selftest(s, v);
+    let (s, v) = ports::setup();
+    let ok = ports::selftest(s, v);
     println!("selftest: {}", if ok { "ok" } else { "FAILED" });
     crate::exit(if ok { 0 } else { 1 })
 }
@@ -240,7 +243,7 @@ fn boot_checks() {
             pc.irqs.load(Ordering::Relaxed)
         );
     }
-    match crate::virtio_rng::probe() {
+    match crate::drivers::virtio_rng::probe() {
         Ok(r) => println!(
             "virtio-rng: {} bytes ({}), notify to interrupt {} us, MSI vector {:#x}",
             r.len,

@@ -4,7 +4,9 @@
 //! sides and adds a `stages` row to the results. Without the debug page (a PVH boot under
 //! another VMM) nothing is recorded.
 
-use crate::{bootinfo, clock, mmio, vcon};
+use crate::cpu::{bootinfo, mmio};
+use crate::drivers::vcon;
+use crate::platform::clock;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};

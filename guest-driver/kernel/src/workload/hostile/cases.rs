@@ -2,9 +2,9 @@
 
 use super::raw::{BUF, NEXT, QSIZE, Raw, WRITE, rx_queue, tx_queue};
 use super::{Case, Outcome, Ports};
-use crate::clock;
-use crate::vcon::event;
-use crate::virtio_mmio as reg;
+use crate::drivers::vcon::event;
+use crate::drivers::virtio_mmio as reg;
+use crate::platform::clock;
 use alloc::format;
 use alloc::string::String;
 

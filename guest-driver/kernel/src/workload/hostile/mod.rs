@@ -10,8 +10,9 @@
 mod cases;
 mod raw;
 
-use crate::virtio_mmio::Transport;
-use crate::{bootinfo, println};
+use crate::cpu::bootinfo;
+use crate::drivers::virtio_mmio::Transport;
+use crate::println;
 use alloc::string::String;
 use raw::Raw;
 

@@ -1,13 +1,13 @@
 //! A bare virtio-console driver for the hostile workload: rings written by hand, so that a
 //! case can put anything in them, and polled (the device's interrupts go unhandled).
 //!
-//! Written here rather than with [`SplitQueue`](crate::vcon::virtq::SplitQueue) or
+//! Written here rather than with [`SplitQueue`](crate::drivers::vcon::virtq::SplitQueue) or
 //! `virtio-drivers`: both refuse to build the malformed rings and register sequences the
 //! cases need. Every queue gets its own zeroed pages, reused across resets.
 
-use crate::clock;
-use crate::vcon::event;
-use crate::virtio_mmio::{self as reg, F_VERSION_1, Transport};
+use crate::drivers::vcon::event;
+use crate::drivers::virtio_mmio::{self as reg, F_VERSION_1, Transport};
+use crate::platform::clock;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::format;
 use alloc::string::String;

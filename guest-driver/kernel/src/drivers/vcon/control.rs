@@ -7,8 +7,8 @@
 
 use super::virtq::SplitQueue;
 use super::{CTRL_SLOT, Role, Vcon, register};
-use crate::lock::IrqLock;
-use crate::virtio_mmio::Transport;
+use crate::drivers::virtio_mmio::Transport;
+use crate::platform::lock::IrqLock;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -208,7 +208,7 @@ impl Control {
             *self.bufcall.lock() = None;
             v.stats.control_in.fetch_add(1, Ordering::Relaxed);
             v.last_control_ns
-                .store(crate::clock::now_ns(), Ordering::Release);
+                .store(crate::platform::clock::now_ns(), Ordering::Release);
             let _ = q.qwriter(mp, move |_, mp| handle(v, &mp), Perim::Outer);
         }
         // A thread on another CPU may wait for the port table to change (the probe).

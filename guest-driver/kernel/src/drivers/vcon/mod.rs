@@ -11,7 +11,7 @@
 //! * [`control`]: DEVICE_READY, PORT_READY, and the device's PORT_ADD/REMOVE, PORT_NAME,
 //!   CONSOLE_PORT, RESIZE and PORT_OPEN messages.
 //! * [`poll`]: receive rings watched by a CPU that spins before halting, without interrupts.
-//! * [`virtq`]: split rings with EVENT_IDX, over [`crate::virtio_mmio`].
+//! * [`virtq`]: split rings with EVENT_IDX, over [`crate::drivers::virtio_mmio`].
 
 mod control;
 mod poll;
@@ -21,9 +21,10 @@ pub use guest_abi::console::event;
 pub use port::{COUNTERS, TX_IRQ_BYTES};
 pub mod virtq;
 
-use crate::lock::IrqLock;
-use crate::virtio_mmio::{F_EVENT_IDX, F_VERSION_1, Transport};
-use crate::{irq, platform};
+use crate::cpu::irq;
+use crate::drivers::virtio_mmio::{F_EVENT_IDX, F_VERSION_1, Transport};
+use crate::platform;
+use crate::platform::lock::IrqLock;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -164,8 +165,8 @@ pub static LAST_IRQ_TICKS: AtomicU64 = AtomicU64::new(0);
 pub static LAST_IRQ_CPU: AtomicUsize = AtomicUsize::new(0);
 
 fn on_irq(_vector: u8) {
-    LAST_IRQ_TICKS.store(crate::clock::ticks(), Ordering::Relaxed);
-    LAST_IRQ_CPU.store(crate::percpu::cpu_index(), Ordering::Relaxed);
+    LAST_IRQ_TICKS.store(crate::platform::clock::ticks(), Ordering::Relaxed);
+    LAST_IRQ_CPU.store(crate::cpu::percpu::cpu_index(), Ordering::Relaxed);
     let Some(v) = get() else { return };
     v.stats.irqs.fetch_add(1, Ordering::Relaxed);
     if v.level_irq {
@@ -277,12 +278,12 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     core::mem::forget(ctl);
     // The device adds its ports right after DEVICE_READY; wait until every added port is
     // named and the control queue has been quiet for a moment (ports may also come later).
-    let give_up = crate::clock::now_ns() + PORTS_SETTLE_MAX_NS;
+    let give_up = crate::platform::clock::now_ns() + PORTS_SETTLE_MAX_NS;
     loop {
         let ports = v.ports();
         let named = ports.iter().any(|p| p.present) && ports.iter().all(|p| !p.present || p.named);
         let quiet_at = v.last_control_ns.load(Ordering::Acquire) + 5_000_000;
-        let now = crate::clock::now_ns();
+        let now = crate::platform::clock::now_ns();
         if named && now >= quiet_at {
             break;
         }
@@ -349,7 +350,7 @@ impl Vcon {
     /// Waits (idle) until port `id` transmitted everything or `timeout_ns` passed; returns
     /// whether it drained. Call before closing when the bytes must have reached the device.
     pub fn drain(&self, id: u32, st: &Stream, timeout_ns: u64) -> bool {
-        let deadline = crate::clock::now_ns() + timeout_ns;
+        let deadline = crate::platform::clock::now_ns() + timeout_ns;
         let rings = &self.rings[id as usize];
         // Completions are interrupted for only while someone waits for them.
         rings.lock().tx_wait(true);

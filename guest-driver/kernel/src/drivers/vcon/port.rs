@@ -31,8 +31,8 @@
 
 use super::virtq::SplitQueue;
 use super::{Role, Vcon, alloc_in_open, deregister, register};
-use crate::lock::IrqLock;
-use crate::virtio_mmio::Transport;
+use crate::drivers::virtio_mmio::Transport;
+use crate::platform::lock::IrqLock;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -81,7 +81,7 @@ static GATHERING: AtomicUsize = AtomicUsize::new(0);
 /// Whether small writes are gathered: yes unless the command line says `vcon.gather=0`.
 fn gathering_wanted() -> bool {
     static WANTED: spin::Once<bool> = spin::Once::new();
-    *WANTED.call_once(|| crate::bootinfo::arg("vcon.gather") != Some("0"))
+    *WANTED.call_once(|| crate::cpu::bootinfo::arg("vcon.gather") != Some("0"))
 }
 
 /// Where each port's receive buffers lie, `[start, end)`: set once when they are allocated
@@ -153,14 +153,14 @@ impl PortRings {
         if self.rx_mem != 0 {
             return Ok(());
         }
-        let size = crate::bootinfo::arg("vcon.rxbuf")
+        let size = crate::cpu::bootinfo::arg("vcon.rxbuf")
             .and_then(|s| s.parse().ok())
             .unwrap_or(match super::RX_BUF.load(Ordering::Relaxed) {
                 0 => DEFAULT_RX_BUF,
                 n => n,
             })
             .clamp(64, 1 << 20);
-        let count = crate::bootinfo::arg("vcon.rxbufs")
+        let count = crate::cpu::bootinfo::arg("vcon.rxbufs")
             .and_then(|s| s.parse().ok())
             .unwrap_or(DEFAULT_RX_BUFS.max(RX_POSTED_BYTES / size))
             .clamp(1, self.rx.num_free());
@@ -227,7 +227,7 @@ impl PortRings {
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
         let holds_rx = segs.iter().any(|s| in_rx_buffers(s.0));
         // Read before the buffer is published: the device may take it at once.
-        let now = crate::clock::ticks_ordered();
+        let now = crate::platform::clock::ticks_ordered();
         match self.tx.add(segs, false, mp) {
             Ok(()) => {
                 self.tx_blocked = false;
@@ -405,7 +405,7 @@ impl Port {
         }
     }
 
-    fn rings(&self) -> crate::lock::IrqGuard<'_, PortRings> {
+    fn rings(&self) -> crate::platform::lock::IrqGuard<'_, PortRings> {
         self.v.rings[self.id as usize].lock()
     }
 
@@ -504,7 +504,7 @@ impl Port {
     }
 
     fn wait_drained(&self, q: &Q<'_>) {
-        let deadline = crate::clock::now_ns() + CLOSE_DRAIN_NS;
+        let deadline = crate::platform::clock::now_ns() + CLOSE_DRAIN_NS;
         let wq = q.wrq();
         loop {
             self.reap_tx();
@@ -514,7 +514,9 @@ impl Port {
             if wq.is_empty() && wq.deferred() == 0 && !self.rings().tx_pending() {
                 return;
             }
-            if crate::clock::now_ns() >= deadline || self.v.ports.lock()[self.id as usize].removed {
+            if crate::platform::clock::now_ns() >= deadline
+                || self.v.ports.lock()[self.id as usize].removed
+            {
                 return;
             }
             if !wq.is_empty() {
@@ -637,7 +639,7 @@ impl Port {
     /// device still holds an earlier buffer; gives the message back when it is to be sent by
     /// itself (too large, a record's end, a lone write to an idle device, no buffer).
     fn gather(&self, mp: Mblk) -> Option<Mblk> {
-        let now = crate::clock::now_ns();
+        let now = crate::platform::clock::now_ns();
         let mut r = self.rings();
         let previous = core::mem::replace(&mut r.last_write_ns, now);
         let len = mp.msgdsize();

@@ -18,7 +18,7 @@ static POLLERS: AtomicUsize = AtomicUsize::new(0);
 
 fn wanted() -> bool {
     static WANTED: spin::Once<bool> = spin::Once::new();
-    *WANTED.call_once(|| crate::bootinfo::arg("vcon.rxpoll") != Some("0"))
+    *WANTED.call_once(|| crate::cpu::bootinfo::arg("vcon.rxpoll") != Some("0"))
 }
 
 /// Whether some CPU polls the receive rings (read under a ring's lock).

@@ -1,8 +1,8 @@
 //! Starting the application processors: the VMM starts every vCPU in long mode at the image's
 //! entry with its own index; APs wait here until the bootstrap processor has set up the runtime.
 
-use crate::irq::wait_while;
-use crate::svc;
+use crate::cpu::svc;
+use crate::cpu::svc::wait_while;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::WAKE_VECTOR;
 

@@ -19,8 +19,8 @@ pub enum Stream {
 
 /// Writes `bytes` in one exit (the buffer must be shorter than 64 KiB).
 pub fn write_bytes(stream: Stream, bytes: &[u8]) {
-    if crate::bootinfo::pvh_boot() {
-        crate::svc::outsb(COM1, bytes);
+    if crate::cpu::bootinfo::pvh_boot() {
+        crate::cpu::svc::outsb(COM1, bytes);
         return;
     }
     let reg = match stream {
@@ -33,7 +33,7 @@ pub fn write_bytes(stream: Stream, bytes: &[u8]) {
             return;
         };
         // The write exits to the VMM, which reads `chunk` before the vCPU resumes.
-        crate::mmio::write_u64(DEBUG_BASE + reg, word, chunk.as_ptr());
+        crate::cpu::mmio::write_u64(DEBUG_BASE + reg, word, chunk.as_ptr());
     }
 }
 
@@ -86,7 +86,7 @@ impl Drop for Console {
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let mut c = $crate::console::Console::new($crate::console::Stream::Out);
+        let mut c = $crate::cpu::debug_out::Console::new($crate::cpu::debug_out::Stream::Out);
         let _ = writeln!(c, $($arg)*);
     }};
 }
@@ -96,7 +96,7 @@ macro_rules! println {
 macro_rules! eprintln {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let mut c = $crate::console::Console::new($crate::console::Stream::Err);
+        let mut c = $crate::cpu::debug_out::Console::new($crate::cpu::debug_out::Stream::Err);
         let _ = writeln!(c, $($arg)*);
     }};
 }

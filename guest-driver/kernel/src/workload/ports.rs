@@ -1,4 +1,4 @@
-//! Workloads on the STREAMS virtio-console driver ([`crate::vcon`]).
+//! Workloads on the STREAMS virtio-console driver ([`crate::drivers::vcon`]).
 //!
 //! Ports are chosen by name: `echo` (the host echoes), `sink` (the host discards and
 //! checksums: the `null` backend), `source` (the host sends `byte i = i mod 251`: the
@@ -6,9 +6,11 @@
 
 use super::report::{Line, mib_per_s, percentiles, quantile};
 use super::stream_io::{Poll, alloc, poll, recv, send, try_alloc};
+use crate::cpu::bootinfo;
+use crate::drivers::vcon::{self, Vcon};
+use crate::platform::clock;
 use crate::platform::{self, idle_until};
-use crate::vcon::{self, Vcon};
-use crate::{bootinfo, clock, println};
+use crate::println;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
@@ -25,8 +27,8 @@ const CHECK_WINDOW: usize = 64 * 1024;
 pub fn setup() -> (&'static Streams, &'static Vcon) {
     // The device may interrupt any vCPU (the VMM chooses): every local APIC must be up before
     // the first interrupt (an MSI to a CPU still starting is lost).
-    crate::smp::wait_for_online(u64::from(bootinfo::params().vcpus.saturating_sub(1)));
-    let heap = crate::heap::size();
+    crate::cpu::smp::wait_for_online(u64::from(bootinfo::params().vcpus.saturating_sub(1)));
+    let heap = crate::platform::heap::size();
     let s = platform::init(StreamsConfig {
         pool: PoolConfig {
             max_bytes: heap / 4,
@@ -495,7 +497,9 @@ pub fn fairness(
 /// the caches (16 MiB, less on a small heap): the floor beside throughputs.
 pub fn memcpy_mib_s(size: usize) -> u64 {
     let size = size.clamp(64, 1 << 20);
-    let span = (16usize << 20).min(crate::heap::size() / 8).max(size);
+    let span = (16usize << 20)
+        .min(crate::platform::heap::size() / 8)
+        .max(size);
     let (src, mut dst) = (alloc::vec![0x5au8; span], alloc::vec![0u8; span]);
     let chunks = span / size;
     let rounds = (4 * span / (chunks * size)).max(1);

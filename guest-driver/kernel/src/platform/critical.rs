@@ -1,8 +1,8 @@
 //! Critical sections without `cli`: the STREAMS core's spin locks and the allocator hold
-//! interrupt upcalls off on this CPU ([`crate::irq::mask`]), so a handler never spins on a
+//! interrupt upcalls off on this CPU ([`crate::cpu::irq::mask`]), so a handler never spins on a
 //! lock the code it interrupted holds. Other CPUs keep taking interrupts.
 
-use crate::irq;
+use crate::cpu::irq;
 
 struct UpcallMask;
 

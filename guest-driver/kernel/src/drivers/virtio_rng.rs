@@ -3,12 +3,13 @@
 //! It proves the VMM's transport path end to end on every boot (status handshake, feature
 //! negotiation, a split queue in guest memory, QueueNotify through an ioeventfd, the used ring,
 //! an MSI through an irqfd, InterruptStatus/ACK). It shares the transport code
-//! ([`crate::virtio_mmio`]) with the console's STREAMS driver, whose rings are real
-//! ([`crate::vcon::virtq`]).
+//! ([`crate::drivers::virtio_mmio`]) with the console's STREAMS driver, whose rings are real
+//! ([`crate::drivers::vcon::virtq`]).
 
-use crate::clock;
-use crate::irq::{set_handler, wait_while};
-use crate::virtio_mmio::{F_VERSION_1, Transport};
+use crate::cpu::irq::set_handler;
+use crate::cpu::svc::wait_while;
+use crate::drivers::virtio_mmio::{F_VERSION_1, Transport};
+use crate::platform::clock;
 use alloc::alloc::{Layout, alloc_zeroed};
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 
@@ -65,7 +66,7 @@ pub fn probe() -> Result<RngResult, &'static str> {
     }
     let before = IRQS.load(Ordering::Acquire);
     let t0 = clock::ticks();
-    crate::mmio::write_u32(t.notify_address(), 0);
+    crate::cpu::mmio::write_u32(t.notify_address(), 0);
     wait_while(&IRQS, before);
     let round_trip_ns = clock::ticks_to_ns(clock::ticks() - t0);
     let status = t.take_interrupt_status();

@@ -8,13 +8,26 @@
 //! * Interrupt handlers only `put` (the core enters the perimeter or defers the message onto
 //!   it, for the thread inside to drain on its way out): they never block or spin on a lock
 //!   held by the code they interrupted, because the core's locks and the allocator hold
-//!   upcalls off while held ([`crate::critical`]).
+//!   upcalls off while held ([`crate::platform::critical`]).
 //! * A blocking wait halts the vCPU through the stub's check-then-halt service; `wake_all`
 //!   sends an IPI only to a CPU halted on that very word.
 //! * `qtimeout` runs on the x2APIC timer in one-shot mode (1 tick = 1 ms).
+//!
+//! | part | what it holds |
+//! |---|---|
+//! | this file | the platform itself: safe points, the idle loop and its hooks, waits and wake-ups, timers |
+//! | [`critical`] | the critical sections the STREAMS core's locks take: upcalls held off, no `cli` |
+//! | [`lock`] | [`lock::IrqLock`], the driver's spin lock, on the same terms |
+//! | [`heap`] | the global allocator |
+//! | [`clock`] | a monotonic clock from the TSC |
 
-use crate::percpu::cpu_index;
-use crate::{clock, irq, svc};
+pub mod clock;
+pub mod critical;
+pub mod heap;
+pub mod lock;
+
+use crate::cpu::percpu::cpu_index;
+use crate::cpu::{irq, svc};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use guest_abi::{MAX_VCPUS, WAKE_VECTOR};
@@ -205,7 +218,7 @@ static POLL_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 fn poll_briefly(seen: u64) -> bool {
     let mut ns = POLL_NS.load(Ordering::Relaxed);
     if ns == u64::MAX {
-        ns = crate::bootinfo::arg("poll_us")
+        ns = crate::cpu::bootinfo::arg("poll_us")
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(DEFAULT_POLL_NS, |us| us * 1000);
         POLL_NS.store(ns, Ordering::Relaxed);
@@ -300,7 +313,10 @@ impl Platform for GuestPlatform {
     fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
         let me = cpu_index();
         assert!(
-            crate::percpu::this_cpu().in_upcall.load(Ordering::Relaxed) == 0,
+            crate::cpu::percpu::this_cpu()
+                .in_upcall
+                .load(Ordering::Relaxed)
+                == 0,
             "a blocking STREAMS wait inside an interrupt handler or critical section"
         );
         irq::run_pending();

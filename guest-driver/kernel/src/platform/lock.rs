@@ -1,7 +1,7 @@
 //! A spin lock that holds interrupt upcalls off on this CPU while held, so that an interrupt
 //! handler taking the same lock never spins on its own interrupted holder.
 
-use crate::irq;
+use crate::cpu::irq;
 
 /// A spin lock for short critical sections, safe to share with interrupt handlers.
 pub struct IrqLock<T>(spin::Mutex<T>);

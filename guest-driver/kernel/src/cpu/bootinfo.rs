@@ -1,7 +1,7 @@
 //! What the VMM told the guest: the [`BootParams`] block and the command line.
 //!
 //! perimeter writes the block itself; under QEMU the PVH start info is translated into one
-//! ([`crate::pvh`]) and the machine has no debug page ([`pvh_boot`]).
+//! ([`crate::cpu::pvh`]) and the machine has no debug page ([`pvh_boot`]).
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use guest_abi::{BOOT_MAGIC, BOOT_VERSION, BootParams, MAX_CMDLINE, MAX_VCPUS};
@@ -20,9 +20,9 @@ pub fn init(addr: u64) {
     if addr == 0 || !addr.is_multiple_of(8) {
         panic!("no boot parameters (rdi = {addr:#x})");
     }
-    if crate::pvh::is_start_info(addr) {
+    if crate::cpu::pvh::is_start_info(addr) {
         PVH.store(true, Ordering::Relaxed);
-        let p = crate::pvh::boot_params(addr);
+        let p = crate::cpu::pvh::boot_params(addr);
         PARAMS.store(p as *const BootParams as *mut BootParams, Ordering::Release);
         return;
     }
@@ -61,8 +61,6 @@ pub fn cmdline() -> &'static str {
     let bytes = unsafe { core::slice::from_raw_parts(p.cmdline_addr as *const u8, len) };
     core::str::from_utf8(bytes).unwrap_or("")
 }
-
-pub use guest_abi::workload::parse_size;
 
 /// The value of `key=value` on the command line, if present (the last one wins).
 pub fn arg(key: &str) -> Option<&'static str> {

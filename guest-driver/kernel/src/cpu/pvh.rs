@@ -11,8 +11,8 @@
 //! with `acpi=off`) as a device whose GSI is routed through the IOAPIC to a vector of its own.
 //! There is no debug page: output goes to COM1 and exit to `isa-debug-exit` at port 0xf4.
 
-use crate::bootinfo::parse_size;
-use crate::mmio::{read_u32, write_u32};
+use crate::cpu::mmio::{read_u32, write_u32};
+use guest_abi::workload::parse_size;
 use guest_abi::{
     BootParams, DEVICE_VECTOR_BASE, MAX_MMIO_DEVICES, MMIO_LEVEL_IRQ, MmioDevice, MmioKind,
 };

@@ -16,17 +16,17 @@ struct Heap(Talck<spin::Mutex<()>, ErrOnOom>);
 // interrupt handlers on this CPU.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        crate::irq::mask();
+        crate::cpu::irq::mask();
         // SAFETY: forwarded from the caller.
         let p = unsafe { self.0.alloc(layout) };
-        crate::irq::unmask();
+        crate::cpu::irq::unmask();
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        crate::irq::mask();
+        crate::cpu::irq::mask();
         // SAFETY: forwarded from the caller.
         unsafe { self.0.dealloc(ptr, layout) };
-        crate::irq::unmask();
+        crate::cpu::irq::unmask();
     }
 }
 

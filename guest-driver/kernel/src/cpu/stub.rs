@@ -5,16 +5,16 @@
 //! is not cleared (the VMM hands over zeroed memory) and the stacks are static. It
 //!
 //! * enters on every vCPU at `_start` in 64-bit mode (`rdi` = boot parameters, `rsi` = CPU index;
-//!   under QEMU the PVH entry in [`crate::pvh`] gets there first, with `rdi` = its start info),
+//!   under QEMU the PVH entry in [`crate::cpu::pvh`] gets there first, with `rdi` = its start info),
 //!   fills in that CPU's TSS and TSS descriptor, loads GDT/TSS/IDT, turns on the x2APIC with every
-//!   LVT masked, points GS at the CPU's [`PerCpu`](crate::percpu::PerCpu) and `iretq`s into
+//!   LVT masked, points GS at the CPU's [`PerCpu`](crate::cpu::percpu::PerCpu) and `iretq`s into
 //!   [`rust_entry`](crate::rust_entry) at ring 3 on the CPU's own user stack;
 //! * for an interrupt (vector ≥ 32): marks the vector pending in the CPU's `PerCpu`, sends the
 //!   EOI, and when ring 3 was interrupted and no upcall is running, rewrites the return frame so
-//!   ring 3 resumes in `irq_upcall_entry`, which calls [`crate::irq::upcall`] and then returns to
+//!   ring 3 resumes in `irq_upcall_entry`, which calls [`crate::cpu::irq::upcall`] and then returns to
 //!   the interrupted instruction (its return address sits below the 128-byte red zone);
 //! * for `ud2` executed at ring 3: runs the privileged service numbered by `rax` (see
-//!   [`crate::svc`]), returns its result in `rax` and skips the `ud2`;
+//!   [`crate::cpu::svc`]), returns its result in `rax` and skips the `ud2`;
 //! * for any other exception: saves a [`FaultFrame`](guest_abi::debug::FaultFrame) and writes
 //!   its address to the debug page's FAULT register, which stops the VM.
 //!
@@ -22,7 +22,7 @@
 //! IST2 (exceptions) at 16 KiB each. Every entry to ring 0 switches stacks, so ring 3's red zone
 //! is never overwritten.
 
-use crate::percpu::{PERCPU, PERCPU_IN_UPCALL, PERCPU_INDEX, PERCPU_PENDING, PERCPU_SIZE};
+use crate::cpu::percpu::{PERCPU, PERCPU_IN_UPCALL, PERCPU_INDEX, PERCPU_PENDING, PERCPU_SIZE};
 use guest_abi::{MAX_VCPUS, debug, layout};
 
 /// Bytes of stack per CPU, and where each stack tops out within that area.
@@ -39,7 +39,7 @@ const USER_CS: u16 = 0x20 | 3;
 /// Byte offset of CPU 0's 16-byte TSS descriptor in the GDT.
 const TSS_DESC0: usize = 0x28;
 
-/// Service numbers (`rax` at `ud2`); see [`crate::svc`].
+/// Service numbers (`rax` at `ud2`); see [`crate::cpu::svc`].
 pub const SVC_WRMSR: u64 = 0;
 pub const SVC_RDMSR: u64 = 1;
 pub const SVC_OUTB: u64 = 2;
@@ -417,7 +417,7 @@ cpu_stacks:
     user_ds = const USER_DS,
     user_cs = const USER_CS,
     rust_entry = sym crate::rust_entry,
-    upcall = sym crate::irq::upcall,
+    upcall = sym crate::cpu::irq::upcall,
     svc_count = const SVC_COUNT,
     svc_signature = const SVC_SIGNATURE,
     fault_reg = const (layout::DEBUG_BASE + debug::FAULT),

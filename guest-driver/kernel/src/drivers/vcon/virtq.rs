@@ -10,7 +10,7 @@
 //! The queue is used by one thread at a time (its port's inner perimeter holds it); the device
 //! is the only other party, through the rings.
 
-use crate::virtio_mmio::Transport;
+use crate::drivers::virtio_mmio::Transport;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
@@ -209,7 +209,7 @@ impl<T> SplitQueue<T> {
         self.kicked_idx = new;
         // vring_need_event: notify if avail_event lies in [old, new).
         if new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old) {
-            crate::mmio::write_u32(self.notify, u32::from(self.index));
+            crate::cpu::mmio::write_u32(self.notify, u32::from(self.index));
             self.stats.kicks += 1;
             true
         } else {

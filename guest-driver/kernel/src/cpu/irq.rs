@@ -1,9 +1,9 @@
 //! Interrupt upcalls: ring-3 handlers for the vectors the CPL0 stub marks pending.
 //!
-//! The stub sets a vector's bit in [`PerCpu::pending`](crate::percpu::PerCpu::pending), sends the
+//! The stub sets a vector's bit in [`PerCpu::pending`](crate::cpu::percpu::PerCpu::pending), sends the
 //! EOI and, when ring 3 was running and no upcall is already running on the CPU, diverts ring 3
-//! into [`upcall`]. Interrupts taken while the CPU is halted in [`svc::wait`] stay pending until
-//! [`wait_while`] runs them. Handlers run with interrupts enabled on the interrupted thread's
+//! into [`upcall`]. Interrupts taken while the CPU is halted in [`crate::cpu::svc::wait`] stay
+//! pending until [`run_pending`] runs them (as [`crate::cpu::svc::wait_while`] does). Handlers run with interrupts enabled on the interrupted thread's
 //! stack, so they must not block or take a lock that the interrupted code may hold; later issues'
 //! STREAMS platform defers real work onto perimeters from here.
 //!
@@ -12,8 +12,7 @@
 //! one finishes, but a sustained interrupt storm could deepen the chain; user stacks are 64 KiB
 //! and have no guard page.
 
-use crate::percpu::{PerCpu, this_cpu};
-use crate::svc;
+use crate::cpu::percpu::{PerCpu, this_cpu};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// An interrupt handler: called with the vector, on the CPU that took it.
@@ -104,19 +103,5 @@ pub fn run_pending() {
             .is_ok()
     {
         drain(pc);
-    }
-}
-
-/// Halts this CPU while `word` holds `value`, running interrupt handlers as they arrive.
-///
-/// Whoever changes `word` must then interrupt this CPU (an IPI or a device interrupt) for it to
-/// notice promptly.
-pub fn wait_while(word: &AtomicU64, value: u64) {
-    loop {
-        run_pending();
-        if word.load(Ordering::Acquire) != value {
-            return;
-        }
-        svc::wait(word, value);
     }
 }

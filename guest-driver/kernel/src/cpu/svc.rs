@@ -2,10 +2,10 @@
 //!
 //! Each call traps into the emulated stub: about 50 µs on a PVM host, so keep them off fast paths.
 
-use crate::stub::{
+use crate::cpu::stub::{
     SVC_INB, SVC_NOP, SVC_OUTB, SVC_OUTL, SVC_OUTSB, SVC_RDMSR, SVC_WAIT, SVC_WAIT2, SVC_WRMSR,
 };
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Calls service `n` with two arguments; returns its `rax`.
 fn call(n: u64, a0: u64, a1: u64) -> u64 {
@@ -72,7 +72,7 @@ pub fn inb(port: u16) -> u8 {
 /// Halts this vCPU while `*word == value`, re-checked with interrupts off, until an interrupt.
 ///
 /// It may return without the word changing (any interrupt wakes it); callers loop. Interrupts
-/// taken during the halt are left pending for [`crate::irq::run_pending`].
+/// taken during the halt are left pending for [`crate::cpu::irq::run_pending`].
 pub fn wait(word: &AtomicU64, value: u64) {
     call(SVC_WAIT, word.as_ptr() as u64, value);
 }
@@ -108,4 +108,18 @@ pub fn send_ipi(apic: u32, vector: u8) {
         X2APIC_ICR,
         (u64::from(apic) << 32) | LEVEL_ASSERT | u64::from(vector),
     );
+}
+
+/// Halts this CPU while `word` holds `value`, running interrupt handlers as they arrive.
+///
+/// Whoever changes `word` must then interrupt this CPU (an IPI or a device interrupt) for it to
+/// notice promptly.
+pub fn wait_while(word: &AtomicU64, value: u64) {
+    loop {
+        crate::cpu::irq::run_pending();
+        if word.load(Ordering::Acquire) != value {
+            return;
+        }
+        wait(word, value);
+    }
 }

@@ -1,7 +1,7 @@
 //! The virtio-mmio transport (virtio 1.2 §4.2, version 2 registers) from the driver's side:
 //! the status handshake, feature negotiation, queue setup and the configuration space.
 
-use crate::mmio::{read_u32, write_u32};
+use crate::cpu::mmio::{read_u32, write_u32};
 
 const MAGIC: u64 = 0x000;
 const VERSION: u64 = 0x004;
@@ -60,12 +60,15 @@ pub struct Transport {
 impl Transport {
     /// The first virtio-mmio device of type `device_id` the VMM lists, with its transport.
     pub fn find(device_id: u32) -> Option<(guest_abi::MmioDevice, Transport)> {
-        crate::bootinfo::params().devices().iter().find_map(|d| {
-            (d.kind == guest_abi::MmioKind::VirtioMmio as u32)
-                .then(|| Transport::probe(d.base, device_id))
-                .flatten()
-                .map(|t| (*d, t))
-        })
+        crate::cpu::bootinfo::params()
+            .devices()
+            .iter()
+            .find_map(|d| {
+                (d.kind == guest_abi::MmioKind::VirtioMmio as u32)
+                    .then(|| Transport::probe(d.base, device_id))
+                    .flatten()
+                    .map(|t| (*d, t))
+            })
     }
 
     /// The transport at `base` if it holds a version-2 device of type `device_id`.

@@ -5,7 +5,9 @@
 //! The driver polls its rings: it sends one buffer at a time and waits for the device to use it,
 //! and keeps one page-sized receive buffer posted.
 
-use crate::{bootinfo, clock, println};
+use crate::cpu::bootinfo;
+use crate::platform::clock;
+use crate::println;
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use alloc::vec;
 use core::ptr::NonNull;
@@ -55,7 +57,9 @@ pub fn echo(total: u64) -> ! {
     let dev = bootinfo::params()
         .devices()
         .iter()
-        .find(|d| d.kind == MmioKind::VirtioMmio as u32 && crate::mmio::read_u32(d.base + 8) == 3)
+        .find(|d| {
+            d.kind == MmioKind::VirtioMmio as u32 && crate::cpu::mmio::read_u32(d.base + 8) == 3
+        })
         .unwrap_or_else(|| panic!("vd-echo: no virtio-console device"));
     let header = NonNull::new(dev.base as *mut VirtIOHeader).expect("a non-zero MMIO base");
     // SAFETY: `dev` is a virtio-mmio transport the VMM described: `size` bytes of registers

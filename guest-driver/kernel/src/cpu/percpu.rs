@@ -8,7 +8,7 @@ use guest_abi::MAX_VCPUS;
 pub struct PerCpu {
     /// Vectors the stub has seen and ring 3 has not handled yet (a 256-bit set).
     pub pending: [AtomicU64; 4],
-    /// Non-zero while a ring-3 upcall runs on this CPU; the stub sets it, [`crate::irq`] clears it.
+    /// Non-zero while a ring-3 upcall runs on this CPU; the stub sets it, [`crate::cpu::irq`] clears it.
     pub in_upcall: AtomicU64,
     /// Interrupts handled on this CPU.
     pub irqs: AtomicU64,
