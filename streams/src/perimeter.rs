@@ -67,6 +67,8 @@
 //! EXCL = 0, STAYAWAY = 0 and QUEUED ≠ 0, the last thread to make it so drains, or, while
 //! needexcl ≠ 0, the waiting exclusive entry (every change that could let it in wakes it).
 //! (4) Per destination queue, messages are delivered in the order they were put.
+//! Debug builds check (1) wherever a claim is taken or dropped and (2) wherever a flag follows
+//! its list; [`drainable`] is (3)'s condition, the one test every drain path makes.
 //!
 //! **Plumbing.** qprocson/qprocsoff (under the stream's operation lock) set BLOCKED on every
 //! syncq of the stream, wait until only their own claims remain, then raise the stream's
@@ -130,6 +132,26 @@ const QUEUED: u32 = MESSAGES | EVENTS;
 
 fn count(s: u32) -> u32 {
     (s & COUNT_MASK) >> COUNT_SHIFT
+}
+
+/// The condition of invariant (3): nobody inside, nothing saying stay away, work queued.
+/// Whoever makes a word so, or finds it so, drains.
+fn drainable(st: u32) -> bool {
+    count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0
+}
+
+/// `st` with one more claim (and EXCL with `excl`).
+fn with_claim(st: u32, excl: bool) -> u32 {
+    debug_assert!(
+        count(st) < COUNT_MASK >> COUNT_SHIFT,
+        "claims overflow: {st:#x}"
+    );
+    // Invariant (1): an exclusive claim is the only one.
+    debug_assert!(
+        !excl || count(st) == 0,
+        "exclusive entry beside claims: {st:#x}"
+    );
+    (st + COUNT_ONE) | if excl { EXCL } else { 0 }
 }
 
 /// A qwriter callback.
@@ -255,7 +277,7 @@ impl Syncq {
             Self::enterable(st, excl)
         };
         if enterable {
-            let mut new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+            let mut new = with_claim(st, excl);
             if counted {
                 new -= NEEDEXCL_ONE;
             }
@@ -267,7 +289,7 @@ impl Syncq {
                 Err(_) => Step::Again,
             };
         }
-        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+        if drainable(st) {
             let queued = self.lists.lock().msgs.len();
             self.drain_some(s, queued, true);
             return Step::Drained;
@@ -291,6 +313,15 @@ impl Syncq {
     /// Drops a claim from `st` (and EXCL with `excl`, and the `clear` bits): the new word.
     /// OUTERWAIT goes with the last claim.
     fn without_claim(st: u32, excl: bool, clear: u32) -> u32 {
+        debug_assert!(
+            count(st) >= 1,
+            "a claim dropped that was never taken: {st:#x}"
+        );
+        // Invariant (1): an exclusive leave drops EXCL along with a claim.
+        debug_assert!(
+            !excl || st & EXCL != 0,
+            "an exclusive leave without EXCL: {st:#x}"
+        );
         let mut new = (st - COUNT_ONE) & !clear;
         if excl {
             new &= !EXCL;
@@ -357,7 +388,7 @@ impl Syncq {
             if s & (STAYAWAY | EXCL | QUEUED | NEEDEXCL_MASK) != 0 || (excl && count(s) != 0) {
                 return false;
             }
-            let new = (s + COUNT_ONE) | if excl { EXCL } else { 0 };
+            let new = with_claim(s, excl);
             match self
                 .state
                 .compare_exchange_weak(s, new, Ordering::Acquire, Ordering::Relaxed)
@@ -404,7 +435,7 @@ impl Syncq {
         loop {
             let st = self.load();
             if st & (EXCL | BLOCKED | FROZEN) == 0 && (!excl || count(st) == 0) {
-                let new = (st + COUNT_ONE) | if excl { EXCL } else { 0 };
+                let new = with_claim(st, excl);
                 if self
                     .state
                     .compare_exchange(st, new, Ordering::SeqCst, Ordering::SeqCst)
@@ -465,7 +496,7 @@ impl Syncq {
 
     /// If the state allows it, drains queued work.
     fn after_change(&self, s: &Streams, st: u32) {
-        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+        if drainable(st) {
             self.drain(s);
         }
     }
@@ -477,7 +508,9 @@ impl Syncq {
         {
             let mut l = self.lists.lock();
             l.msgs.push_back((to, mp));
-            self.state.fetch_or(MESSAGES, Ordering::SeqCst);
+            let was = self.state.fetch_or(MESSAGES, Ordering::SeqCst);
+            // Invariant (2): the flag was clear only while the list was empty.
+            debug_assert!(was & MESSAGES != 0 || l.msgs.len() == 1);
         }
         self.after_change(s, self.load());
     }
@@ -506,14 +539,18 @@ impl Syncq {
     pub(crate) fn push_event(&self, ev: Event) {
         let mut l = self.lists.lock();
         l.events.push_back(ev);
-        self.state.fetch_or(EVENTS, Ordering::SeqCst);
+        let was = self.state.fetch_or(EVENTS, Ordering::SeqCst);
+        // Invariant (2): the flag was clear only while the list was empty.
+        debug_assert!(was & EVENTS != 0 || l.events.len() == 1);
     }
 
     fn pop_event(&self) -> Option<Event> {
         let mut l = self.lists.lock();
         let ev = l.events.pop_front();
         if l.events.is_empty() {
-            self.state.fetch_and(!EVENTS, Ordering::SeqCst);
+            let was = self.state.fetch_and(!EVENTS, Ordering::SeqCst);
+            // Invariant (2): set while an event was on the list.
+            debug_assert!(ev.is_none() || was & EVENTS != 0);
         }
         ev
     }
@@ -522,7 +559,9 @@ impl Syncq {
         let mut l = self.lists.lock();
         let m = l.msgs.pop_front();
         if l.msgs.is_empty() {
-            self.state.fetch_and(!MESSAGES, Ordering::SeqCst);
+            let was = self.state.fetch_and(!MESSAGES, Ordering::SeqCst);
+            // Invariant (2): set while a message was on the list.
+            debug_assert!(m.is_none() || was & MESSAGES != 0);
         }
         m
     }
@@ -566,7 +605,7 @@ impl Syncq {
         let mut delivered = 0;
         loop {
             let st = self.load();
-            if count(st) != 0 || st & (EXCL | STAYAWAY) != 0 || st & QUEUED == 0 {
+            if !drainable(st) {
                 return;
             }
             if !entrant && st & NEEDEXCL_MASK != 0 {
@@ -574,12 +613,7 @@ impl Syncq {
             }
             if self
                 .state
-                .compare_exchange(
-                    st,
-                    (st + COUNT_ONE) | EXCL,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                )
+                .compare_exchange(st, with_claim(st, true), Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
                 continue;
@@ -742,7 +776,7 @@ impl Syncq {
         };
         s.platform().wake_all(&self.state);
         self.after_claim(s, old, st);
-        if count(st) == 0 && st & (EXCL | STAYAWAY) == 0 && st & QUEUED != 0 {
+        if drainable(st) {
             // What was deferred until now; more arriving meanwhile waits for the re-entry.
             let queued = self.lists.lock().msgs.len();
             self.drain_some(s, queued, false);
