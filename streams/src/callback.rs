@@ -2,11 +2,11 @@
 //! perimeters, and their cancellation; [`Signal`], the interrupt that qwait_sig observes.
 
 use crate::error::Error;
+use crate::pair::QueuePair;
 use crate::perimeter::Syncq;
 use crate::platform::Ticks;
 use crate::queue::{Entry, Q, QueueRef};
 use crate::sched::{Streams, Task};
-use crate::stream::QueuePair;
 use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -1,7 +1,7 @@
 //! A multithreaded STREAMS framework after the illumos/Solaris DDI.
 //!
-//! Messages ([`Mblk`]) travel through queue pairs ([`Queue`]) of modules and drivers stacked
-//! into a [`Stream`], guarded by inner and outer perimeters. The primitives keep their DDI
+//! Messages ([`Mblk`]) travel through the queue pairs ([`QueueRef`], [`Q`]) of modules and
+//! drivers stacked into a [`Stream`], guarded by inner and outer perimeters. The primitives keep their DDI
 //! names (`putnext`, `canputnext`, `qwriter`, `qwait`, `qbufcall`, `qtimeout`, `qprocson`, ...)
 //! so that a reader of the man pages finds them; ownership is Rust's: a message is moved,
 //! and freeing it is dropping it. `docs/streams.md` states the contract primitive by
@@ -10,6 +10,20 @@
 //! The core is `no_std` + `alloc`. It runs on a [`Platform`]: feature `std` adds
 //! [`HostPlatform`] (threads); [`DetPlatform`] is a deterministic single-threaded platform
 //! for reproducible tests; the guest brings its own.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `stream` | [`Stream`]: open, push, insert, pop, close; the head's reads and writes |
+//! | `plumb` | a stream's pairs and the protocol that relinks them |
+//! | `pair` | a module or driver instance: its queues, perimeters, put path and service runs |
+//! | `qcalls` | what a routine calls about its own instance: qprocson/qprocsoff, qwriter, qwait |
+//! | `queue` | a queue, [`QueueRef`] and the handle [`Q`]: flow control, putq/getq, putnext, flushing |
+//! | `perimeter` | inner and outer perimeters (its big theory statement) |
+//! | `head` | the stream head module and [`HeadState`] |
+//! | `msg`, `pool`, `cache` | messages, the bounded buffer pool, recycled blocks |
+//! | `callback` | qtimeout, qbufcall and signals |
+//! | `sched`, `platform`, `host` | [`Streams`] (tasks, timers), the [`Platform`] trait, the host platform |
+//! | `module`, `error`, `sync` | module definitions and flags, errors, the atomics loom swaps |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -41,9 +55,12 @@ mod error;
 mod head;
 mod module;
 mod msg;
+mod pair;
 mod perimeter;
 mod platform;
+mod plumb;
 mod pool;
+mod qcalls;
 mod queue;
 mod sched;
 mod stream;

@@ -7,8 +7,8 @@
 
 use crate::error::Error;
 use crate::msg::{Mblk, MsgType};
+use crate::pair::QueuePair;
 use crate::sched::Streams;
-use crate::stream::QueuePair;
 use crate::sync::{
     Arc, AtomicBool, AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize, Mutex, Ordering,
 };
@@ -940,12 +940,12 @@ impl QueueRef {
     pub fn put(&self, mp: Mblk) -> Result<(), Error> {
         // As a walker, so that qprocsoff cannot remove the pair between the linked test and
         // the deferral of the message onto its perimeter; parked during plumbing.
-        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp, false)
+        crate::plumb::StreamInner::put_from_outside(self.pair.shared(), self, mp, false)
     }
     /// `putnext` from outside an entry point.
     /// Never blocks: parked like [`QueueRef::put`] during a plumbing change.
     pub fn putnext(&self, mp: Mblk) -> Result<(), Error> {
-        crate::stream::StreamInner::put_from_outside(self.pair.shared(), self, mp, true)
+        crate::plumb::StreamInner::put_from_outside(self.pair.shared(), self, mp, true)
     }
     /// `canputnext` from outside an entry point.
     pub fn canputnext(&self) -> bool {
