@@ -10,6 +10,7 @@
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
 //! | [`linux`] | booting Linux: zero page, MP table, CPUID profile, reset and panic |
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
+//! | `guest_kind` | what differs between the project's guests and Linux: loading, entry, legacy devices, interrupts, CPUID |
 //! | [`memory`] | guest RAM: mapped, backed by huge pages where the host allows |
 //! | [`vcpu`] | vCPU threads and exit dispatch |
 //! | [`affinity`] | `--pin-vcpus`: a host CPU for each vCPU thread, the rest for the others |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod error;
+mod guest_kind;
 pub mod irq;
 pub mod linux;
 pub mod loader;

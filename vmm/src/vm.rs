@@ -10,11 +10,11 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::ControlSocket;
 use crate::devices::debug::{DebugPage, IrqTestRelay};
-use crate::devices::serial::{COM1_BASE, COM1_SIZE, IrqLine, SerialPort};
-use crate::devices::virtio_mmio::{self, Irq};
+use crate::devices::virtio_mmio::{self, Irq, VirtioMmio};
 use crate::error::{Error, Outcome};
+use crate::guest_kind::{CONSOLE_SLOT, Entry};
 use crate::irq::MsiRouter;
-use crate::linux::{self, legacy};
+use crate::linux::{self};
 use crate::loader;
 use crate::memory;
 use crate::results::GuestResult;
@@ -25,10 +25,10 @@ use device_model::rng::{Rng, RngEvents};
 use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
 use guest_abi::{BootParams, IRQ_TEST_VECTOR, MmioDevice, MmioKind, debug, layout};
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY, kvm_fpu,
-    kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
+    kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -76,18 +76,6 @@ pub struct RunReport {
 /// its backends.
 const CONSOLE_GRACE: Duration = Duration::from_secs(2);
 
-/// The transport slot of the virtio console (slot 0 holds a virtio-rng).
-const CONSOLE_SLOT: u32 = 1;
-
-/// How the vCPUs enter the image.
-#[derive(Clone, Copy)]
-enum Entry {
-    /// The project's guests: every vCPU at `entry`, rdi = boot parameters, rsi = CPU index.
-    Perimeter(u64),
-    /// Linux on one vCPU (64-bit boot protocol or PVH).
-    Linux(linux::Entry),
-}
-
 /// Boots `config` with output to the process's stdout/stderr and runs it to its end.
 pub fn run(config: &VmConfig) -> Result<RunReport, Error> {
     run_with_output(config, Output::stdio())
@@ -107,56 +95,11 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let mem = memory::guest_memory(mem_size)?;
     boot::write_entry_tables(&mem)?;
     let pvm = linux::cpuid::pvm_host();
-    let entry = match linux::detect(&image) {
-        None if config.initrd.is_some() => {
-            return Err(Error::BadInput(format!(
-                "--initrd is for Linux kernels, and {name} is not one"
-            )));
-        }
-        None => Entry::Perimeter(loader::load(&mem, &name, &image, mem_size)?.entry),
-        Some(format) => {
-            if config.vcpus != 1 {
-                return Err(Error::BadInput(format!(
-                    "--vcpus {}: perimeter boots Linux on one vCPU",
-                    config.vcpus
-                )));
-            }
-            let initrd = match &config.initrd {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    Error::BadInput(format!("cannot read initrd {}: {e}", path.display()))
-                })?),
-                None => None,
-            };
-            let setup = linux::Setup {
-                image: &image,
-                format,
-                initrd: initrd.as_deref(),
-                cmdline: &config.cmdline,
-                console_base: virtio_mmio::slot_base(CONSOLE_SLOT),
-                pvm,
-                pvh: config.pvh,
-            };
-            Entry::Linux(linux::load(&mem, &name, mem_size, &setup)?)
-        }
-    };
-    let is_linux = matches!(entry, Entry::Linux(_));
+    let entry = Entry::load(config, &mem, &name, &image, pvm)?;
     phases.mark("memory mapped, image loaded");
 
     let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
-    let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
-    vm.set_tss_address(0xfffb_d000)
-        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-    if is_linux {
-        // Linux calibrates against the PIT when kvmclock cannot tell it the TSC's rate.
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-    }
-    register_memory(&vm, &mem)?;
+    let vm = create_vm(&kvm, &entry, &mem)?;
     let router = MsiRouter::new(vm.clone());
     phases.mark("VM, irqchip and memory slot created");
 
@@ -173,23 +116,118 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, page.clone())
         .map_err(Error::BadInput)?;
     let mut pio = Bus::new();
-    let serial = if is_linux {
-        let panic = legacy::PanicNote::default();
-        let reset = legacy::ResetPort::new(tx.clone(), panic.clone());
-        pio.insert(legacy::I8042_COMMAND, 1, Arc::new(reset))
-            .map_err(Error::BadInput)?;
-        pio.insert(legacy::CMOS_BASE, 2, Arc::new(legacy::Cmos))
-            .map_err(Error::BadInput)?;
-        let out = Box::new(legacy::PanicWatch::new(output.serial, panic));
-        SerialPort::new(out, IrqLine(Some(router.pin(linux::COM1_GSI)?)))
-    } else {
-        SerialPort::new(output.serial, IrqLine(None))
+    entry.add_legacy_ports(&mut pio, &router, tx.clone(), output.serial)?;
+    let pairs = irq_test_pairs(&vm, &router, config.vcpus)?;
+    let rng = attach_rng(&vm, &router, &mut mmio, &mem)?;
+    let console = attach_console(config, &entry, &vm, &router, &mut mmio, &mem)?;
+    let control = match &config.control {
+        Some(path) => {
+            let names = config.ports.iter().map(|p| p.name.clone()).collect();
+            let handle = console.runtime.handle();
+            let c = ControlSocket::start(path, handle, names).map_err(Error::BadInput)?;
+            eprintln!("perimeter: control: {}", path.display());
+            Some(c)
+        }
+        None => None,
     };
-    pio.insert(COM1_BASE, COM1_SIZE, Arc::new(serial))
-        .map_err(Error::BadInput)?;
 
-    let mut pairs = Vec::new();
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    entry.adjust_cpuid(&kvm, &mut cpuid, pvm);
+    let mut vcpus = Vec::new();
     for cpu in 0..config.vcpus {
+        vcpus.push(create_vcpu(&vm, &cpuid, cpu, entry)?);
+    }
+    // Some hosts cannot report the TSC rate; the guest's clock then reads 0 kHz and says so.
+    let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0);
+    page.stages.attach(console.runtime.handle(), tsc_khz);
+    let params = boot_params(config, tsc_khz, rng.entry, console.entry);
+    entry.write_boot_params(&mem, &params, &config.cmdline)?;
+    phases.mark("devices and vCPUs created");
+
+    vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
+    let signals =
+        StopSignals::install().map_err(Error::host("installing the stop signal handlers"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let subscribers: Vec<Subscriber> = vec![
+        Arc::new(IrqTestRelay { pairs }),
+        Arc::new(RngEvents {
+            device: rng.device,
+            notify: rng.notify,
+        }),
+        Arc::new(ConsoleEvents {
+            console: console.runtime.handle(),
+            notify: console.notify,
+        }),
+    ];
+    let events = EventLoop::start(subscribers, stop.clone())?;
+    if config.seccomp {
+        if let Err(e) = crate::seccomp::install() {
+            shut_down(&stop, Vec::new(), events);
+            return Err(e);
+        }
+        phases.mark("seccomp filter installed");
+    }
+    let buses = (Arc::new(mmio), Arc::new(pio));
+    let mut threads = Vec::new();
+    if let Err(e) = start_vcpus(vcpus, &buses, &tx, &stop, pinning.as_ref(), &mut threads) {
+        shut_down(&stop, threads, events);
+        return Err(Error::Host {
+            what: "spawning a vCPU thread",
+            source: e,
+        });
+    }
+    drop(tx);
+
+    phases.mark("threads started");
+    let outcome = wait_for_outcome(&rx, &threads, config.timeout, &signals);
+    phases.mark("guest ended the run");
+    shut_down(&stop, threads, events);
+    drop(control);
+    phases.mark("threads joined");
+    let mut stats = console.runtime.finish(CONSOLE_GRACE);
+    stats.transport = console
+        .transport
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counters();
+    phases.mark("console output delivered");
+    drop((router, vm));
+    phases.mark("VM closed");
+    drop(mem);
+    phases.mark("guest memory unmapped");
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    crate::results::check(&mut results, &stats);
+    Ok(RunReport {
+        outcome,
+        console: stats,
+        results,
+    })
+}
+
+/// The VM with its irqchip, the timers the guest needs and guest memory registered.
+fn create_vm(kvm: &Kvm, entry: &Entry, mem: &GuestMemoryMmap) -> Result<Arc<VmFd>, Error> {
+    let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    entry.create_timers(&vm)?;
+    register_memory(&vm, mem)?;
+    Ok(vm)
+}
+
+/// The debug page's test interrupt, per vCPU: an ioeventfd on its register (datamatch the
+/// CPU) and the irqfd of an MSI to that CPU, relayed by the event loop.
+fn irq_test_pairs(
+    vm: &VmFd,
+    router: &MsiRouter,
+    vcpus: u32,
+) -> Result<Vec<(EventFd, EventFd)>, Error> {
+    let mut pairs = Vec::new();
+    for cpu in 0..vcpus {
         let irq = router.add(cpu, IRQ_TEST_VECTOR)?;
         let kick = EventFd::new(EFD_NONBLOCK).map_err(Error::host("eventfd for IRQ_TEST"))?;
         vm.register_ioevent(
@@ -200,49 +238,77 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         .map_err(Error::kvm("KVM_IOEVENTFD"))?;
         pairs.push((kick, irq));
     }
+    Ok(pairs)
+}
 
-    // Every VM gets a virtio-rng in slot 0: it exercises the transport on every boot.
-    let rng = Arc::new(Mutex::new(Rng::new(Box::new(
+/// The virtio-rng every VM gets in slot 0 (it exercises the transport on every boot).
+struct RngSlot {
+    entry: MmioDevice,
+    device: Arc<Mutex<Rng>>,
+    notify: EventFd,
+}
+
+fn attach_rng(
+    vm: &VmFd,
+    router: &MsiRouter,
+    mmio: &mut Bus,
+    mem: &GuestMemoryMmap,
+) -> Result<RngSlot, Error> {
+    let device = Arc::new(Mutex::new(Rng::new(Box::new(
         std::fs::File::open("/dev/urandom").map_err(Error::host("opening /dev/urandom"))?,
     ))));
-    let (rng_entry, rng_transport) = virtio_mmio::attach(
-        &vm,
-        &router,
-        &mut mmio,
-        &mem,
+    let (entry, transport) = virtio_mmio::attach(
+        vm,
+        router,
+        mmio,
+        mem,
         0,
-        rng.clone(),
+        device.clone(),
         Irq::Msi { dest: 0 },
     )?;
-    let rng_notify = rng_transport
+    let notify = transport
         .0
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .queue_events()[0]
         .try_clone()
         .map_err(Error::host("eventfd for virtio-rng"))?;
+    Ok(RngSlot {
+        entry,
+        device,
+        notify,
+    })
+}
 
-    // The virtio-console in slot 1: its backends start now (sockets listen, ptys exist).
-    let console = ConsoleRuntime::start(&config.ports, &config.faults)
+/// The virtio-console in [`CONSOLE_SLOT`], its backends started (sockets listen, ptys exist).
+struct ConsoleSlot {
+    entry: MmioDevice,
+    runtime: ConsoleRuntime,
+    transport: Arc<VirtioMmio>,
+    notify: Vec<EventFd>,
+}
+
+fn attach_console(
+    config: &VmConfig,
+    entry: &Entry,
+    vm: &VmFd,
+    router: &MsiRouter,
+    mmio: &mut Bus,
+    mem: &GuestMemoryMmap,
+) -> Result<ConsoleSlot, Error> {
+    let runtime = ConsoleRuntime::start(&config.ports, &config.faults)
         .map_err(|e| Error::BadInput(e.to_string()))?;
-    console.handle().set_tx_poll(config.tx_poll);
-    let console_irq = if is_linux {
-        Irq::Pin(linux::CONSOLE_GSI)
-    } else {
-        Irq::Msi {
-            dest: config.console_irq_vcpu,
-        }
-    };
-    let (console_entry, console_transport) = virtio_mmio::attach(
-        &vm,
-        &router,
-        &mut mmio,
-        &mem,
+    runtime.handle().set_tx_poll(config.tx_poll);
+    let (slot_entry, transport) = virtio_mmio::attach(
+        vm,
+        router,
+        mmio,
+        mem,
         CONSOLE_SLOT,
-        console.device(),
-        console_irq,
+        runtime.device(),
+        entry.console_irq(config),
     )?;
-    let console_notify = console_transport
+    let notify = transport
         .0
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -251,37 +317,27 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         .map(EventFd::try_clone)
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::host("eventfds for virtio-console"))?;
-    for (name, path) in console.paths() {
+    for (name, path) in runtime.paths() {
         eprintln!("perimeter: port {name}: {}", path.display());
     }
-    let control = match &config.control {
-        Some(path) => {
-            let names = config.ports.iter().map(|p| p.name.clone()).collect();
-            let c = ControlSocket::start(path, console.handle(), names).map_err(Error::BadInput)?;
-            eprintln!("perimeter: control: {}", path.display());
-            Some(c)
-        }
-        None => None,
-    };
+    Ok(ConsoleSlot {
+        entry: slot_entry,
+        runtime,
+        transport,
+        notify,
+    })
+}
 
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-    if is_linux && pvm {
-        let deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-        linux::cpuid::qemu64_profile(&mut cpuid, deadline);
-    }
-    let mut vcpus = Vec::new();
-    for cpu in 0..config.vcpus {
-        vcpus.push(create_vcpu(&vm, &cpuid, cpu, entry)?);
-    }
-    // Some hosts cannot report the TSC rate; the guest's clock then reads 0 kHz and says so.
-    let tsc_khz = vcpus[0].get_tsc_khz().unwrap_or(0);
-    page.stages.attach(console.handle(), tsc_khz);
-
+/// What the project's guests are told about the machine.
+fn boot_params(
+    config: &VmConfig,
+    tsc_khz: u32,
+    rng: MmioDevice,
+    console: MmioDevice,
+) -> BootParams {
     let mut params = BootParams::new();
     params.vcpus = config.vcpus;
-    params.mem_size = mem_size;
+    params.mem_size = config.memory_bytes();
     params.tsc_khz = tsc_khz.into();
     params.cmdline_addr = layout::CMDLINE_ADDR;
     params.cmdline_len = config.cmdline.len() as u64;
@@ -293,46 +349,29 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         dest_apic: 0,
         flags: 0,
     };
-    params.mmio[1] = rng_entry;
-    params.mmio[2] = console_entry;
+    params.mmio[1] = rng;
+    params.mmio[2] = console;
     params.mmio_count = 3;
-    if !is_linux {
-        boot::write_boot_params(&mem, &params, &config.cmdline)?;
-    }
-    phases.mark("devices and vCPUs created");
+    params
+}
 
-    vcpu::install_kick_handler().map_err(Error::host("installing the vCPU kick signal handler"))?;
-    let signals =
-        StopSignals::install().map_err(Error::host("installing the stop signal handlers"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let subscribers: Vec<Subscriber> = vec![
-        Arc::new(IrqTestRelay { pairs }),
-        Arc::new(RngEvents {
-            device: rng,
-            notify: rng_notify,
-        }),
-        Arc::new(ConsoleEvents {
-            console: console.handle(),
-            notify: console_notify,
-        }),
-    ];
-    let events = EventLoop::start(subscribers, stop.clone())?;
-    if config.seccomp {
-        if let Err(e) = crate::seccomp::install() {
-            shut_down(&stop, Vec::new(), events);
-            return Err(e);
-        }
-        phases.mark("seccomp filter installed");
-    }
-    let (mmio, pio) = (Arc::new(mmio), Arc::new(pio));
-    let mut threads = Vec::new();
+/// Starts a thread per vCPU (each on its own CPU with `pinning`) into `threads`; on failure
+/// the caller stops those already started.
+fn start_vcpus(
+    vcpus: Vec<VcpuFd>,
+    (mmio, pio): &(Arc<Bus>, Arc<Bus>),
+    outcome: &mpsc::Sender<Outcome>,
+    stop: &Arc<AtomicBool>,
+    pinning: Option<&affinity::Pinning>,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> io::Result<()> {
     for (index, fd) in vcpus.into_iter().enumerate() {
         let v = Vcpu {
             fd,
             index: index as u32,
             mmio: mmio.clone(),
             pio: pio.clone(),
-            outcome: tx.clone(),
+            outcome: outcome.clone(),
             stop: stop.clone(),
         };
         let spawn = || {
@@ -347,47 +386,13 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
                     }
                 })
         };
-        let spawned = match &pinning {
+        let spawned = match pinning {
             Some(p) => p.on_vcpu_cpu(index, spawn).and_then(|r| r),
             None => spawn(),
         };
-        match spawned {
-            Ok(h) => threads.push(h),
-            Err(e) => {
-                shut_down(&stop, threads, events);
-                return Err(Error::Host {
-                    what: "spawning a vCPU thread",
-                    source: e,
-                });
-            }
-        }
+        threads.push(spawned?);
     }
-    drop(tx);
-
-    phases.mark("threads started");
-    let outcome = wait_for_outcome(&rx, &threads, config.timeout, &signals);
-    phases.mark("guest ended the run");
-    shut_down(&stop, threads, events);
-    drop(control);
-    phases.mark("threads joined");
-    let mut console = console.finish(CONSOLE_GRACE);
-    console.transport = console_transport
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .counters();
-    phases.mark("console output delivered");
-    drop((router, vm));
-    phases.mark("VM closed");
-    drop(mem);
-    phases.mark("guest memory unmapped");
-    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
-    crate::results::check(&mut results, &console);
-    Ok(RunReport {
-        outcome,
-        console,
-        results,
-    })
+    Ok(())
 }
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
@@ -429,11 +434,7 @@ fn create_vcpu(vm: &VmFd, cpuid: &CpuId, cpu: u32, entry: Entry) -> Result<VcpuF
     fd.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
     let sregs = fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-    let (sregs, regs) = match entry {
-        Entry::Perimeter(rip) => (boot::long_mode_sregs(sregs), boot::entry_regs(rip, cpu)),
-        Entry::Linux(linux::Entry::ZeroPage(rip)) => (linux::sregs(sregs), linux::regs(rip)),
-        Entry::Linux(linux::Entry::Pvh(rip)) => (linux::pvh_sregs(sregs), linux::pvh_regs(rip)),
-    };
+    let (sregs, regs) = entry.entry_state(sregs, cpu);
     fd.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
     fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
     let fpu = kvm_fpu {
