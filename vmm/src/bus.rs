@@ -27,6 +27,27 @@ struct Range {
     device: Arc<dyn BusDevice>,
 }
 
+/// Why a device could not be put on a bus: perimeter's own layout is wrong.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The range is empty or runs past the end of the address space.
+    #[error("empty or wrapping range {base:#x}+{size:#x}")]
+    BadRange {
+        /// Its first address.
+        base: u64,
+        /// Its length.
+        size: u64,
+    },
+    /// The range overlaps a device already there.
+    #[error("range {base:#x}+{size:#x} overlaps another device")]
+    Overlap {
+        /// Its first address.
+        base: u64,
+        /// Its length.
+        size: u64,
+    },
+}
+
 /// Non-overlapping ranges, sorted by base.
 #[derive(Default)]
 pub struct Bus {
@@ -45,17 +66,17 @@ impl Bus {
         base: u64,
         size: u64,
         device: Arc<dyn BusDevice>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BusError> {
         let end = base
             .checked_add(size)
             .filter(|_| size > 0)
-            .ok_or("empty or wrapping range")?;
+            .ok_or(BusError::BadRange { base, size })?;
         if self
             .ranges
             .iter()
             .any(|r| base < r.base + r.size && r.base < end)
         {
-            return Err(format!("range {base:#x}+{size:#x} overlaps another device"));
+            return Err(BusError::Overlap { base, size });
         }
         let at = self.ranges.partition_point(|r| r.base < base);
         self.ranges.insert(at, Range { base, size, device });
@@ -116,11 +137,27 @@ mod tests {
         bus.insert(0x1000, 0x100, a.clone()).unwrap();
         bus.insert(0x2000, 0x100, Arc::new(Probe::default()))
             .unwrap();
-        assert!(
-            bus.insert(0x10f0, 0x20, Arc::new(Probe::default()))
-                .is_err()
+        assert_eq!(
+            bus.insert(0x10f0, 0x20, Arc::new(Probe::default())),
+            Err(BusError::Overlap {
+                base: 0x10f0,
+                size: 0x20
+            })
         );
-        assert!(bus.insert(0x3000, 0, Arc::new(Probe::default())).is_err());
+        assert_eq!(
+            bus.insert(0x3000, 0, Arc::new(Probe::default())),
+            Err(BusError::BadRange {
+                base: 0x3000,
+                size: 0
+            })
+        );
+        assert_eq!(
+            bus.insert(u64::MAX, 2, Arc::new(Probe::default())),
+            Err(BusError::BadRange {
+                base: u64::MAX,
+                size: 2
+            })
+        );
 
         let mut b = [9u8; 4];
         assert!(bus.read(0, 0x1004, &mut b));

@@ -216,16 +216,22 @@ impl ControlSocket {
         path: &Path,
         console: ConsoleHandle,
         names: Vec<String>,
-    ) -> Result<ControlSocket, String> {
-        let err = |e: std::io::Error| format!("--control {}: {e}", path.display());
-        let l = device_model::console::backend::listen(path).map_err(err)?;
+    ) -> Result<ControlSocket, crate::error::Error> {
+        let l = device_model::console::backend::listen(path).map_err(|source| {
+            crate::error::Error::Control {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let names = Arc::new(names);
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || accept_loop(&l, &console, &names, &s))
-            .map_err(|e| format!("--control: cannot start its thread: {e}"))?;
+            .map_err(crate::error::Error::host(
+                "starting the control socket's thread",
+            ))?;
         Ok(ControlSocket {
             path: path.to_path_buf(),
             stop,

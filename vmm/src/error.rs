@@ -47,6 +47,17 @@ pub enum Error {
         /// The errno.
         source: kvm_ioctls::Error,
     },
+    /// A device could not be placed where perimeter's layout puts it.
+    #[error("device layout: {0}")]
+    Bus(#[from] crate::bus::BusError),
+    /// The control socket could not listen where `--control` asked.
+    #[error("--control {}: {source}", path.display())]
+    Control {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// A host resource (thread, eventfd, memory mapping) could not be had.
     #[error("{what}: {source}")]
     Host {
@@ -61,9 +72,11 @@ impl Error {
     /// The process exit status this error maps to.
     pub fn status(&self) -> u8 {
         match self {
-            Error::BadInput(_) | Error::KernelFile { .. } | Error::KernelFormat { .. } => {
-                STATUS_BAD_INPUT
-            }
+            Error::BadInput(_)
+            | Error::KernelFile { .. }
+            | Error::KernelFormat { .. }
+            | Error::Bus(_)
+            | Error::Control { .. } => STATUS_BAD_INPUT,
             Error::KvmUnavailable(_) | Error::Kvm { .. } | Error::Host { .. } => {
                 STATUS_HOST_FAILURE
             }

@@ -105,16 +105,14 @@ impl Entry {
             Entry::Linux(_) => {
                 let panic = legacy::PanicNote::default();
                 let reset = legacy::ResetPort::new(outcome, panic.clone());
-                pio.insert(legacy::I8042_COMMAND, 1, Arc::new(reset))
-                    .map_err(Error::BadInput)?;
-                pio.insert(legacy::CMOS_BASE, 2, Arc::new(legacy::Cmos))
-                    .map_err(Error::BadInput)?;
+                pio.insert(legacy::I8042_COMMAND, 1, Arc::new(reset))?;
+                pio.insert(legacy::CMOS_BASE, 2, Arc::new(legacy::Cmos))?;
                 let out = Box::new(legacy::PanicWatch::new(out, panic));
                 SerialPort::new(out, IrqLine(Some(router.pin(linux::COM1_GSI)?)))
             }
         };
-        pio.insert(COM1_BASE, COM1_SIZE, Arc::new(serial))
-            .map_err(Error::BadInput)
+        pio.insert(COM1_BASE, COM1_SIZE, Arc::new(serial))?;
+        Ok(())
     }
 
     /// How the console interrupts: an MSI to `--console-irq-vcpu`, or Linux's IOAPIC pin.

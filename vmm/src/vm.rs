@@ -113,8 +113,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         output.err,
         results.clone(),
     ));
-    mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, page.clone())
-        .map_err(Error::BadInput)?;
+    mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, page.clone())?;
     let mut pio = Bus::new();
     entry.add_legacy_ports(&mut pio, &router, tx.clone(), output.serial)?;
     let pairs = irq_test_pairs(&vm, &router, config.vcpus)?;
@@ -124,7 +123,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         Some(path) => {
             let names = config.ports.iter().map(|p| p.name.clone()).collect();
             let handle = console.runtime.handle();
-            let c = ControlSocket::start(path, handle, names).map_err(Error::BadInput)?;
+            let c = ControlSocket::start(path, handle, names)?;
             eprintln!("perimeter: control: {}", path.display());
             Some(c)
         }

@@ -17,7 +17,7 @@
 //! queue index) that the device receives at activation in [`ActiveQueue::notify`]; a write that
 //! still reaches [`MmioTransport::write`] signals the same eventfd.
 
-use super::device::{Activation, ActiveQueue, VirtioDevice};
+use super::device::{ActivateError, Activation, ActiveQueue, VirtioDevice};
 use super::features::VERSION_1;
 use super::signals::Signals;
 use super::status::*;
@@ -338,9 +338,7 @@ impl MmioTransport {
             .zip(&self.misaligned)
             .position(|(q, &misaligned)| q.ready() && (misaligned || !q.is_valid(&self.mem)));
         let result = match bad_queue {
-            Some(i) => Err(format!(
-                "queue {i} does not fit in guest memory, has a bad size or a misaligned ring"
-            )),
+            Some(i) => Err(ActivationFailure::BadQueue(i)),
             None => self.start_device(event_idx),
         };
         match result {
@@ -353,13 +351,16 @@ impl MmioTransport {
         }
     }
 
-    fn start_device(&mut self, event_idx: bool) -> Result<(), String> {
+    fn start_device(&mut self, event_idx: bool) -> Result<(), ActivationFailure> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
             // The transport keeps its own copy: QueueReady and friends stay readable.
-            let mut queue = Queue::try_from(q.state()).map_err(|e| e.to_string())?;
+            let mut queue =
+                Queue::try_from(q.state()).map_err(|e| ActivationFailure::Queue(i, e))?;
             queue.set_event_idx(event_idx);
-            let notify = self.notify[i].try_clone().map_err(|e| e.to_string())?;
+            let notify = self.notify[i]
+                .try_clone()
+                .map_err(|e| ActivationFailure::Notify(i, e))?;
             queues.push(ActiveQueue {
                 index: i as u16,
                 queue,
@@ -372,8 +373,7 @@ impl MmioTransport {
             queues,
             signals: self.signals.clone(),
         };
-        self.with_device(|d| d.activate(activation))
-            .map_err(|e| e.to_string())
+        Ok(self.with_device(|d| d.activate(activation))?)
     }
 
     fn reset(&mut self) {
@@ -391,6 +391,24 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.counters.resets += 1;
     }
+}
+
+/// Why DRIVER_OK did not start the device: counted in `failed_activations`, and the driver
+/// is asked to reset.
+#[derive(Debug, thiserror::Error)]
+enum ActivationFailure {
+    /// A ready queue does not fit in guest memory, has a bad size or a misaligned ring.
+    #[error("queue {0} does not fit in guest memory, has a bad size or a misaligned ring")]
+    BadQueue(usize),
+    /// virtio-queue refused a queue's state.
+    #[error("queue {0}: {1}")]
+    Queue(usize, virtio_queue::Error),
+    /// A queue's notification eventfd could not be duplicated.
+    #[error("queue {0}'s notification eventfd: {1}")]
+    Notify(usize, io::Error),
+    /// The device refused to start.
+    #[error(transparent)]
+    Device(#[from] ActivateError),
 }
 
 #[cfg(test)]

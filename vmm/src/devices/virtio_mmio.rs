@@ -79,8 +79,7 @@ pub fn attach(
             .map_err(Error::kvm("KVM_IOEVENTFD"))?;
     }
     let dev = Arc::new(VirtioMmio(Mutex::new(transport)));
-    bus.insert(base, layout::VIRTIO_MMIO_SIZE, dev.clone())
-        .map_err(Error::BadInput)?;
+    bus.insert(base, layout::VIRTIO_MMIO_SIZE, dev.clone())?;
     let entry = MmioDevice {
         base,
         size: layout::VIRTIO_MMIO_SIZE,
