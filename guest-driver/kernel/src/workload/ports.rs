@@ -131,10 +131,7 @@ pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<
         .add("mib_s", mib_per_s(sent, ns))
         .add("memcpy_mib_s", memcpy_mib_s(size))
         .add("crc", alloc::format!("{crc:08x}"))
-        .add(
-            "ring_full",
-            vcon::COUNTERS[id as usize].tx_ring_full.load(Relaxed),
-        )
+        .add("ring_full", ring_full(id))
         .emit();
     Ok(())
 }
@@ -189,6 +186,11 @@ pub fn tx_idle(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Re
         ));
     }
     Ok(())
+}
+
+/// Times port `id`'s transmit ring was full (a result's `ring_full`).
+fn ring_full(id: u32) -> u64 {
+    vcon::COUNTERS[id as usize].tx_ring_full.load(Relaxed)
 }
 
 fn seeded_block(size: usize) -> Vec<u8> {
@@ -478,10 +480,7 @@ pub fn fairness(
             .add("ns", ns)
             .add("mib_s", mib_per_s(p.sent, ns))
             .add("check", check)
-            .add(
-                "ring_full",
-                vcon::COUNTERS[p.id as usize].tx_ring_full.load(Relaxed),
-            )
+            .add("ring_full", ring_full(p.id))
             .emit();
         if finished || p.hungup {
             drop(p.st.close());
