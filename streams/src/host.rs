@@ -1,11 +1,11 @@
 //! The host platform: worker threads for background work, a timer thread, and blocking
 //! waits on a small table of condition variables (a user-space futex).
 
-use crate::platform::{Platform, Ticks};
-use crate::sched::{Streams, WeakStreams};
+use crate::platform::{Platform, Scheduler, Ticks};
+use crate::sched::Streams;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 const BUCKETS: usize = 64;
@@ -111,14 +111,14 @@ impl HostPlatform {
     }
 
     /// Wakes an idle worker for queued work, or starts one.
-    fn wake_worker(&self, streams: &Streams) {
+    fn wake_worker(&self, sched: &dyn Scheduler) {
         let mut w = lock(&self.0.workers);
         w.pending += 1;
         if w.idle > 0 {
             self.0.work_cv.notify_one();
         } else if w.threads < MAX_WORKERS {
             w.threads += 1;
-            let (shared, weak) = (self.0.clone(), streams.downgrade());
+            let (shared, weak) = (self.0.clone(), sched.downgrade());
             std::thread::Builder::new()
                 .name("streams-worker".into())
                 .spawn(move || {
@@ -150,7 +150,7 @@ impl Shared {
         &self.buckets[(word as *const AtomicU32 as usize >> 2) % BUCKETS]
     }
 
-    fn worker(&self, weak: WeakStreams) {
+    fn worker(&self, weak: Weak<dyn Scheduler>) {
         loop {
             let Some(s) = weak.upgrade() else { return };
             s.run_pending();
@@ -170,7 +170,7 @@ impl Shared {
         }
     }
 
-    fn timer(&self, weak: WeakStreams) {
+    fn timer(&self, weak: Weak<dyn Scheduler>) {
         let mut w = lock(&self.workers);
         loop {
             let now = self.now();
@@ -209,18 +209,18 @@ impl Platform for HostPlatform {
     fn now(&self) -> Ticks {
         self.0.now()
     }
-    fn kick(&self, streams: &Streams) {
+    fn kick(&self, sched: &dyn Scheduler) {
         if INLINE.with(Cell::get) {
             return; // run_inline runs it when `f` returns
         }
-        self.wake_worker(streams);
+        self.wake_worker(sched);
     }
-    fn timer_deadline(&self, streams: &Streams, at: Option<Ticks>) {
+    fn timer_deadline(&self, sched: &dyn Scheduler, at: Option<Ticks>) {
         let mut w = lock(&self.0.workers);
         w.deadline = at;
         if !w.timer_thread && at.is_some() {
             w.timer_thread = true;
-            let (shared, weak) = (self.0.clone(), streams.downgrade());
+            let (shared, weak) = (self.0.clone(), sched.downgrade());
             std::thread::Builder::new()
                 .name("streams-timer".into())
                 .spawn(move || {
@@ -232,13 +232,13 @@ impl Platform for HostPlatform {
         }
         self.0.timer_cv.notify_all();
     }
-    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+    fn wait(&self, sched: &dyn Scheduler, word: &AtomicU32, expected: u32) {
         // A worker blocking here (a service procedure waiting for its perimeter) may be the
         // last one awake while the work that would free the perimeter (an outer writer, a
         // drain) waits in the task queue behind it: hand that work to another worker, or
         // every worker can end up asleep with the queue full.
-        if streams.has_queued_tasks() {
-            self.wake_worker(streams);
+        if sched.has_queued_tasks() {
+            self.wake_worker(sched);
         }
         let (m, cv) = self.0.bucket(word);
         let g = lock(m);

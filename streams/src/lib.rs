@@ -20,9 +20,9 @@
 //! | `queue` | a queue, [`QueueRef`] and the handle [`Q`]: flow control, putq/getq, putnext, flushing |
 //! | `perimeter` | inner and outer perimeters (its big theory statement) |
 //! | `head` | the stream head module and [`HeadState`] |
-//! | `msg`, `pool`, `cache` | messages, the bounded buffer pool, recycled blocks |
+//! | `msg`, `pool`, `cache` | messages, the bounded buffer pool (it reports to its owner through a narrow trait), recycled blocks |
 //! | `callback` | qtimeout, qbufcall and signals |
-//! | `sched`, `platform`, `host` | [`Streams`] (tasks, timers), the [`Platform`] trait, the host platform |
+//! | `sched`, `platform`, `host` | [`Streams`] (tasks, timers), the [`Platform`] trait and the [`Scheduler`] it drives, the host platform |
 //! | `module`, `error`, `sync` | module definitions and flags, errors, the atomics loom swaps |
 //!
 //! ```
@@ -82,14 +82,14 @@ pub use module::{
 };
 pub use msg::{DBLK_REFMAX, FreeRoutine, MSGDELIM, MSGMARK, MSGNOLOOP, Mblk, MsgType};
 pub use perimeter::{SQ_BLOCKED, SQ_EVENTS, SQ_EXCL, SQ_FROZEN, SQ_MESSAGES, SQ_WRITER};
-pub use platform::{DetPlatform, Platform, Ticks};
+pub use platform::{DetPlatform, Platform, Scheduler, Ticks};
 pub use pool::{FaultPolicy, PoolConfig, PoolStats};
 pub use queue::{
     Entry, FLUSHALL, FLUSHBAND, FLUSHDATA, FLUSHR, FLUSHRW, FLUSHW, INFPSZ, Perim, Q, QB_BACK,
     QB_FULL, QB_WANTW, QBACK, QENAB, QEND, QFULL, QINSERVICE, QNOENB, QREADR, QWANTR, QWANTW,
     QWCLOSE, QueueRef, Side,
 };
-pub use sched::{FAULTED_FIRES_PER_TICK, Streams, StreamsConfig, WeakStreams};
+pub use sched::{FAULTED_FIRES_PER_TICK, Streams, StreamsConfig};
 pub use stream::Stream;
 
 #[cfg(all(feature = "std", not(loom)))]

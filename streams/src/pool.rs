@@ -6,8 +6,7 @@
 
 use crate::cache::{self, SharedCache, class_capacity, class_of};
 use crate::msg::{FreeRoutine, Mblk};
-use crate::sched::{Streams, WeakStreams};
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, Weak};
 use alloc::vec::Vec;
 
 /// The capacity of a buffer pool.
@@ -73,6 +72,15 @@ pub struct PoolStats {
     pub peak_bytes: usize,
 }
 
+/// What a pool reports to the framework instance that owns it: memory came back while
+/// bufcalls wait, and esballoc free routines to run later from background work.
+pub(crate) trait PoolOwner: Send + Sync {
+    /// A data block was released while bufcalls wait.
+    fn buffers_returned(self: Arc<Self>);
+    /// Runs `free` some time later, never inside the freeing call.
+    fn defer_free(self: Arc<Self>, free: FreeRoutine);
+}
+
 /// `in_use` packs blocks (high bits) and bytes (low bits) so one atomic add charges both.
 const BYTES_BITS: u32 = 44;
 const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
@@ -91,7 +99,7 @@ pub(crate) struct Pool {
     cache: SharedCache,
     /// Set while bufcalls wait for memory: frees then poke the owner.
     pub(crate) bufcalls_waiting: AtomicBool,
-    owner: Mutex<Option<WeakStreams>>,
+    owner: Mutex<Option<Weak<dyn PoolOwner>>>,
 }
 
 impl Pool {
@@ -114,12 +122,12 @@ impl Pool {
     }
 
     /// Remembers the framework instance that frees and bufcalls report to.
-    pub(crate) fn set_owner(&self, owner: WeakStreams) {
+    pub(crate) fn set_owner(&self, owner: Weak<dyn PoolOwner>) {
         *self.owner.lock() = Some(owner);
     }
 
-    fn owner(&self) -> Option<Streams> {
-        self.owner.lock().as_ref().and_then(WeakStreams::upgrade)
+    fn owner(&self) -> Option<Arc<dyn PoolOwner>> {
+        self.owner.lock().as_ref().and_then(Weak::upgrade)
     }
 
     /// Replaces the fault policies (an empty list turns injection off).

@@ -4,8 +4,8 @@
 use crate::callback::{CbRec, CbState};
 use crate::msg::{FreeRoutine, Mblk};
 use crate::perimeter::Outer;
-use crate::platform::{Platform, Ticks};
-use crate::pool::{FaultPolicy, Pool, PoolConfig, PoolStats};
+use crate::platform::{Platform, Scheduler, Ticks};
+use crate::pool::{FaultPolicy, Pool, PoolConfig, PoolOwner, PoolStats};
 use crate::queue::QueueRef;
 use crate::sync::{Arc, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, Weak};
 use alloc::collections::{BTreeMap, VecDeque};
@@ -49,6 +49,8 @@ pub(crate) enum Task {
 }
 
 pub(crate) struct Inner {
+    /// The instance itself, for [`Scheduler`] calls that arrive through a weak handle.
+    me: Weak<Inner>,
     platform: Arc<dyn Platform>,
     pool: Arc<Pool>,
 
@@ -80,21 +82,11 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Streams(pub(crate) Arc<Inner>);
 
-/// A weak handle to a [`Streams`], for platform threads that must not keep it alive.
-#[derive(Clone)]
-pub struct WeakStreams(Weak<Inner>);
-
-impl WeakStreams {
-    /// The instance, if it still exists.
-    pub fn upgrade(&self) -> Option<Streams> {
-        self.0.upgrade().map(Streams)
-    }
-}
-
 impl Streams {
     /// A framework instance on `platform`.
     pub fn new(platform: Arc<dyn Platform>, config: StreamsConfig) -> Streams {
-        let s = Streams(Arc::new(Inner {
+        let s = Streams(Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             platform,
             pool: Arc::new(Pool::new(config.pool)),
             config,
@@ -109,17 +101,13 @@ impl Streams {
             callbacks: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
         }));
-        s.0.pool.set_owner(s.downgrade());
+        let owner: Weak<dyn PoolOwner> = Arc::downgrade(&s.0) as _;
+        s.0.pool.set_owner(owner);
         s
     }
 
     pub(crate) fn syncq_max(&self) -> usize {
         self.0.config.syncq_max
-    }
-
-    /// A weak handle.
-    pub fn downgrade(&self) -> WeakStreams {
-        WeakStreams(Arc::downgrade(&self.0))
     }
 
     pub(crate) fn platform(&self) -> &dyn Platform {
@@ -224,15 +212,6 @@ impl Streams {
 
     pub(crate) fn schedule_callback(&self, rec: Arc<CbRec>) {
         self.push_task(Task::Callback(rec));
-    }
-
-    pub(crate) fn defer_free(&self, free: FreeRoutine) {
-        self.push_task(Task::Free(free));
-    }
-
-    /// Called by the pool when a data block is released while bufcalls wait.
-    pub(crate) fn buffers_returned(&self) {
-        self.schedule_bufcalls();
     }
 
     fn schedule_bufcalls(&self) {
@@ -426,5 +405,56 @@ impl Streams {
                 self.schedule_callback(rec);
             }
         }
+    }
+}
+
+impl Scheduler for Streams {
+    fn run_pending(&self) {
+        Streams::run_pending(self)
+    }
+    fn run_timers(&self) {
+        Streams::run_timers(self)
+    }
+    fn run_one(&self) -> bool {
+        Streams::run_one(self)
+    }
+    fn has_queued_tasks(&self) -> bool {
+        Streams::has_queued_tasks(self)
+    }
+    fn downgrade(&self) -> Weak<dyn Scheduler> {
+        Arc::downgrade(&self.0) as _
+    }
+}
+
+/// What a platform thread holding a weak handle reaches once it upgrades it.
+impl Scheduler for Inner {
+    fn run_pending(&self) {
+        if let Some(s) = self.me.upgrade() {
+            Streams(s).run_pending()
+        }
+    }
+    fn run_timers(&self) {
+        if let Some(s) = self.me.upgrade() {
+            Streams(s).run_timers()
+        }
+    }
+    fn run_one(&self) -> bool {
+        self.me.upgrade().is_some_and(|s| Streams(s).run_one())
+    }
+    fn has_queued_tasks(&self) -> bool {
+        !self.tasks.lock().is_empty()
+    }
+    fn downgrade(&self) -> Weak<dyn Scheduler> {
+        self.me.clone() as _
+    }
+}
+
+/// What the pool reports to the instance that owns it.
+impl PoolOwner for Inner {
+    fn buffers_returned(self: Arc<Self>) {
+        Streams(self).schedule_bufcalls()
+    }
+    fn defer_free(self: Arc<Self>, free: FreeRoutine) {
+        Streams(self).push_task(Task::Free(free))
     }
 }

@@ -30,16 +30,16 @@ impl Platform for ModelPlatform {
     fn now(&self) -> Ticks {
         0
     }
-    fn kick(&self, _streams: &Streams) {
+    fn kick(&self, _sched: &dyn Scheduler) {
         let _g = self.lock.lock().unwrap();
         self.cv.notify_all();
     }
-    fn timer_deadline(&self, _streams: &Streams, _at: Option<Ticks>) {}
-    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+    fn timer_deadline(&self, _sched: &dyn Scheduler, _at: Option<Ticks>) {}
+    fn wait(&self, sched: &dyn Scheduler, word: &AtomicU32, expected: u32) {
         if word.load(SeqCst) != expected {
             return;
         }
-        if self.nested && streams.run_one() {
+        if self.nested && sched.run_one() {
             return;
         }
         let g = self.lock.lock().unwrap();

@@ -31,7 +31,7 @@ use crate::cpu::{irq, svc};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use guest_abi::{MAX_VCPUS, WAKE_VECTOR};
-use streams::{Platform, Streams, StreamsConfig, Ticks};
+use streams::{Platform, Scheduler, Streams, StreamsConfig, Ticks};
 
 /// Interrupt vector of the x2APIC timer that fires `qtimeout`s.
 pub const TIMER_VECTOR: u8 = 0xef;
@@ -299,18 +299,18 @@ impl Platform for GuestPlatform {
         clock::now_ns() / 1_000_000
     }
 
-    fn kick(&self, _streams: &Streams) {
+    fn kick(&self, _sched: &dyn Scheduler) {
         GENERATION.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn timer_deadline(&self, _streams: &Streams, at: Option<Ticks>) {
+    fn timer_deadline(&self, _sched: &dyn Scheduler, at: Option<Ticks>) {
         // No deadline: a stale timer firing later is harmless.
         if let Some(at) = at {
             arm_timer(at.saturating_mul(1_000_000));
         }
     }
 
-    fn wait(&self, streams: &Streams, word: &AtomicU32, expected: u32) {
+    fn wait(&self, sched: &dyn Scheduler, word: &AtomicU32, expected: u32) {
         let me = cpu_index();
         assert!(
             crate::cpu::percpu::this_cpu()
@@ -324,7 +324,7 @@ impl Platform for GuestPlatform {
             return;
         }
         let seen = GENERATION.load(Ordering::SeqCst);
-        if streams.run_one() {
+        if sched.run_one() {
             return; // the caller re-checks its condition
         }
         HALTED_ON[me].store(word.as_ptr() as usize, Ordering::SeqCst);
