@@ -2,6 +2,7 @@
 //! the status handshake, feature negotiation, queue setup and the configuration space.
 
 use crate::cpu::mmio::{read_u32, write_u32};
+use crate::drivers::ProbeError;
 
 const MAGIC: u64 = 0x000;
 const VERSION: u64 = 0x004;
@@ -97,7 +98,7 @@ impl Transport {
 
     /// Resets the device and negotiates: accepts the offered features among `wanted`
     /// (VERSION_1 is required). Returns the accepted set.
-    pub fn negotiate(&self, wanted: u64) -> Result<u64, &'static str> {
+    pub fn negotiate(&self, wanted: u64) -> Result<u64, ProbeError> {
         self.w(STATUS, 0);
         self.w(STATUS, ACKNOWLEDGE);
         self.w(STATUS, ACKNOWLEDGE | DRIVER);
@@ -107,7 +108,7 @@ impl Transport {
             offered |= u64::from(self.r(DEVICE_FEATURES)) << (32 * sel);
         }
         if offered & F_VERSION_1 == 0 {
-            return Err("device does not offer VIRTIO_F_VERSION_1");
+            return Err(ProbeError::NotVersion1);
         }
         let accepted = offered & wanted;
         for sel in 0..2u32 {
@@ -116,7 +117,7 @@ impl Transport {
         }
         self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         if self.r(STATUS) & FEATURES_OK == 0 {
-            return Err("device refused FEATURES_OK");
+            return Err(ProbeError::FeaturesRefused);
         }
         Ok(accepted)
     }
@@ -135,10 +136,13 @@ impl Transport {
         desc: u64,
         driver: u64,
         device: u64,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), ProbeError> {
         self.w(QUEUE_SEL, index.into());
         if self.r(QUEUE_NUM_MAX) < u32::from(size) {
-            return Err("queue is smaller than asked");
+            return Err(ProbeError::QueueSize {
+                queue: index,
+                wanted: size,
+            });
         }
         self.w(QUEUE_NUM, size.into());
         for (reg, addr) in [
@@ -154,10 +158,10 @@ impl Transport {
     }
 
     /// Sets DRIVER_OK.
-    pub fn driver_ok(&self) -> Result<(), &'static str> {
+    pub fn driver_ok(&self) -> Result<(), ProbeError> {
         self.w(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         if self.r(STATUS) & NEEDS_RESET != 0 {
-            return Err("device needs reset after DRIVER_OK");
+            return Err(ProbeError::NeedsReset);
         }
         Ok(())
     }

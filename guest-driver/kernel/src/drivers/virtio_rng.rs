@@ -8,6 +8,7 @@
 
 use crate::cpu::irq::set_handler;
 use crate::cpu::svc::wait_while;
+use crate::drivers::ProbeError;
 use crate::drivers::virtio_mmio::{F_VERSION_1, Transport};
 use crate::platform::clock;
 use alloc::alloc::{Layout, alloc_zeroed};
@@ -37,17 +38,20 @@ pub struct RngResult {
 }
 
 /// Finds the first virtio-rng, asks it for [`REQUEST`] bytes and waits for the answer.
-pub fn probe() -> Result<RngResult, &'static str> {
-    let (dev, t) = Transport::find(RNG_DEVICE_ID).ok_or("no virtio-rng device")?;
+pub fn probe() -> Result<RngResult, ProbeError> {
+    let (dev, t) = Transport::find(RNG_DEVICE_ID).ok_or(ProbeError::NoDevice("virtio-rng"))?;
     t.negotiate(F_VERSION_1)?;
     if t.queue_max(0) < QSIZE {
-        return Err("request queue too small");
+        return Err(ProbeError::QueueSize {
+            queue: 0,
+            wanted: QSIZE,
+        });
     }
     // One zeroed page: descriptors at +0, avail ring at +0x200, used ring at +0x400, buffer at +0x800.
     // SAFETY: a non-zero-sized layout; the page is leaked on purpose (the device owns it).
     let page = unsafe { alloc_zeroed(Layout::from_size_align(4096, 4096).expect("valid")) } as u64;
     if page == 0 {
-        return Err("out of memory");
+        return Err(ProbeError::OutOfMemory("the request page"));
     }
     let (desc, avail, used, buf) = (page, page + 0x200, page + 0x400, page + 0x800);
     t.setup_queue(0, QSIZE, desc, avail, used)?;
@@ -82,7 +86,7 @@ pub fn probe() -> Result<RngResult, &'static str> {
         )
     };
     if status & 1 == 0 || used_idx != 1 {
-        return Err("interrupt without a used buffer");
+        return Err(ProbeError::NoUsedBuffer);
     }
     Ok(RngResult {
         len,

@@ -194,15 +194,9 @@ fn ring_full(id: u32) -> u64 {
 }
 
 fn seeded_block(size: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut block = alloc::vec![0; size];
+    guest_abi::seeded::Xorshift::from_state(0x2545_f491_4f6c_dd1d).fill(&mut block);
+    block
 }
 
 /// `rx:SIZE:TOTAL[:PORT]`: receives TOTAL bytes of the host's pattern into SIZE-byte

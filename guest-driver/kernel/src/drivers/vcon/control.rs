@@ -7,6 +7,7 @@
 
 use super::virtq::SplitQueue;
 use super::{CTRL_SLOT, Role, Vcon, register};
+use crate::drivers::ProbeError;
 use crate::drivers::virtio_mmio::Transport;
 use crate::platform::lock::IrqLock;
 use alloc::alloc::{Layout, alloc_zeroed};
@@ -40,12 +41,12 @@ pub struct CtrlRings {
     returned: Vec<u16>,
 }
 
-fn zeroed(len: usize) -> Result<u64, &'static str> {
-    let layout = Layout::from_size_align(len, 4096).map_err(|_| "bad layout")?;
+fn zeroed(len: usize) -> Result<u64, ProbeError> {
+    let layout = Layout::from_size_align(len, 4096).expect("control buffers fit a layout");
     // SAFETY: `len` is non-zero; the memory is never freed (the device may write it).
     let p = unsafe { alloc_zeroed(layout) };
     if p.is_null() {
-        Err("out of memory for control buffers")
+        Err(ProbeError::OutOfMemory("control buffers"))
     } else {
         Ok(p as u64)
     }
@@ -53,7 +54,7 @@ fn zeroed(len: usize) -> Result<u64, &'static str> {
 
 impl CtrlRings {
     /// Sets up the control queues (2 and 3) with `size` entries.
-    pub fn new(t: &Transport, size: u16) -> Result<CtrlRings, &'static str> {
+    pub fn new(t: &Transport, size: u16) -> Result<CtrlRings, ProbeError> {
         let mut c = CtrlRings {
             rx: SplitQueue::new(t, CTRL_RX_QUEUE, size)?,
             tx: SplitQueue::new(t, CTRL_TX_QUEUE, size)?,

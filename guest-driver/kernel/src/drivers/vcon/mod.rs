@@ -22,6 +22,7 @@ pub use port::{COUNTERS, TX_IRQ_BYTES};
 pub mod virtq;
 
 use crate::cpu::irq;
+use crate::drivers::ProbeError;
 use crate::drivers::virtio_mmio::{F_EVENT_IDX, F_VERSION_1, Transport};
 use crate::platform;
 use crate::platform::lock::IrqLock;
@@ -196,16 +197,17 @@ pub fn early_print(line: &str) {
 
 /// Finds the virtio-console, negotiates, sets up every queue, opens the control stream
 /// (DEVICE_READY) and waits until the ports the device added are named.
-pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
+pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, ProbeError> {
     if let Some(v) = get() {
         return Ok(v);
     }
-    let (dev, t) = Transport::find(CONSOLE_DEVICE_ID).ok_or("no virtio-console device")?;
+    let (dev, t) =
+        Transport::find(CONSOLE_DEVICE_ID).ok_or(ProbeError::NoDevice("virtio-console"))?;
     let features = t.negotiate(F_VERSION_1 | F_MULTIPORT | F_EMERG_WRITE | F_EVENT_IDX)?;
     if features & F_MULTIPORT == 0 || features & F_EVENT_IDX == 0 {
-        return Err(
-            "the device lacks MULTIPORT or EVENT_IDX (QEMU offers MULTIPORT only with max_ports > 1)",
-        );
+        return Err(ProbeError::MissingFeatures(
+            "MULTIPORT or EVENT_IDX (QEMU offers MULTIPORT only with max_ports > 1)",
+        ));
     }
     let max_ports = t
         .config_u32(config::MAX_NR_PORTS)
@@ -256,7 +258,7 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
             let v = get().expect("the driver exists before any open");
             Instance::new(v, Role::of(dev))
         })
-        .map_err(|_| "bad MT flags")?;
+        .map_err(|e| ProbeError::Streams("the driver's definition", e))?;
     let v = VCON.call_once(|| Vcon {
         transport: t,
         level_irq: dev.flags & guest_abi::MMIO_LEVEL_IRQ != 0,
@@ -273,7 +275,7 @@ pub fn probe(streams: &'static Streams) -> Result<&'static Vcon, &'static str> {
     });
     let ctl = v
         .open_role(Role::Control)
-        .map_err(|_| "cannot open the control stream")?;
+        .map_err(|e| ProbeError::Streams("opening the control stream", streams::Error::Errno(e)))?;
     // The control stream stays open for the driver's life.
     core::mem::forget(ctl);
     // The device adds its ports right after DEVICE_READY; wait until every added port is

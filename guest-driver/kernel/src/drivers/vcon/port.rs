@@ -31,6 +31,7 @@
 
 use super::virtq::SplitQueue;
 use super::{Role, Vcon, alloc_in_open, deregister, register};
+use crate::drivers::ProbeError;
 use crate::drivers::virtio_mmio::Transport;
 use crate::platform::lock::IrqLock;
 use alloc::alloc::{Layout, alloc_zeroed};
@@ -128,7 +129,7 @@ pub struct PortRings {
 
 impl PortRings {
     /// Sets up port `p`'s receiveq and transmitq with `size` entries.
-    pub fn new(t: &Transport, p: u32, size: u16) -> Result<PortRings, &'static str> {
+    pub fn new(t: &Transport, p: u32, size: u16) -> Result<PortRings, ProbeError> {
         Ok(PortRings {
             port: p as usize,
             rx: SplitQueue::new(t, rx_queue(p), size)?,

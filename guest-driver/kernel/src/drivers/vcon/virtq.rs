@@ -10,6 +10,7 @@
 //! The queue is used by one thread at a time (its port's inner perimeter holds it); the device
 //! is the only other party, through the rings.
 
+use crate::drivers::ProbeError;
 use crate::drivers::virtio_mmio::Transport;
 use alloc::alloc::{Layout, alloc_zeroed};
 use alloc::vec::Vec;
@@ -64,19 +65,23 @@ unsafe impl<T: Send> Send for SplitQueue<T> {}
 impl<T> SplitQueue<T> {
     /// Sets up queue `index` of `t` with `size` entries (a power of two, at most the device's
     /// maximum). The rings live in zeroed, page-aligned memory owned by the queue.
-    pub fn new(t: &Transport, index: u16, size: u16) -> Result<Self, &'static str> {
+    pub fn new(t: &Transport, index: u16, size: u16) -> Result<Self, ProbeError> {
         if !size.is_power_of_two() {
-            return Err("queue size is not a power of two");
+            return Err(ProbeError::QueueSize {
+                queue: index,
+                wanted: size,
+            });
         }
         let n = usize::from(size);
         let avail_off = 16 * n;
         let used_off = (avail_off + 6 + 2 * n).next_multiple_of(PAGE);
         let total = used_off + 6 + 8 * n;
-        let layout = Layout::from_size_align(total, PAGE).map_err(|_| "bad ring layout")?;
+        let layout =
+            Layout::from_size_align(total, PAGE).expect("a ring of u16 entries fits a layout");
         // SAFETY: `total` is non-zero.
         let mem = unsafe { alloc_zeroed(layout) };
         if mem.is_null() {
-            return Err("out of memory for a virtqueue");
+            return Err(ProbeError::OutOfMemory("a virtqueue"));
         }
         let base = mem as u64;
         t.setup_queue(

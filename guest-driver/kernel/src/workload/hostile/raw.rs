@@ -202,7 +202,10 @@ impl Raw {
     /// Reset, then ACKNOWLEDGE, DRIVER, VERSION_1 | MULTIPORT and FEATURES_OK.
     pub fn negotiate(&mut self) -> Result<(), String> {
         self.reset();
-        let f = self.t.negotiate(F_VERSION_1 | F_MULTIPORT)?;
+        let f = self
+            .t
+            .negotiate(F_VERSION_1 | F_MULTIPORT)
+            .map_err(|e| format!("{e}"))?;
         if f & F_MULTIPORT == 0 {
             return Err("the device does not offer MULTIPORT".into());
         }
