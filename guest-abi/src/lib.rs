@@ -9,6 +9,7 @@
 pub mod console;
 pub mod debug;
 pub mod layout;
+pub mod seeded;
 pub mod workload;
 
 /// `BootParams::magic`: "PERIMBP1".

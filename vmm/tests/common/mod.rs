@@ -49,15 +49,9 @@ pub fn tmp_dir(test: &str) -> PathBuf {
 /// `n` bytes that are not periodic in any small period (so a lost or repeated buffer shows);
 /// different seeds give different streams.
 pub fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut v = vec![0; n];
+    guest_abi::seeded::Xorshift::new(seed).fill(&mut v);
+    v
 }
 
 /// The JSON document of a `--json` run (its last line that starts with `{`).

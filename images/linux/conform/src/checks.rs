@@ -1,6 +1,7 @@
 //! The checks, each printing one line.
 
 use crate::system;
+use guest_abi::seeded::Xorshift;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -279,15 +280,9 @@ fn open_close(p: &Port) -> Result<String, String> {
 
 /// Deterministic bytes (xorshift) for the data checks.
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut v = vec![0; len];
+    Xorshift::from_state(seed.wrapping_mul(2).wrapping_add(1)).fill(&mut v);
+    v
 }
 
 fn rate(bytes: usize, t: Duration) -> String {

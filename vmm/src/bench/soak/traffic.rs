@@ -9,36 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A xorshift generator: the data stream and the random choices.
-#[derive(Clone)]
-pub struct Xorshift(u64);
-
-impl Xorshift {
-    /// A generator from `seed` (any value).
-    pub fn new(seed: u64) -> Self {
-        Xorshift(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Fills `buf` with the next bytes of the stream.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next_u64() as u8;
-        }
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use guest_abi::seeded::Xorshift;
 
 /// Counters a port's traffic shares with the soak's progress line.
 #[derive(Default)]
