@@ -130,6 +130,11 @@ pub(crate) fn run(s: &Arc<Shared>, _q: Q<'_>, token: Mblk) {
             host_events(s, &mut st);
         }
         to_driver(s, &mut st);
+        debug_assert!(
+            st.backlog() <= backlog_max(n) + 2 * n,
+            "the control backlog outgrew its bound: {}",
+            st.backlog()
+        );
         s.control_backlog
             .store(st.backlog() as u64, Ordering::Relaxed);
     }

@@ -66,7 +66,10 @@ pub struct Lent {
 impl Lent {
     /// Records that data block `id` is over a guest buffer of `generation`.
     pub(crate) fn lend(&self, id: usize, generation: u64) {
-        lock(&self.loans).insert(id, generation);
+        let earlier = lock(&self.loans).insert(id, generation);
+        // Ids are host data-block addresses: a block is lent when it is made, and its loan is
+        // repaid before the address can be reused.
+        debug_assert!(earlier.is_none(), "data block {id:#x} lent twice");
     }
 
     /// Data block `id` is gone: its guest buffer is no longer read.
@@ -75,8 +78,13 @@ impl Lent {
         // Read under the lock: `end_loans` changes it and counts the stale loans under it.
         let now = self.generation.load(Ordering::Acquire);
         if loans.remove(&id).is_some_and(|g| g != now) {
-            self.stale.fetch_sub(1, Ordering::AcqRel);
+            let before = self.stale.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "a stale loan repaid that was not counted");
         }
+        debug_assert!(
+            self.stale.load(Ordering::Acquire) <= loans.len(),
+            "more stale loans counted than outstanding"
+        );
     }
 
     /// Shared hold of the gate: lent bytes may be read (and written out) until it is dropped.
