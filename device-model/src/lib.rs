@@ -8,6 +8,7 @@
 pub mod console;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod logging;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

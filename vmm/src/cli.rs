@@ -18,8 +18,24 @@ use vmm::{Kernel, VmConfig};
 #[derive(Parser, Debug)]
 #[command(name = "perimeter", version, about, long_about)]
 pub(crate) struct Cli {
+    /// How much to log, to standard error or --log-file: off, error, warn, info, debug or
+    /// trace. Without it RUST_LOG decides (env_logger's syntax, such as `device_model=debug`);
+    /// without both, warn: what the device refused or lost.
+    #[arg(long, global = true, value_name = "LEVEL",
+          value_parser = level_parser())]
+    pub(crate) log_level: Option<log::LevelFilter>,
+    /// Append the log to FILE instead of writing it to standard error.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
+}
+
+/// `--log-level`: one of [`crate::logger::LEVELS`], listed in the error when it is not.
+fn level_parser() -> impl clap::builder::TypedValueParser<Value = log::LevelFilter> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(crate::logger::LEVELS)
+        .map(|s| s.parse::<log::LevelFilter>().expect("one of LEVELS"))
 }
 
 #[derive(Subcommand, Debug)]

@@ -156,6 +156,10 @@ fn serve(mut conn: UnixStream, console: &ConsoleHandle, names: &[String], stop: 
                 Line::TooLong => format!("error: a command is at most {MAX_LINE} bytes"),
                 Line::NotUtf8 => "error: a command is UTF-8 text".into(),
             };
+            match reply.strip_prefix("error: ") {
+                Some(why) => log::warn!("control socket: a command refused: {why}"),
+                None => log::info!("control socket: {reply}"),
+            }
             reply.push('\n');
             // One write per answer: a client that reads one answer and closes gets it whole.
             if replying && conn.write_all(reply.as_bytes()).is_err() {
@@ -183,6 +187,7 @@ fn accept_loop(
             continue;
         }
         if active.load(Ordering::Acquire) >= MAX_CLIENTS {
+            log::warn!("control socket: a client turned away ({MAX_CLIENTS} are connected)");
             let _ = c.write_all(
                 format!("error: {MAX_CLIENTS} clients are connected already\n").as_bytes(),
             );
@@ -199,7 +204,8 @@ fn accept_loop(
             });
         match spawned {
             Ok(t) => clients.push(t),
-            Err(_) => {
+            Err(e) => {
+                log::warn!("control socket: no thread for a client ({e}); it is let go");
                 active.fetch_sub(1, Ordering::AcqRel);
             }
         }

@@ -7,6 +7,7 @@
 //! The command line itself is [`cli`]; this file runs what it asks for.
 
 mod cli;
+mod logger;
 
 use clap::Parser;
 use cli::{BenchArgs, Cli, Command, RunArgs};
@@ -158,13 +159,42 @@ fn main() -> ExitCode {
             return ExitCode::from(STATUS_BAD_INPUT);
         }
     };
+    if let Err(e) = logger::init(cli.log_level, cli.log_file.as_deref()) {
+        let path = cli
+            .log_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        eprintln!("perimeter: --log-file {path}: {e}");
+        return ExitCode::from(STATUS_BAD_INPUT);
+    }
     let args = match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => args,
         Command::Bench(args) => return bench(args),
     };
     let (stats, json) = (args.stats, args.json);
-    match vmm::vm::run(&args.config()) {
+    let config = args.config();
+    log::info!(
+        "booting {}: {} vCPU(s), {} MiB, {} console port(s){}",
+        match &config.kernel {
+            vmm::Kernel::Embedded => "the built-in guest".to_string(),
+            vmm::Kernel::File(p) => p.display().to_string(),
+        },
+        config.vcpus,
+        config.memory_mib,
+        config.ports.len(),
+        if config.seccomp { "" } else { ", no seccomp" }
+    );
+    match vmm::vm::run(&config) {
         Ok(report) => {
+            log::info!(
+                "the run ended with status {}{}",
+                report.outcome.status(),
+                report
+                    .outcome
+                    .reason()
+                    .map_or(String::new(), |r| format!(": {r}"))
+            );
             let c = &report.console;
             if json {
                 let results =

@@ -566,31 +566,43 @@ impl EventLoop {
             thread::sleep(Duration::from_millis(1));
         }
         if !t.is_finished() {
-            eprintln!("perimeter: the event loop did not stop; leaving it behind");
+            log::error!("the event loop did not stop; leaving it behind");
         } else if t.join().is_err() {
-            eprintln!("perimeter: the event loop thread panicked");
+            log::error!("the event loop thread panicked");
         }
     }
 }
 
-/// Phase timings printed to stderr when `PERIMETER_TIMING` is set (for boot-time work).
-struct Phases(Option<(Instant, Instant)>);
+/// The run's phases, logged at debug level, and printed to stderr with their timings when
+/// `PERIMETER_TIMING` is set (for boot-time work).
+struct Phases {
+    start: Instant,
+    last: Instant,
+    print: bool,
+}
 
 impl Phases {
     fn from_env() -> Self {
         let now = Instant::now();
-        Phases(std::env::var_os("PERIMETER_TIMING").map(|_| (now, now)))
+        let print = std::env::var_os("PERIMETER_TIMING").is_some();
+        Phases {
+            start: now,
+            last: now,
+            print,
+        }
     }
 
     fn mark(&mut self, what: &str) {
-        if let Some((start, last)) = &mut self.0 {
-            let now = Instant::now();
+        let now = Instant::now();
+        let (total, step) = (now - self.start, now - self.last);
+        log::debug!("{what} ({:.3} ms)", total.as_secs_f64() * 1e3);
+        if self.print {
             eprintln!(
                 "perimeter: {:8.3} ms  (+{:7.3})  {what}",
-                (now - *start).as_secs_f64() * 1e3,
-                (now - *last).as_secs_f64() * 1e3
+                total.as_secs_f64() * 1e3,
+                step.as_secs_f64() * 1e3
             );
-            *last = now;
         }
+        self.last = now;
     }
 }

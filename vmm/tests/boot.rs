@@ -174,7 +174,7 @@ fn bad_input_gives_status_120_and_one_clear_line() {
     bytes[0x202..0x206].copy_from_slice(b"HdrS");
     std::fs::write(&fake_bz, bytes).unwrap();
     let fake_bz = fake_bz.to_str().unwrap();
-    let cases: [(&[&str], &str); 20] = [
+    let cases: [(&[&str], &str); 22] = [
         (
             &["run", "--kernel", "/nonexistent/kernel"],
             "cannot read kernel /nonexistent/kernel",
@@ -210,6 +210,14 @@ fn bad_input_gives_status_120_and_one_clear_line() {
             "-1 must be more than 0 seconds",
         ),
         (&["run", "--bogus"], "unexpected argument '--bogus'"),
+        (
+            &["run", "--log-level", "loud"],
+            "[possible values: off, error, warn, info, debug, trace]",
+        ),
+        (
+            &["--log-file", "/nonexistent/dir/log", "run"],
+            "--log-file /nonexistent/dir/log: No such file or directory",
+        ),
         (&["fly"], "unrecognized subcommand 'fly'"),
         (
             &["run", "--port", "name=a,backend=tcp:1"],
@@ -533,4 +541,43 @@ fn pinning_without_a_spare_cpu_is_refused_in_one_line() {
         !text(&o.stdout).contains("perimeter guest"),
         "nothing booted"
     );
+}
+
+#[test]
+fn the_log_follows_rust_log_or_log_level_and_goes_to_a_file_when_asked() {
+    if !kvm_present("the_log_follows_rust_log_or_log_level_and_goes_to_a_file_when_asked") {
+        return;
+    }
+    let run = |env: Option<&str>, args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"));
+        c.env_remove("RUST_LOG");
+        if let Some(spec) = env {
+            c.env("RUST_LOG", spec);
+        }
+        // The self-test (the default workload) brings the console up.
+        let o = c.arg("run").args(args).output().expect("perimeter runs");
+        assert_eq!(status(&o), 0, "{args:?}: {}", text(&o.stderr));
+        text(&o.stderr)
+    };
+    let booting = "INFO  perimeter] booting the built-in guest: 1 vCPU(s)";
+    assert!(!run(None, &[]).contains("INFO"), "warn by default");
+    assert!(run(Some("info"), &[]).contains(booting));
+    assert!(run(Some("device_model=debug"), &[]).contains("device type 3): activated"));
+    assert!(
+        !run(Some("info"), &["--log-level", "off"]).contains("INFO"),
+        "--log-level wins over RUST_LOG"
+    );
+    let dir = common::tmp_dir("log-file");
+    let file = dir.join("perimeter.log");
+    let f = file.to_str().unwrap();
+    for _ in 0..2 {
+        let err = run(None, &["--log-level", "debug", "--log-file", f]);
+        assert!(!err.contains("DEBUG") && !err.contains("INFO"), "{err}");
+    }
+    let log = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(log.matches(booting).count(), 2, "appended: {log}");
+    assert!(log.contains("seccomp filter installed"), "{log}");
+    assert!(log.contains("the run ended with status 0"), "{log}");
+    assert!(log.lines().all(|l| l.starts_with("[20")), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

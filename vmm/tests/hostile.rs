@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{json, kvm_present, perimeter, port_stats, status, text};
+use common::{json, kvm_present, perimeter, port_stats, status, text, tmp_dir};
 
 #[test]
 fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_holds() {
@@ -16,6 +16,8 @@ fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_ho
     ) {
         return;
     }
+    let dir = tmp_dir("hostile-log");
+    let log_file = dir.join("perimeter.log");
     let o = perimeter(&[
         "run",
         "--workload",
@@ -24,6 +26,8 @@ fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_ho
         "--json",
         "--timeout",
         "120",
+        "--log-file",
+        log_file.to_str().unwrap(),
     ]);
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(status(&o), 0, "stdout: {stdout}\nstderr: {stderr}");
@@ -87,4 +91,21 @@ fn a_hostile_guest_breaks_rings_registers_and_control_messages_and_the_device_ho
     assert_eq!(t["failed_activations"], 2, "{t}");
     assert!(t["refused_accesses"].as_u64().unwrap() >= 4, "{t}");
     assert!(st["control_ignored"].as_u64().unwrap() >= 4, "{st}");
+
+    // The log (warnings, the default) says why each ring broke and each activation failed,
+    // in the file and not on stderr.
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let broken = log
+        .lines()
+        .filter(|l| l.contains("the device asks the driver to reset"))
+        .count();
+    assert!(broken >= 4, "{log}");
+    assert_eq!(
+        log.matches("DRIVER_OK did not start the device").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.lines().count() < 100, "bounded: {log}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

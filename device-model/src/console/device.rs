@@ -241,7 +241,7 @@ impl VirtioDevice for Console {
             queues
                 .get_mut(i as usize)
                 .and_then(Option::take)
-                .map(|q| Ring::new(q, mem.clone(), a.signals.clone(), epoch))
+                .map(|q| Ring::new(i, q, mem.clone(), a.signals.clone(), epoch))
         };
         for p in &self.shared.ports {
             if p.id != 0 && !multiport {

@@ -2,7 +2,9 @@
 //! device generation it belongs to, with the checks that keep a broken ring from hurting us.
 
 use super::stats::PortCounters;
+use crate::logging::limited;
 use crate::virtio::Signals;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -10,6 +12,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// A ring the device is using.
 pub(crate) struct Ring {
+    /// The queue's index in the device (for the log).
+    pub index: u16,
     pub queue: Queue,
     pub mem: Arc<GuestMemoryMmap>,
     pub signals: Arc<Signals>,
@@ -49,8 +53,15 @@ fn buffers(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<(u16, Vec<Buffer>
 }
 
 impl Ring {
-    pub fn new(queue: Queue, mem: Arc<GuestMemoryMmap>, signals: Arc<Signals>, epoch: u64) -> Self {
+    pub fn new(
+        index: u16,
+        queue: Queue,
+        mem: Arc<GuestMemoryMmap>,
+        signals: Arc<Signals>,
+        epoch: u64,
+    ) -> Self {
         Ring {
+            index,
             queue,
             mem,
             signals,
@@ -59,10 +70,16 @@ impl Ring {
         }
     }
 
-    /// Marks the ring broken and asks the driver for a reset (DEVICE_NEEDS_RESET).
-    pub fn break_ring(&mut self) {
+    /// Marks the ring broken, says why in the log, and asks the driver for a reset
+    /// (DEVICE_NEEDS_RESET).
+    pub fn break_ring(&mut self, why: fmt::Arguments<'_>) {
         if !self.broken {
             self.broken = true;
+            limited!(
+                log::Level::Warn,
+                "virtio-console: queue {}: {why}; the device asks the driver to reset",
+                self.index
+            );
             let _ = self.signals.request_reset();
         }
     }
@@ -76,13 +93,16 @@ impl Ring {
         loop {
             let pending = match self.queue.avail_idx(&*self.mem, Ordering::Acquire) {
                 Ok(avail) => avail.0.wrapping_sub(self.queue.next_avail()),
-                Err(_) => {
-                    self.break_ring();
+                Err(e) => {
+                    self.break_ring(format_args!("the available ring cannot be read ({e})"));
                     return Pop::Broken;
                 }
             };
             if pending > self.queue.size() {
-                self.break_ring();
+                let size = self.queue.size();
+                self.break_ring(format_args!(
+                    "the driver made {pending} buffers available, more than the ring's {size}"
+                ));
                 return Pop::Broken;
             }
             if pending > 0 {
@@ -101,7 +121,9 @@ impl Ring {
         {
             Some((head, bufs)) => Pop::Chain(head, bufs),
             None => {
-                self.break_ring();
+                self.break_ring(format_args!(
+                    "a descriptor chain with a head out of range, a loop or no end"
+                ));
                 Pop::Broken
             }
         }
@@ -125,8 +147,8 @@ impl Ring {
         }
         match self.queue.enable_notification(&*self.mem) {
             Ok(pending) => pending,
-            Err(_) => {
-                self.break_ring();
+            Err(e) => {
+                self.break_ring(format_args!("the used event cannot be written ({e})"));
                 false
             }
         }
@@ -137,8 +159,8 @@ impl Ring {
         if self.broken {
             return;
         }
-        if self.queue.add_used(&*self.mem, head, len).is_err() {
-            self.break_ring();
+        if let Err(e) = self.queue.add_used(&*self.mem, head, len) {
+            self.break_ring(format_args!("the used ring cannot be written ({e})"));
         }
     }
 

@@ -21,6 +21,7 @@ use super::device::{ActivateError, Activation, ActiveQueue, VirtioDevice};
 use super::features::VERSION_1;
 use super::signals::Signals;
 use super::status::*;
+use crate::logging::limited;
 use std::io;
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_mmio::*;
@@ -55,6 +56,8 @@ pub struct TransportCounters {
 /// A virtio-mmio transport carrying one device.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// The device's type (virtio device ID), for the log.
+    device_type: u32,
     mem: GuestMemoryMmap,
     signals: Arc<Signals>,
     notify: Vec<EventFd>,
@@ -85,15 +88,16 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         signals: Arc<Signals>,
     ) -> io::Result<Self> {
-        let (queues, n) = {
+        let (queues, n, device_type) = {
             let d = device.lock().unwrap_or_else(|e| e.into_inner());
-            (queues_for(&*d), d.queue_max_sizes().len())
+            (queues_for(&*d), d.queue_max_sizes().len(), d.device_type())
         };
         let notify = (0..n)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<_>>()?;
         Ok(MmioTransport {
             device,
+            device_type,
             mem,
             signals,
             notify,
@@ -151,6 +155,21 @@ impl MmioTransport {
 
     fn refuse(&mut self) {
         self.counters.refused_accesses += 1;
+        limited!(
+            log::Level::Debug,
+            "virtio-mmio (device type {}): a register access refused (bad width, offset or \
+             status)",
+            self.device_type
+        );
+    }
+
+    fn refuse_transition(&mut self, old: u32, new: u32, why: &str) {
+        self.counters.refused_transitions += 1;
+        limited!(
+            log::Level::Warn,
+            "virtio-mmio (device type {}): status {old:#x} -> {new:#x} refused: {why}",
+            self.device_type
+        );
     }
 
     /// Handles a read at `offset` from the transport's base.
@@ -308,16 +327,20 @@ impl MmioTransport {
         let target = (done + 1..=STEPS.len()).find(|&n| prefix(n) == new);
         let Some(target) = target.filter(|_| old == prefix(done) && !self.signals.needs_reset())
         else {
-            self.counters.refused_transitions += 1;
-            return;
+            let why = if self.signals.needs_reset() {
+                "the device needs a reset first"
+            } else {
+                "not the next initialization step"
+            };
+            return self.refuse_transition(old, new, why);
         };
         for &step in &STEPS[done..target] {
             match step {
                 FEATURES_OK => {
                     let offered = self.with_device(|d| d.features()) | VERSION_1;
                     if self.acked_features & !offered != 0 || self.acked_features & VERSION_1 == 0 {
-                        self.counters.refused_transitions += 1;
-                        return;
+                        let why = "the driver accepted features not offered, or not VERSION_1";
+                        return self.refuse_transition(old, new, why);
                     }
                     self.status |= step;
                 }
@@ -342,9 +365,18 @@ impl MmioTransport {
             None => self.start_device(event_idx),
         };
         match result {
-            Ok(()) => self.counters.activations += 1,
-            Err(_) => {
+            Ok(()) => {
+                self.counters.activations += 1;
+                log::debug!("virtio-mmio (device type {}): activated", self.device_type);
+            }
+            Err(e) => {
                 self.counters.failed_activations += 1;
+                limited!(
+                    log::Level::Warn,
+                    "virtio-mmio (device type {}): DRIVER_OK did not start the device: {e}; the \
+                     driver is asked to reset",
+                    self.device_type
+                );
                 // The interrupt is best effort: the driver also sees the status bit.
                 let _ = self.signals.request_reset();
             }

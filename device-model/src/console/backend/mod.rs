@@ -14,6 +14,7 @@ pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_
 use super::port::lock;
 use super::stages::HostPoint;
 use super::{ConsoleError, ConsoleHandle, PortShared};
+use crate::logging::limited;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
@@ -110,6 +111,11 @@ impl IoState {
 
     fn stopping_input(&self) -> bool {
         self.stop_in.load(Ordering::Acquire)
+    }
+
+    /// The port's name, for the log.
+    fn name(&self) -> &str {
+        &self.port.config.name
     }
 
     fn set_client(&self, c: Option<Arc<UnixStream>>) {
@@ -459,6 +465,7 @@ fn accept_loop(st: &IoState, l: UnixListener) {
                 continue;
             }
             st.port.counters.connects.fetch_add(1, Ordering::Relaxed);
+            log::info!("port {}: a client connected", st.name());
             st.set_client(Some(Arc::new(c)));
         }
     }
@@ -558,7 +565,10 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
         };
         match r {
             Ok(0) => match (&source, client) {
-                (_, Some(cl)) => st.drop_client(&cl),
+                (_, Some(cl)) => {
+                    log::info!("port {}: the client left", st.name());
+                    st.drop_client(&cl)
+                }
                 (Source::Pty(_), _) => std::thread::sleep(Duration::from_millis(100)),
                 _ => return, // end of file
             },
@@ -575,8 +585,12 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
                     e.kind(),
                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                 ) => {}
-            Err(_) => match (&source, client) {
+            Err(e) => match (&source, client) {
                 (_, Some(cl)) => {
+                    log::warn!(
+                        "port {}: reading from the client failed ({e}); it is let go",
+                        st.name()
+                    );
                     take_leftover(st, &cl, &mut leftover);
                     st.drop_client(&cl);
                 }
@@ -606,7 +620,17 @@ fn take_leftover(st: &IoState, cl: &UnixStream, leftover: &mut Vec<u8>) {
                 let keep = n.min(LEFTOVER_MAX.saturating_sub(leftover.len()));
                 leftover.extend_from_slice(&buf[..keep]);
                 st.leftover.store(leftover.len() as u64, Ordering::Release);
-                c.drops.fetch_add((n - keep) as u64, Ordering::Relaxed);
+                if keep < n {
+                    c.drops.fetch_add((n - keep) as u64, Ordering::Relaxed);
+                    limited!(
+                        log::Level::Warn,
+                        "port {}: {} bytes a departing client sent did not fit the {} kept for \
+                         the guest; dropped (counted in drops)",
+                        st.name(),
+                        n - keep,
+                        LEFTOVER_MAX
+                    );
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,

@@ -15,6 +15,7 @@
 use super::{IoState, Sink, lock};
 use crate::console::PortCounters;
 use crate::console::stages::HostPoint;
+use crate::logging::limited;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::os::unix::net::UnixStream;
@@ -116,6 +117,13 @@ fn drop_stale(st: &IoState, held: &mut VecDeque<Mblk>) {
         if stale {
             let c = &st.port.counters;
             c.drops.fetch_add(m.msgdsize() as u64, Ordering::Relaxed);
+            limited!(
+                log::Level::Warn,
+                "port {}: {} bytes of guest output from before a device reset dropped (counted \
+                 in drops)",
+                st.name(),
+                m.msgdsize()
+            );
         }
         !stale
     });
@@ -144,6 +152,13 @@ pub(super) fn reclaim(st: &IoState, reset: bool) {
             None => {
                 let c = &st.port.counters;
                 c.drops.fetch_add(m.msgdsize() as u64, Ordering::Relaxed);
+                limited!(
+                    log::Level::Warn,
+                    "port {}: no host memory to keep {} bytes of guest output across a device \
+                     reset; dropped (counted in drops)",
+                    st.name(),
+                    m.msgdsize()
+                );
                 false
             }
         }
@@ -278,7 +293,11 @@ fn step(st: &IoState, sink: &mut Sink, copies: &mut Copies) -> Next {
                         Next::Again
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Room(client),
-                    Err(_) => {
+                    Err(e) => {
+                        log::warn!(
+                            "port {}: writing to the client failed ({e}); it is let go",
+                            st.name()
+                        );
                         // The input thread reads what the client sent, then lets it go; the
                         // rest goes to the next client.
                         st.client_write_failed(&client);
@@ -345,8 +364,14 @@ fn run(st: &Arc<IoState>, mut sink: Sink, copies: &mut Copies) {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => {
+                r => {
                     // A file or terminal that fails: keep the bytes and try again later.
+                    let e = r.err().map_or("wrote nothing".into(), |e| e.to_string());
+                    limited!(
+                        log::Level::Warn,
+                        "port {}: writing failed ({e}); the bytes are kept and written again",
+                        st.name()
+                    );
                     if st.stopping() {
                         return;
                     }
