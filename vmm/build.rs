@@ -5,10 +5,41 @@
 //! flags (from its `build.rs` and workspace profile), so that nothing of the host build (rustflags,
 //! wrappers such as clippy-driver, the profile) leaks into it, and a plain `cargo run --release`
 //! at the root needs no other step.
+//!
+//! It also hands over the commit the binary is built from (`--version` shows it), watching
+//! what moves HEAD so that a new commit rebuilds with the new id.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// `git -C root ARGS` printed, trimmed; `None` outside a git checkout or without git.
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The short id of HEAD, and the files whose change means HEAD may have moved.
+fn commit(root: &Path) -> Option<(String, Vec<PathBuf>)> {
+    let id = git(root, &["rev-parse", "--short=12", "HEAD"])?;
+    let git_dir = PathBuf::from(git(root, &["rev-parse", "--absolute-git-dir"])?);
+    let common = git(root, &["rev-parse", "--git-common-dir"]).map(|d| root.join(d));
+    let mut watch = vec![git_dir.join("HEAD")];
+    if let (Some(common), Some(name)) = (common, git(root, &["symbolic-ref", "-q", "HEAD"])) {
+        watch.push(common.join(name));
+        watch.push(common.join("packed-refs"));
+    }
+    // A path that does not exist would rerun this script on every build.
+    watch.retain(|p| p.exists());
+    Some((id, watch))
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -33,6 +64,17 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
+
+    let id = match commit(&root) {
+        Some((id, watch)) => {
+            for p in watch {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+            id
+        }
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=PERIMETER_COMMIT={id}");
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -173,6 +173,12 @@ impl fmt::Display for WorkloadError<'_> {
     }
 }
 
+/// Every workload's usage (`tx:SIZE:TOTAL[:PORT] (SIZE 8 to 1M)`, `hostile`, ...), in the
+/// table's order: what `perimeter run --help` lists.
+pub fn usages() -> impl Iterator<Item = &'static str> {
+    WORKLOADS.iter().map(|w| w.usage)
+}
+
 /// Every workload's name, comma-separated.
 struct Names;
 

@@ -15,8 +15,16 @@ use vmm::{Kernel, VmConfig};
 /// Exit status: the guest's exit code (0-119); 120 bad arguments or input files; 121 host failure
 /// (for example no /dev/kvm); 122 guest crash; 123 guest exit code above 119; 124 timeout; 125
 /// the guest succeeded but the host's check of its results failed.
+/// `perimeter --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PERIMETER_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "perimeter", version, about, long_about)]
+#[command(name = "perimeter", version = VERSION, about, long_about)]
 pub(crate) struct Cli {
     /// How much to log, to standard error or --log-file: off, error, warn, info, debug or
     /// trace. Without it RUST_LOG decides (env_logger's syntax, such as `device_model=debug`);
@@ -29,6 +37,24 @@ pub(crate) struct Cli {
     pub(crate) log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
+}
+
+/// `--workload`'s long help: what the main workloads do, then every workload the guest's
+/// table has, so that the list cannot miss one.
+fn workload_help() -> String {
+    let all: Vec<&str> = guest_abi::workload::usages().collect();
+    format!(
+        "What the built-in guest does. Its STREAMS virtio-console driver runs: selftest (the \
+         default: opens every port; round trips and a stream through `echo`, a checksummed \
+         stream to `sink`, a checked stream from `source`), echo (echo every port), tx (guest \
+         to host, CRC checked by the host), rx (host pattern to guest, checked in the guest), \
+         pingpong (round-trip latency), fairness (tx on many ports at once, each port's share), \
+         tx-idle (a writer that stops with its buffers at the device), vd-echo (the crates.io \
+         virtio-drivers console), hostile (the guest breaks its console's rings, registers and \
+         control messages case by case; see RELIABILITY.md). Sizes take K, M, G.\n\n\
+         Every workload: {}.",
+        all.join(", ")
+    )
 }
 
 /// `--log-level`: one of [`crate::logger::LEVELS`], listed in the error when it is not.
@@ -226,15 +252,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "STR", default_value = "")]
     pub(crate) cmdline: String,
 
-    /// What the built-in guest does. Its STREAMS virtio-console driver runs: selftest (the
-    /// default: opens every port; round trips and a stream through `echo`, a checksummed
-    /// stream to `sink`, a checked stream from `source`), echo[:BYTES] (echo every port),
-    /// tx:SIZE:TOTAL[:PORT] (guest to host, CRC checked by the host), rx:SIZE:TOTAL[:PORT]
-    /// (host pattern to guest, checked in the guest), pingpong:SIZE:COUNT[:PORT] (round-trip
-    /// latency). Sizes take K, M, G. Also: boot, exit:N, panic, fault, ud, hang, uart, svc:N,
-    /// vd-echo[:BYTES] (the crates.io virtio-drivers console), hostile (the guest breaks its
-    /// console's rings, registers and control messages case by case; see RELIABILITY.md).
-    #[arg(long, value_name = "NAME[:ARGS]", value_parser = parse_workload)]
+    /// What the built-in guest does (default selftest); --help lists every workload.
+    #[arg(long, value_name = "NAME[:ARGS]", value_parser = parse_workload,
+          long_help = workload_help())]
     pub(crate) workload: Option<String>,
 
     /// Buffer exhaustion inside the guest's STREAMS pool, repeatable: allocb=every:N or

@@ -370,6 +370,9 @@ fn help_explains_every_flag_of_run() {
     ] {
         assert!(out.contains(flag), "{flag}: {out}");
     }
+    for usage in guest_abi::workload::usages() {
+        assert!(out.contains(usage), "{usage}: {out}");
+    }
 }
 
 #[test]
@@ -580,4 +583,22 @@ fn the_log_follows_rust_log_or_log_level_and_goes_to_a_file_when_asked() {
     assert!(log.contains("the run ended with status 0"), "{log}");
     assert!(log.lines().all(|l| l.starts_with("[20")), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let o = perimeter(&["--version"]);
+    assert_eq!(status(&o), 0);
+    let out = text(&o.stdout);
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|g| g.status.success())
+        .map(|g| text(&g.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        out,
+        format!("perimeter {} (commit {head})\n", env!("CARGO_PKG_VERSION"))
+    );
 }
