@@ -197,11 +197,19 @@ fn main() -> ExitCode {
             );
             let c = &report.console;
             if json {
-                let results =
-                    serde_json::to_string(&report.results).expect("plain data serializes");
-                let stats = c.json();
-                let body = stats.strip_suffix('}').unwrap_or(&stats);
-                stdout(&format!("{body},\"results\":{results}}}\n"));
+                /// The `--json` document: the console's statistics and the guest's results.
+                #[derive(serde::Serialize)]
+                struct RunDocument<'a> {
+                    #[serde(flatten)]
+                    console: &'a device_model::console::ConsoleStats,
+                    results: &'a [vmm::results::GuestResult],
+                }
+                let doc = RunDocument {
+                    console: c,
+                    results: &report.results,
+                };
+                let line = serde_json::to_string(&doc).expect("plain data serializes");
+                stdout(&format!("{line}\n"));
             } else {
                 if !report.results.is_empty() {
                     stdout(&vmm::results::table(&report.results));

@@ -591,7 +591,13 @@ fn version_names_the_commit_it_was_built_from() {
     assert_eq!(status(&o), 0);
     let out = text(&o.stdout);
     let head = std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|g| g.status.success())

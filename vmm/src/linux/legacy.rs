@@ -1,7 +1,7 @@
 //! The PC ports a Linux guest touches beyond COM1, and how its run ends.
 //!
-//! - Port 0x64, the keyboard controller: its status reads "ready", and command 0xfe (pulse the
-//!   reset line) ends the run. With `reboot=k panic=-1`, both `reboot -f` and a kernel panic
+//! - Port 0x64, the keyboard controller (rust-vmm's `vm_superio::I8042Device`): its status
+//!   reads "ready", and command 0xfe (pulse the reset line) ends the run. With `reboot=k panic=-1`, both `reboot -f` and a kernel panic
 //!   end there.
 //! - Ports 0x70/0x71, the CMOS clock: reads 0, so a clock read never waits on "update in
 //!   progress" (kvmclock gives Linux the time anyway).
@@ -11,15 +11,19 @@
 
 use crate::bus::{Action, BusDevice};
 use crate::error::Outcome;
+use std::convert::Infallible;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use vm_superio::{I8042Device, Trigger};
 
 /// The keyboard controller's command/status port.
 pub const I8042_COMMAND: u64 = 0x64;
 /// The CMOS index and data ports.
 pub const CMOS_BASE: u64 = 0x70;
-const I8042_RESET: u8 = 0xfe;
+/// Where the command port sits in `I8042Device`'s register window (data port 0x60 + 4).
+const I8042_COMMAND_OFFSET: u8 = 4;
 const PANIC: &str = "Kernel panic - not syncing: ";
 const INIT_EXIT: &str = "Attempted to kill init! exitcode=0x";
 /// The longest console line kept for the panic check.
@@ -102,32 +106,57 @@ pub fn reset_outcome(panic: Option<&str>) -> Outcome {
     }
 }
 
-/// The keyboard controller's reset line.
-pub struct ResetPort {
+/// The keyboard controller's reset line: pulling it reports the run's end.
+struct ResetLine {
     outcome: Sender<Outcome>,
     panic: PanicNote,
+    pulled: AtomicBool,
 }
+
+impl Trigger for ResetLine {
+    type E = Infallible;
+
+    fn trigger(&self) -> Result<(), Infallible> {
+        let _ = self
+            .outcome
+            .send(reset_outcome(self.panic.get().as_deref()));
+        self.pulled.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The keyboard controller's command port (0x64 alone: Linux needs nothing else of it).
+pub struct ResetPort(Mutex<I8042Device<ResetLine>>);
 
 impl ResetPort {
     /// A reset port that reports the run's end to `outcome`.
     pub fn new(outcome: Sender<Outcome>, panic: PanicNote) -> Self {
-        ResetPort { outcome, panic }
+        ResetPort(Mutex::new(I8042Device::new(ResetLine {
+            outcome,
+            panic,
+            pulled: AtomicBool::new(false),
+        })))
     }
 }
 
 impl BusDevice for ResetPort {
     fn read(&self, _vcpu: u32, _offset: u64, data: &mut [u8]) {
-        data.fill(0); // input and output buffers empty: ready for a command
+        let mut dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Input and output buffers empty: ready for a command.
+        data.fill(dev.read(I8042_COMMAND_OFFSET));
     }
 
     fn write(&self, _vcpu: u32, _offset: u64, data: &[u8]) -> Action {
-        if data.first() != Some(&I8042_RESET) {
+        let Some(&value) = data.first() else {
             return Action::Continue;
+        };
+        let mut dev = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(()) = dev.write(I8042_COMMAND_OFFSET, value);
+        if dev.reset_evt().pulled.load(Ordering::Acquire) {
+            Action::Stop
+        } else {
+            Action::Continue
         }
-        let _ = self
-            .outcome
-            .send(reset_outcome(self.panic.get().as_deref()));
-        Action::Stop
     }
 }
 
