@@ -73,6 +73,21 @@ pub(crate) enum Command {
     /// and SVG plots into --out. Every transfer is checked (bytes delivered / sent, CRCs).
     /// Exit status 1 when a perimeter run failed or lost data.
     Bench(BenchArgs),
+    /// Send one request to a running perimeter's control socket (`run --control PATH`) and
+    /// print its answer, one line of JSON: ports (name, backend, path, state, counters),
+    /// stats, add NAME, remove NAME, shutdown. Exit status 0 when the answer is ok, 1 when
+    /// it says why not, 120 for a request that is not one or a socket nobody serves.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CtlArgs {
+    /// The control socket's path.
+    #[arg(value_name = "SOCKET")]
+    pub(crate) socket: PathBuf,
+    /// The request: ports, stats, add NAME, remove NAME or shutdown.
+    #[arg(value_name = "REQUEST", required = true, num_args = 1..)]
+    pub(crate) request: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -306,9 +321,10 @@ pub(crate) struct RunArgs {
     #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
     pub(crate) faults: Vec<FaultSpec>,
 
-    /// Listen on a UNIX socket for commands while the guest runs, one per line: `ports`
-    /// (list them), `remove NAME` (hot-remove a port: the guest's stream is hung up), `add
-    /// NAME` (hot-add a removed or `unplugged` port).
+    /// Listen on a UNIX socket for requests while the guest runs, one per line, as JSON or
+    /// words, each answered by one line of JSON: ports (backends, paths, state, counters),
+    /// stats, remove NAME (hot-remove a port: the guest's stream is hung up), add NAME
+    /// (hot-add a removed or `unplugged` port), shutdown. `perimeter ctl` is its client.
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 

@@ -105,6 +105,8 @@ pub enum Outcome {
     TimedOut(std::time::Duration),
     /// SIGINT, SIGTERM or SIGHUP (its number) stopped the run.
     Signalled(i32),
+    /// A control socket client asked for `shutdown`.
+    Shutdown,
 }
 
 impl Outcome {
@@ -116,6 +118,7 @@ impl Outcome {
             Outcome::Crashed(_) => STATUS_GUEST_CRASH,
             Outcome::TimedOut(_) => STATUS_TIMEOUT,
             Outcome::Signalled(sig) => (128 + sig) as u8,
+            Outcome::Shutdown => 0,
         }
     }
 
@@ -136,6 +139,7 @@ impl Outcome {
                 crate::signals::name(*sig),
                 128 + sig
             )),
+            Outcome::Shutdown => Some("stopped by the control socket's shutdown".into()),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`bench`] | `perimeter bench`: the benchmark matrix, optionally beside QEMU |
 //! | [`config`] | what to boot, validated |
-//! | [`control`] | the control socket: list, remove and add ports while the guest runs |
+//! | [`control`] | the control socket (JSON lines: ports, stats, add, remove, shutdown) and `perimeter ctl`, its client |
 //! | [`loader`] | the embedded guest and ELF loading (linux-loader) |
 //! | [`boot`] | long-mode entry state: GDT, page tables, registers, boot parameters |
 //! | [`linux`] | booting Linux: zero page, MP table, CPUID profile, reset and panic |

@@ -10,13 +10,31 @@ mod cli;
 mod logger;
 
 use clap::Parser;
-use cli::{BenchArgs, Cli, Command, RunArgs};
+use cli::{BenchArgs, Cli, Command, CtlArgs, RunArgs};
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::error::STATUS_BAD_INPUT;
 
 /// Exit status when the guest succeeded but the host's check of its results failed.
 const STATUS_RESULT_MISMATCH: u8 = 125;
+
+/// `perimeter ctl`: one request, its answer on stdout.
+fn ctl(args: &CtlArgs) -> ExitCode {
+    match vmm::control::client::request(&args.socket, &args.request) {
+        Ok((ok, answer)) => {
+            stdout(&format!("{answer}\n"));
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("perimeter ctl: {e}");
+            ExitCode::from(e.status())
+        }
+    }
+}
 
 fn bench(args: BenchArgs) -> ExitCode {
     if let Some(duration) = args.soak {
@@ -171,6 +189,7 @@ fn main() -> ExitCode {
     let args = match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => args,
         Command::Bench(args) => return bench(args),
+        Command::Ctl(args) => return ctl(&args),
     };
     let (stats, json) = (args.stats, args.json);
     let config = args.config();

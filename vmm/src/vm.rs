@@ -121,9 +121,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let console = attach_console(config, &entry, &vm, &router, &mut mmio, &mem)?;
     let control = match &config.control {
         Some(path) => {
-            let names = config.ports.iter().map(|p| p.name.clone()).collect();
-            let handle = console.runtime.handle();
-            let c = ControlSocket::start(path, handle, names)?;
+            let c = ControlSocket::start(path, control_context(config, &console), tx.clone())?;
             eprintln!("perimeter: control: {}", path.display());
             Some(c)
         }
@@ -204,6 +202,38 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         console: stats,
         results,
     })
+}
+
+/// What the control socket answers from: the console, each port's backend and path, and the
+/// transport's counters.
+fn control_context(config: &VmConfig, console: &ConsoleSlot) -> crate::control::Context {
+    let paths = console.runtime.paths();
+    let transport = console.transport.clone();
+    crate::control::Context {
+        console: console.runtime.handle(),
+        backends: config
+            .ports
+            .iter()
+            .map(|p| p.backend_text.clone())
+            .collect(),
+        paths: config
+            .ports
+            .iter()
+            .map(|p| {
+                paths
+                    .iter()
+                    .find(|(n, _)| *n == p.name)
+                    .map(|(_, path)| path.clone())
+            })
+            .collect(),
+        complete: Box::new(move |s| {
+            s.transport = transport
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .counters();
+        }),
+    }
 }
 
 /// The VM with its irqchip, the timers the guest needs and guest memory registered.

@@ -199,10 +199,15 @@ fn remove_ports(control: &Path, ports: usize) -> Vec<String> {
     let mut problems = Vec::new();
     for i in 0..ports {
         let mut answer = String::new();
-        let asked = writeln!(answers.get_mut(), "remove p{i}");
+        let req = crate::control::Request::Remove {
+            port: format!("p{i}"),
+        };
+        let line = serde_json::to_string(&req).expect("a request serializes");
+        let asked = writeln!(answers.get_mut(), "{line}");
         let read = asked.and_then(|()| std::io::BufRead::read_line(&mut answers, &mut answer));
+        let removed = serde_json::json!({ "ok": true, "removed": format!("p{i}") });
         match read {
-            Ok(_) if answer.trim() == format!("ok removed p{i}") => {}
+            Ok(_) if serde_json::from_str::<serde_json::Value>(&answer).ok() == Some(removed) => {}
             Ok(_) => problems.push(format!("remove p{i}: {:?}", answer.trim())),
             Err(e) => problems.push(format!("remove p{i}: {e}")),
         }

@@ -1,0 +1,129 @@
+//! The control socket of a running VM, driven as a user would: `perimeter ctl SOCKET REQUEST`
+//! lists the ports with their paths, removes and adds one, reads the statistics, refuses what
+//! it must in one line, and ends the run with `shutdown`.
+//!
+//! Needs `/dev/kvm`; without it the test says so on stderr and passes without running.
+
+mod common;
+
+use common::{kvm_present, perimeter, status, text, tmp_dir};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+
+fn ctl(socket: &str, request: &[&str]) -> (i32, Value, String) {
+    let o = perimeter(&[&["ctl", socket][..], request].concat());
+    let out = text(&o.stdout);
+    let doc = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    (status(&o), doc, text(&o.stderr))
+}
+
+#[test]
+fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
+    if !kvm_present("a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl") {
+        return;
+    }
+    let dir = tmp_dir("ctl");
+    let sock = dir.join("control.sock");
+    let s = sock.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args([
+            "run",
+            "--workload",
+            "echo",
+            "--timeout",
+            "120",
+            "--control",
+            s,
+        ])
+        .args([
+            "--port",
+            "name=a,backend=null",
+            "--port",
+            "name=t,backend=pty",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("perimeter: control: ") {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended early: {seen}");
+        seen += &line;
+    }
+    // The guest's driver has every port open (its echo says so) before anything changes.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    while !stdout.contains("port(s) open") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "ended early: {stdout}"
+        );
+        stdout += &line;
+    }
+
+    let (st, doc, _) = ctl(s, &["ports"]);
+    assert_eq!(st, 0, "{doc}");
+    let ports = doc["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{doc}");
+    assert_eq!(ports[0]["name"], "a");
+    assert_eq!(ports[0]["backend"], "null");
+    assert_eq!(ports[0]["guest_open"], true, "{doc}");
+    assert!(
+        ports[1]["path"].as_str().unwrap().starts_with("/dev/pts/"),
+        "{doc}"
+    );
+    assert!(
+        seen.contains(ports[1]["path"].as_str().unwrap()),
+        "the same path as announced"
+    );
+
+    assert_eq!(
+        ctl(s, &["remove", "a"]).1,
+        serde_json::json!({"ok": true, "removed": "a"})
+    );
+    let (st, doc, _) = ctl(s, &["remove", "a"]);
+    assert_eq!(st, 1, "a refusal: {doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("not plugged in"),
+        "{doc}"
+    );
+    assert_eq!(ctl(s, &["ports"]).1["ports"][0]["plugged"], false);
+    assert_eq!(ctl(s, &["add", "a"]).0, 0);
+
+    let (st, doc, _) = ctl(s, &["stats"]);
+    assert_eq!(st, 0, "{doc}");
+    assert!(
+        doc["stats"]["transport"]["activations"].as_u64().unwrap() >= 1,
+        "{doc}"
+    );
+    assert!(doc["stats"]["control_in"].as_u64().unwrap() >= 2, "{doc}");
+
+    let (st, _, e) = ctl(s, &["fly"]);
+    assert_eq!(st, 120, "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("unknown request \"fly\""), "{e}");
+    let nobody = dir.join("nobody.sock");
+    let (st, _, e) = ctl(nobody.to_str().unwrap(), &["ports"]);
+    assert_eq!(st, 120, "{e}");
+    assert!(
+        e.starts_with("perimeter ctl: ") && e.lines().count() == 1,
+        "{e}"
+    );
+
+    assert_eq!(ctl(s, &["shutdown"]).0, 0);
+    out.read_to_string(&mut stdout).unwrap();
+    let _ = err.read_to_string(&mut seen);
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{stdout}\n{seen}");
+    assert!(
+        seen.contains("stopped by the control socket's shutdown"),
+        "{seen}"
+    );
+    assert!(!sock.exists(), "the socket file is removed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
