@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod debug;
+pub mod histogram;
 pub mod layout;
 pub mod seeded;
 pub mod workload;

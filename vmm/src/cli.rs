@@ -110,7 +110,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "TEXT")]
     pub(crate) only: Vec<String>,
 
-    /// Folder for results.json, throughput.svg, latency.svg and the guest image QEMU boots.
+    /// Folder for results.json, throughput.svg, latency.svg, advantage.svg (with --vs-qemu)
+    /// and the guest image QEMU boots; for --soak, soak-memory.svg.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     pub(crate) out: PathBuf,
 

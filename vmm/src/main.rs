@@ -130,6 +130,7 @@ fn soak(args: &BenchArgs, duration: Duration) -> ExitCode {
         fault_rate: args.fault_rate,
         seed: args.seed,
         perimeter,
+        out: Some(args.out.clone()),
     };
     match vmm::bench::soak::run(&opts) {
         Ok(report) => {

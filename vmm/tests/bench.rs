@@ -97,18 +97,37 @@ fn bench_writes_a_table_json_and_plots_and_checks_every_byte() {
             .unwrap()
             > 0.0
     );
-    assert_eq!(
-        figures(&doc, "pingpong 64 B", "perimeter")["latency_us"]
-            .as_array()
-            .unwrap()
-            .len(),
-        9
+    assert_eq!(doc["schema"], 2, "results.json says its layout");
+    assert!(doc["commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(
+        doc["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
     );
-    let stages = figures(&doc, "pingpong 64 B", "perimeter")["stages_us"]
+    let pingpong = figures(&doc, "pingpong 64 B", "perimeter");
+    let latency = pingpong["latency_us"].as_object().unwrap();
+    assert_eq!(latency.len(), 9, "{pingpong}");
+    assert!(latency["p99_us"].as_f64().unwrap() >= latency["median_us"].as_f64().unwrap());
+    let stages = pingpong["stages_us"].as_object().unwrap();
+    assert_eq!(
+        stages.len(),
+        8,
+        "seven stages and the round trip: {pingpong}"
+    );
+    assert!(stages.contains_key("round_trip_us"));
+    // Every round trip of every run, pooled: as many as the runs made.
+    let hist = pingpong["latency_hist"].as_array().unwrap();
+    let pooled: u64 = hist.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    let runs = pingpong["runs"].as_array().unwrap().len() as u64;
+    let count = doc["rows"]
         .as_array()
         .unwrap()
-        .len();
-    assert_eq!(stages, 8, "seven stages and the round trip");
+        .iter()
+        .find(|r| r["name"] == "pingpong 64 B")
+        .unwrap()["cell"]["amount"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(pooled, runs * count, "{pingpong}");
     assert!(table.contains("perimeter round trip, us"), "{table}");
     // Pinned where a CPU is left over for everything but the vCPU.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -236,8 +255,12 @@ fn a_short_soak_moves_data_both_ways_on_every_port_and_loses_nothing() {
     // 7 s each: past the 5 s warm-up, so that memory is compared too. Seeds 14, 15 and 26
     // once hung at the end (the control socket dropped `remove` commands after answering the
     // first one to a client that had left): the removal and the guest's exit are checked too.
+    let dir = tmp_dir("soak");
+    let out = dir.to_str().unwrap();
     for seed in ["9", "14", "15", "26"] {
-        let o = perimeter(&["bench", "--soak", "0.12", "--ports", "3", "--seed", seed]);
+        let o = perimeter(&[
+            "bench", "--soak", "0.12", "--ports", "3", "--seed", seed, "--out", out,
+        ]);
         let table = text(&o.stdout);
         assert_eq!(status(&o), 0, "seed {seed}: {table}\n{}", text(&o.stderr));
         assert!(table.contains("verdict: ok"), "seed {seed}: {table}");
@@ -258,7 +281,15 @@ fn a_short_soak_moves_data_both_ways_on_every_port_and_loses_nothing() {
                 "seed {seed}: no host fault injected: {table}"
             );
         }
+        // Memory over time, drawn: a sample a second after the warm-up, and the bound.
+        let svg = std::fs::read_to_string(dir.join("soak-memory.svg")).unwrap();
+        assert!(
+            svg.contains("bound: the sample at 5 s plus 32 MiB"),
+            "seed {seed}"
+        );
+        std::fs::remove_file(dir.join("soak-memory.svg")).unwrap();
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -195,8 +195,15 @@ fn measure(launcher: &Launcher, cells: &[matrix::Cell], vmms: &[Vmm], runs: usiz
     rows
 }
 
+/// The version of `results.json`'s layout: 2 added the schema, commit and timestamp, the
+/// pooled latency histograms, and percentiles and stages by name.
+pub const RESULTS_SCHEMA: u32 = 2;
+
 fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Result<(), Error> {
     let doc = serde_json::json!({
+        "schema": RESULTS_SCHEMA,
+        "commit": env!("PERIMETER_COMMIT"),
+        "timestamp": jiff::Timestamp::now().to_string(),
         "machine": machine(launcher),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "quick": opts.quick,
@@ -215,6 +222,7 @@ fn write_outputs(opts: &BenchOptions, launcher: &Launcher, rows: &[Row]) -> Resu
         .map_err(host("cannot write results.json"))?;
     plot::throughput(rows, &opts.out.join("throughput.svg"))
         .and_then(|()| plot::latency(rows, &opts.out.join("latency.svg")))
+        .and_then(|()| plot::advantage(rows, &opts.out.join("advantage.svg")).map(|_| ()))
         .map_err(|e| Error::Host {
             what: "cannot draw the plots",
             source: std::io::Error::other(e.to_string()),

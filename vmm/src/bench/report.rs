@@ -17,11 +17,15 @@ pub struct VmmFigures {
     pub exit_ms: f64,
     /// Median throughput (MiB/s).
     pub mib_s: Option<f64>,
-    /// Median latency at each percentile (µs), for pingpong.
+    /// Median latency at each percentile (µs), for pingpong, by the percentile's name.
+    #[serde(serialize_with = "by_percentile")]
     pub latency_us: Vec<f64>,
+    /// Every run's round trips pooled, for pingpong: non-empty buckets in order.
+    pub latency_hist: Vec<HistBucket>,
     /// Median of the runs' floors (see [`Sample::floor`]).
     pub floor: Option<f64>,
-    /// Median of each of the runs' stages (see [`Sample::stages_us`]).
+    /// Median of each of the runs' stages (see [`Sample::stages_us`]), by the stage's name.
+    #[serde(serialize_with = "by_stage")]
     pub stages_us: Vec<f64>,
     /// Bytes delivered over bytes sent, all runs together (1.0 = nothing lost).
     pub delivered_ratio: Option<f64>,
@@ -29,6 +33,52 @@ pub struct VmmFigures {
     pub problems: Vec<String>,
     /// Every run.
     pub runs: Vec<Sample>,
+}
+
+/// Round trips that took from `from_ns` up to (not including) `to_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HistBucket {
+    /// The bucket's first duration.
+    pub from_ns: u64,
+    /// The first duration past it.
+    pub to_ns: u64,
+    /// Round trips in it.
+    pub count: u64,
+}
+
+/// The runs' histograms added up.
+fn pooled(runs: &[Sample]) -> Vec<HistBucket> {
+    let mut sum = std::collections::BTreeMap::<u32, u64>::new();
+    for (i, c) in runs.iter().flat_map(|r| r.latency_hist.iter().copied()) {
+        *sum.entry(i).or_default() += c;
+    }
+    sum.into_iter()
+        .map(|(i, count)| {
+            let (from_ns, to_ns) = guest_abi::histogram::bounds(i);
+            HistBucket {
+                from_ns,
+                to_ns,
+                count,
+            }
+        })
+        .collect()
+}
+
+/// `[1.0, 2.0, ...]` as `{"min_us": 1.0, "p10_us": 2.0, ...}`, by [`PERCENTILES`].
+fn by_percentile<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+    let keys = super::sample::PERCENTILES
+        .iter()
+        .map(|(k, _)| k.replace("_ns", "_us"));
+    s.collect_map(keys.zip(v.iter().copied()))
+}
+
+/// `[1.0, ...]` as `{"send_us": 1.0, ..., "round_trip_us": ...}`, by [`STAGES`].
+fn by_stage<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+    let keys = STAGES
+        .iter()
+        .map(|k| format!("{k}_us"))
+        .chain(["round_trip_us".to_string()]);
+    s.collect_map(keys.zip(v.iter().copied()))
 }
 
 /// One row: a cell and its figures per VMM.
@@ -85,6 +135,7 @@ impl VmmFigures {
             exit_ms: median(runs.iter().map(|r| r.exit_ms).collect()).unwrap_or(0.0),
             mib_s: median(runs.iter().filter_map(|r| r.mib_s).collect()),
             latency_us: medians_by_index(&runs, |r| &r.latency_us),
+            latency_hist: pooled(&runs),
             floor: median(runs.iter().filter_map(|r| r.floor).collect()),
             stages_us: medians_by_index(&runs, |r| &r.stages_us),
             delivered_ratio: (sent > 0).then(|| delivered as f64 / sent as f64),

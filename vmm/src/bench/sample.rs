@@ -36,6 +36,10 @@ pub struct Sample {
     /// Where a pingpong's round trip went: each of `STAGES` in a typical trip (µs), then the
     /// median round trip of the trips matched; empty when the VMM cannot stamp them.
     pub stages_us: Vec<f64>,
+    /// Every round trip of a pingpong, as (bucket, count) of `guest_abi::histogram` (pooled
+    /// into [`super::report::VmmFigures::latency_hist`], so not written per run).
+    #[serde(skip)]
+    pub latency_hist: Vec<(u32, u64)>,
     /// Bytes the guest sent (tx) or asked for (rx, pingpong).
     pub sent: u64,
     /// Bytes that arrived intact: counted by the host peers (tx), checked by the guest (rx,
@@ -105,6 +109,11 @@ impl Sample {
                     s.floor = num(r, "doorbell_ns")
                         .filter(|&n| n > 0)
                         .map(|n| n as f64 / 1e3);
+                    s.latency_hist = r
+                        .get("hist")
+                        .and_then(guest_abi::histogram::parse)
+                        .map(Iterator::collect)
+                        .unwrap_or_default();
                 }
                 if let Some(r) = of("stages").next()
                     && num(r, "joined").is_some_and(|j| j > 0)

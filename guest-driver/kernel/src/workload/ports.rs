@@ -345,6 +345,16 @@ pub fn pingpong(
     ] {
         line.add(key, quantile(&ns, per_mille));
     }
+    // Every round trip, in the histogram the host pools over runs (guest_abi::histogram).
+    let mut buckets = alloc::collections::BTreeMap::<u32, u64>::new();
+    for &t in &ns {
+        *buckets.entry(guest_abi::histogram::bucket(t)).or_default() += 1;
+    }
+    let hist: Vec<String> = buckets
+        .iter()
+        .map(|(i, c)| alloc::format!("{i}:{c}"))
+        .collect();
+    line.add("hist", hist.join(","));
     line.emit();
     Ok(())
 }

@@ -6,9 +6,11 @@
 //! through the control socket, which ends the guest's echo, and the guest's own counts, the
 //! console statistics and the peers' are compared.
 
+pub mod memory;
 pub mod traffic;
 
 use crate::error::Error;
+use memory::{Rss, rss_bytes};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -32,6 +34,8 @@ pub struct SoakOptions {
     pub seed: u64,
     /// The perimeter binary to run.
     pub perimeter: PathBuf,
+    /// Where `soak-memory.svg` goes (nowhere when `None`).
+    pub out: Option<PathBuf>,
 }
 
 /// How a soak went.
@@ -44,43 +48,6 @@ pub struct SoakReport {
 
 /// How long a peer waits for the rest of the echo once it stopped sending.
 const GRACE: Duration = Duration::from_secs(60);
-/// Resident memory may grow this much between the first sample and the last.
-const RSS_SLACK: u64 = 32 << 20;
-/// The first sample is taken this long after traffic starts (the guest's buffers are in
-/// place by then).
-const WARM_UP: Duration = Duration::from_secs(5);
-
-/// Resident memory of a running process, from `/proc/PID/status` (bytes).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib << 10)
-}
-
-/// Resident-memory samples of the VMM.
-#[derive(Default, Debug)]
-struct Rss {
-    first: Option<(Duration, u64)>,
-    last: u64,
-    max: u64,
-}
-
-impl Rss {
-    fn sample(&mut self, at: Duration, bytes: u64) {
-        if self.first.is_none() && at >= WARM_UP {
-            self.first = Some((at, bytes));
-        }
-        self.last = bytes;
-        self.max = self.max.max(bytes);
-    }
-}
 
 /// Runs the soak; prints progress on stderr.
 pub fn run(opts: &SoakOptions) -> Result<SoakReport, Error> {
@@ -157,6 +124,15 @@ fn soak(opts: &SoakOptions, dir: &Path) -> Result<SoakReport, Error> {
         start.elapsed(),
         &mut problems,
     );
+    if let Some(dir) = &opts.out {
+        let path = dir.join("soak-memory.svg");
+        let drawn = std::fs::create_dir_all(dir)
+            .map_err(|e| e.into())
+            .and_then(|()| rss.plot(&path));
+        if let Err(e) = drawn {
+            problems.push(format!("cannot draw {}: {e}", path.display()));
+        }
+    }
     Ok(SoakReport { table, problems })
 }
 
@@ -344,7 +320,7 @@ fn report(
     }
     match rss.first {
         Some((at, first)) => {
-            let bounded = rss.last <= first + RSS_SLACK;
+            let bounded = rss.bounded() == Some(true);
             let _ = writeln!(
                 t,
                 "perimeter RSS: {} at {:.0} s, at most {}, {} at the end: {}",
@@ -384,24 +360,4 @@ fn report(
 
 fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Host { what, source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rss_of_this_process_is_read() {
-        let b = rss_bytes(std::process::id()).expect("VmRSS");
-        assert!(b > 1 << 20, "{b}");
-    }
-
-    #[test]
-    fn memory_is_compared_from_the_first_sample_after_warm_up() {
-        let mut r = Rss::default();
-        r.sample(Duration::from_secs(1), 100);
-        r.sample(WARM_UP, 50);
-        r.sample(WARM_UP * 2, 70);
-        assert_eq!((r.first, r.last, r.max), (Some((WARM_UP, 50)), 70, 100));
-    }
 }
