@@ -43,12 +43,13 @@ fn bench(args: BenchArgs) -> ExitCode {
     if args.linux {
         return bench_linux(&args);
     }
-    let out = args.out.clone();
+    let (out, vs_qemu) = (args.out.clone(), args.vs_qemu);
     match vmm::bench::run(&args.options()) {
         Ok(report) => {
             stdout(&report.table);
+            let advantage = if vs_qemu { ", advantage.svg" } else { "" };
             eprintln!(
-                "perimeter: results.json, throughput.svg and latency.svg are in {}",
+                "perimeter: results.json, throughput.svg, latency.svg{advantage} are in {}",
                 out.display()
             );
             for p in &report.perimeter_problems {

@@ -13,7 +13,8 @@
 use super::launch::Vmm;
 use super::matrix::{Kind, SIZES, human_size};
 use super::report::{Row, VmmFigures};
-use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -66,6 +67,56 @@ fn canvas(
     Ok(root)
 }
 
+/// Draws the legend at `at` on `chart` and writes `root`'s file.
+pub(crate) fn finish<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+    at: SeriesLabelPosition,
+) -> PlotResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(at)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// A chart of one category per cell (labelled by `labels`) against a log scale from `lo` to
+/// `hi`, its axes named.
+fn cell_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    labels: &[String],
+    (lo, hi): (f64, f64),
+    y_desc: &str,
+    y_label: &dyn Fn(&f64) -> String,
+) -> Result<ChartContext<'a, SVGBackend<'b>, CellCoord>, Box<dyn std::error::Error>> {
+    let n = labels.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(60)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(labels.len() * 4 + 1)
+        .x_label_formatter(&|x| category_label(labels, *x))
+        .x_label_style(("sans-serif", 11))
+        .y_label_formatter(y_label)
+        .light_line_style(RGBColor(240, 240, 240))
+        .x_desc("cell (workload, message size, ports)")
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
+/// Categories (cells) across, a log scale up.
+type CellCoord = Cartesian2d<RangedCoordf64, LogCoord<f64>>;
+
 /// `throughput.svg`: per throughput cell, each VMM's median MiB/s as a bar, and a whisker
 /// from its slowest run to its fastest.
 pub fn throughput(rows: &[Row], path: &Path) -> PlotResult {
@@ -85,26 +136,12 @@ pub fn throughput(rows: &[Row], path: &Path) -> PlotResult {
         .max()
         .unwrap_or(0);
     let root = canvas(path, (1400, 640))?;
-    let n = cells.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("throughput", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(labels.len() * 4 + 1)
-        .x_label_formatter(&|x| category_label(&labels, *x))
-        .x_label_style(("sans-serif", 11))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(RGBColor(240, 240, 240))
-        .x_desc("cell (workload, message size, ports)")
-        .y_desc(format!(
-            "MiB/s, log scale: bar = median of {most_runs} run(s), whisker = slowest to fastest"
-        ))
-        .draw()?;
+    let y_desc = format!(
+        "MiB/s, log scale: bar = median of {most_runs} run(s), whisker = slowest to fastest"
+    );
+    let mut chart = cell_chart(&root, "throughput", &labels, (lo, hi), &y_desc, &|y| {
+        format!("{y:.0}")
+    })?;
     let nv = cells.first().map_or(1, |r| r.vmms.len()).max(1);
     let width = 0.8 / nv as f64;
     for v in 0..nv {
@@ -150,14 +187,7 @@ pub fn throughput(rows: &[Row], path: &Path) -> PlotResult {
             });
         chart.draw_series(whiskers)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 /// Percentile `p` (0 to 1) on the tail axis: 0 at 0%, 1 at 90%, 2 at 99%, 3 at 99.9%.
@@ -252,14 +282,7 @@ pub fn latency(rows: &[Row], path: &Path) -> PlotResult {
             .label(l.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + len, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 /// `advantage.svg`: perimeter's advantage over QEMU per cell, a bar from the 1× line. Draws
@@ -276,26 +299,14 @@ pub fn advantage(rows: &[Row], path: &Path) -> Result<bool, Box<dyn std::error::
     let (lo, hi) = log_range(cells.iter().map(|c| c.1), Some(1.0));
     let root = canvas(path, (1600, 640))?;
     let n = cells.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "perimeter against QEMU, same guest, same host peers",
-            ("sans-serif", 22),
-        )
-        .margin(16)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(labels.len() * 4 + 1)
-        .x_label_formatter(&|x| category_label(&labels, *x))
-        .x_label_style(("sans-serif", 11))
-        .y_label_formatter(&|y| format!("{y:.1}×"))
-        .light_line_style(RGBColor(240, 240, 240))
-        .x_desc("cell (workload, message size, ports)")
-        .y_desc("perimeter's advantage, × (throughput ratio, or QEMU's time over ours; log scale)")
-        .draw()?;
+    let mut chart = cell_chart(
+        &root,
+        "perimeter against QEMU, same guest, same host peers",
+        &labels,
+        (lo, hi),
+        "perimeter's advantage, × (throughput ratio, or QEMU's time over ours; log scale)",
+        &|y| format!("{y:.1}×"),
+    )?;
     let (ahead, behind) = (COLORS[2], COLORS[1]);
     chart.draw_series(cells.iter().enumerate().map(|(i, &(_, a))| {
         let x = i as f64;
@@ -315,13 +326,7 @@ pub fn advantage(rows: &[Row], path: &Path) -> Result<bool, Box<dyn std::error::
         )))?
         .label("1×: the same as QEMU")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root.present()?;
+    finish(&mut chart, &root, SeriesLabelPosition::UpperRight)?;
     Ok(true)
 }
 

@@ -121,14 +121,7 @@ impl Rss {
                     PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        root.present()?;
-        Ok(())
+        crate::bench::plot::finish(&mut chart, &root, SeriesLabelPosition::LowerRight)
     }
 }
 
