@@ -107,6 +107,8 @@ pub enum Outcome {
     Signalled(i32),
     /// A control socket client asked for `shutdown`.
     Shutdown,
+    /// The user pressed `Ctrl-A x` on a `stdio` port's terminal.
+    Quit,
 }
 
 impl Outcome {
@@ -118,7 +120,7 @@ impl Outcome {
             Outcome::Crashed(_) => STATUS_GUEST_CRASH,
             Outcome::TimedOut(_) => STATUS_TIMEOUT,
             Outcome::Signalled(sig) => (128 + sig) as u8,
-            Outcome::Shutdown => 0,
+            Outcome::Shutdown | Outcome::Quit => 0,
         }
     }
 
@@ -140,6 +142,7 @@ impl Outcome {
                 128 + sig
             )),
             Outcome::Shutdown => Some("stopped by the control socket's shutdown".into()),
+            Outcome::Quit => Some("stopped from the terminal (Ctrl-A x)".into()),
         }
     }
 }

@@ -156,6 +156,12 @@ fn stdout(text: &str) {
 }
 
 fn main() -> ExitCode {
+    // A panic must not leave a `stdio` port's terminal in raw mode.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        device_model::console::backend::terminal::restore();
+        report(info);
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -38,9 +38,17 @@ const KVM_RUN: u64 = ioc(0, 0xae, 0x80, 0);
 /// `KVM_GET_REGS` (read when reporting a guest's internal error).
 const KVM_GET_REGS: u64 = ioc(2, 0xae, 0x81, size_of::<kvm_bindings::kvm_regs>() as u64);
 
-/// The ioctls of a running VM: KVM_RUN and KVM_GET_REGS on vCPUs, TIOCGWINSZ (a pty
-/// backend's window size), FIONBIO (an accepted client made non-blocking).
-const IOCTLS: [u64; 4] = [KVM_RUN, KVM_GET_REGS, libc::TIOCGWINSZ, libc::FIONBIO];
+/// The ioctls of a running VM: KVM_RUN and KVM_GET_REGS on vCPUs, TIOCGWINSZ (a pty's or
+/// terminal's window size), FIONBIO (an accepted client made non-blocking), TCSETS2 and TCSETS
+/// (a `stdio` port's terminal put back as it was at the end).
+const IOCTLS: [u64; 6] = [
+    KVM_RUN,
+    KVM_GET_REGS,
+    libc::TIOCGWINSZ,
+    libc::FIONBIO,
+    libc::TCSETS2,
+    libc::TCSETS,
+];
 
 /// System calls allowed with any arguments.
 const ANY_ARGS: &[i64] = &[

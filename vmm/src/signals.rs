@@ -2,6 +2,7 @@
 //! does: the vCPUs stop, the backends get a short while to take what the guest sent, the
 //! statistics are printed and the socket files removed; perimeter then exits with 128 + the
 //! signal's number (130, 143, 129). A second one ends the process at once with that status.
+//! Either way a terminal a `stdio` port put in raw mode is restored first.
 
 use signal_hook::SigId;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -25,6 +26,16 @@ impl StopSignals {
         let armed = Arc::new(AtomicBool::new(false));
         let mut ids = Vec::new();
         for sig in STOP_SIGNALS {
+            // Handlers run in the order they were registered: the terminal first, so that
+            // the exit on a second signal leaves it as it was.
+            // SAFETY: `terminal::restore` is async-signal-safe (an atomic swap and one ioctl;
+            // it neither allocates nor locks).
+            ids.push(unsafe {
+                signal_hook::low_level::register(
+                    sig,
+                    device_model::console::backend::terminal::restore,
+                )
+            }?);
             // In this order: the second signal finds `armed` set by the first.
             ids.push(signal_hook::flag::register_conditional_shutdown(
                 sig,

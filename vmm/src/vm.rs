@@ -119,6 +119,10 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     let pairs = irq_test_pairs(&vm, &router, config.vcpus)?;
     let rng = attach_rng(&vm, &router, &mut mmio, &mem)?;
     let console = attach_console(config, &entry, &vm, &router, &mut mmio, &mem)?;
+    let quit = tx.clone();
+    console.runtime.handle().set_quit(Box::new(move || {
+        let _ = quit.send(Outcome::Quit);
+    }));
     let control = match &config.control {
         Some(path) => {
             let c = ControlSocket::start(path, control_context(config, &console), tx.clone())?;

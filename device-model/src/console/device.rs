@@ -74,6 +74,7 @@ impl Console {
             control_backlog: AtomicU64::new(0),
             ctl_counters: PortCounters::default(),
             streams: streams.clone(),
+            quit: Mutex::new(None),
         });
         let weak = Arc::downgrade(&shared);
         let def = ModuleDef::builder("virtio-console")

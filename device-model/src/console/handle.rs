@@ -106,6 +106,18 @@ impl ConsoleHandle {
         Ok(())
     }
 
+    /// Sets what [`ConsoleHandle::quit`] does (the VMM ends the run).
+    pub fn set_quit(&self, quit: Box<dyn Fn() + Send + Sync>) {
+        *super::port::lock(&self.0.quit) = Some(quit);
+    }
+
+    /// A user asked to end the run (`Ctrl-A x` on a `stdio` port's terminal).
+    pub fn quit(&self) {
+        if let Some(quit) = &*super::port::lock(&self.0.quit) {
+            quit();
+        }
+    }
+
     /// Tells the driver port `id`'s terminal size (RESIZE, or the config space without
     /// MULTIPORT).
     pub fn set_size(&self, id: u32, cols: u16, rows: u16) {

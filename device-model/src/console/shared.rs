@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub control_backlog: AtomicU64,
     pub ctl_counters: PortCounters,
     pub streams: Streams,
+    /// What a user's request to end the run does (set by the VMM; `Ctrl-A x` on a terminal).
+    pub quit: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 /// The device number the control stream is opened on (port `i`'s stream on device `i`).

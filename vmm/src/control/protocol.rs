@@ -101,6 +101,8 @@ struct PortEntry<'a> {
     guest_open: bool,
     /// A host client is attached (a socket's client, an open pty, always for the others).
     host_open: bool,
+    /// The terminal size the guest was last told, columns and rows (0 when never told).
+    size: (u16, u16),
     #[serde(flatten)]
     stats: &'a PortStats,
 }
@@ -145,6 +147,7 @@ impl Context {
                             plugged: !p.removed(),
                             guest_open: p.guest_open(),
                             host_open: p.host_open(),
+                            size: p.size(),
                             stats: s,
                         })
                     })

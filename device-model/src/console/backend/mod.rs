@@ -7,6 +7,7 @@
 mod output;
 pub mod pty;
 mod spec;
+pub mod terminal;
 
 pub use output::{BATCH_BYTES, BATCH_MSGS};
 pub use spec::{BackendKind, FaultSpec, PortSpec, check_ports, parse_fault, path_key};
@@ -184,6 +185,8 @@ enum Source {
     Reader(File),
     /// A pty master (window size changes polled too).
     Pty(File),
+    /// stdin on a terminal in raw mode (window size polled, the escape key watched).
+    Terminal(File),
     /// The socket's attached client.
     Client,
     /// The endless pattern.
@@ -270,7 +273,13 @@ impl PortIo {
                 use std::os::fd::AsFd;
                 let out = dup(io::stdout().as_fd())?;
                 let inp = dup(io::stdin().as_fd())?;
-                (Sink::Writer(out), Source::Reader(inp))
+                let raw = terminal::enter_raw(&inp).map_err(|e| failed("stdin's terminal", e))?;
+                let source = if raw {
+                    Source::Terminal(inp)
+                } else {
+                    Source::Reader(inp)
+                };
+                (Sink::Writer(out), source)
             }
             BackendKind::File { out, input } => {
                 // The input first: a port that cannot start leaves OUT as it was.
@@ -372,6 +381,7 @@ impl PortIo {
     /// (output, then input) and the output's checksum.
     pub fn finish(mut self, deadline: Instant) -> (u64, u64, Option<u32>) {
         self.stop_input();
+        terminal::restore();
         self.state.stop.store(true, Ordering::Release);
         self.state.out_wake.notify();
         self.state.in_wake.notify();
@@ -479,6 +489,7 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
     let mut last_size = None;
     // What a client that left had sent and the stream could not take yet.
     let mut leftover: Vec<u8> = Vec::new();
+    let mut escape = terminal::Escape::default();
     while !st.stopping_input() {
         if let Some(cl) = st.client()
             && st.client_failed.load(Ordering::Acquire)
@@ -486,7 +497,7 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
             take_leftover(st, &cl, &mut leftover);
             st.drop_client(&cl);
         }
-        if let Source::Pty(f) = &source {
+        if let Source::Pty(f) | Source::Terminal(f) = &source {
             let ws = pty::window_size(f);
             if let Some((cols, rows)) = ws
                 && ws != last_size
@@ -551,10 +562,34 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
         };
         let fd_ready = match (&source, &client) {
             (_, Some(cl)) => pty::readable(&**cl, 100),
-            (Source::Reader(f) | Source::Pty(f), _) => pty::readable(f, 100),
+            (Source::Reader(f) | Source::Pty(f) | Source::Terminal(f), _) => pty::readable(f, 100),
             _ => false,
         };
         if !fd_ready {
+            continue;
+        }
+        if let Source::Terminal(f) = &mut source {
+            // Keys: the escape is taken out before anything reaches the guest.
+            let mut keys = [0u8; 1024];
+            let n = match f.read(&mut keys) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let mut kept = Vec::with_capacity(n + 1);
+            if escape.filter(&keys[..n], &mut kept) {
+                log::info!("port {}: Ctrl-A x: ending the run", st.name());
+                st.console.quit();
+                return;
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            c.in_bytes.fetch_add(kept.len() as u64, Ordering::Relaxed);
+            m.data_mut().expect("a fresh block")[..kept.len()].copy_from_slice(&kept);
+            m.set_ptrs(0, kept.len()).expect("within the block");
+            let _ = HostPlatform::run_inline(streams, || st.stream.putmsg(m));
             continue;
         }
         let buf = m.data_mut().expect("a fresh block");
