@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{kvm_present, perimeter, status, text, tmp_dir};
+use common::{kvm_present, perimeter, status, text, tmp_dir, wait_for_line};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -47,13 +47,7 @@ fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("perimeter: control: ") {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "ended early: {seen}");
-        seen += &line;
-    }
+    let err = wait_for_line(&mut child, &["perimeter: control: ".to_string()]);
     // The guest's driver has every port open (its echo says so) before anything changes.
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut stdout = String::new();
@@ -77,10 +71,7 @@ fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
         ports[1]["path"].as_str().unwrap().starts_with("/dev/pts/"),
         "{doc}"
     );
-    assert!(
-        seen.contains(ports[1]["path"].as_str().unwrap()),
-        "the same path as announced"
-    );
+    let announced = format!("perimeter: port t: {}", ports[1]["path"].as_str().unwrap());
 
     assert_eq!(
         ctl(s, &["remove", "a"]).1,
@@ -117,7 +108,11 @@ fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
 
     assert_eq!(ctl(s, &["shutdown"]).0, 0);
     out.read_to_string(&mut stdout).unwrap();
-    let _ = err.read_to_string(&mut seen);
+    let seen = err.join().unwrap();
+    assert!(
+        seen.contains(&announced),
+        "the same path as announced: {seen}"
+    );
     let code = child.wait().unwrap().code();
     assert_eq!(code, Some(0), "{stdout}\n{seen}");
     assert!(

@@ -559,28 +559,6 @@ fn buffers_a_stopped_writer_left_with_the_device_come_back_while_the_cpu_idles()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Waits for perimeter's stderr line starting with `prefix`; returns the rest of stderr later.
-fn wait_for_line(
-    child: &mut std::process::Child,
-    prefixes: &[String],
-) -> thread::JoinHandle<String> {
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut missing: Vec<&String> = prefixes.iter().collect();
-    while !missing.is_empty() {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("perimeter ended before announcing {missing:?}: {seen}");
-        }
-        missing.retain(|p| !line.starts_with(p.as_str()));
-        seen += &line;
-    }
-    thread::spawn(move || {
-        let _ = err.read_to_string(&mut seen);
-        seen
-    })
-}
-
 #[test]
 fn a_port_nobody_reads_throttles_only_itself() {
     if !kvm_present("a_port_nobody_reads_throttles_only_itself") {

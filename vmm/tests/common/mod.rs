@@ -74,3 +74,27 @@ pub fn port_stats<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json:
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("no port {name}: {doc}"))
 }
+
+/// Waits until perimeter (`child`, its stderr piped) has written a stderr line starting with
+/// each of `prefixes`; the thread returned yields everything it wrote there, at its end.
+pub fn wait_for_line(
+    child: &mut std::process::Child,
+    prefixes: &[String],
+) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut missing: Vec<&String> = prefixes.iter().collect();
+    while !missing.is_empty() {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("perimeter ended before announcing {missing:?}: {seen}");
+        }
+        missing.retain(|p| !line.starts_with(p.as_str()));
+        seen += &line;
+    }
+    std::thread::spawn(move || {
+        let _ = err.read_to_string(&mut seen);
+        seen
+    })
+}
