@@ -123,14 +123,8 @@ pub fn tx(s: &Streams, v: &Vcon, size: usize, total: u64, port: &str) -> Result<
     drop(st.close());
     let ns = clock::now_ns() - t0;
     let crc = crc.finalize();
-    Line::new("tx")
-        .add("port", port)
-        .add("size", size)
-        .add("bytes", sent)
-        .add("ns", ns)
-        .add("mib_s", mib_per_s(sent, ns))
-        .add("memcpy_mib_s", memcpy_mib_s(size))
-        .add("crc", alloc::format!("{crc:08x}"))
+    let mut line = throughput_line("tx", port, size, sent, ns);
+    line.add("crc", alloc::format!("{crc:08x}"))
         .add("ring_full", ring_full(id))
         .emit();
     Ok(())
@@ -246,14 +240,8 @@ pub fn rx(v: &Vcon, size: usize, total: u64, port: &str) -> Result<(), String> {
     }
     let ns = clock::now_ns() - t0.unwrap_or(0);
     drop(st.close());
-    Line::new("rx")
-        .add("port", port)
-        .add("size", size)
-        .add("bytes", got)
-        .add("ns", ns)
-        .add("mib_s", mib_per_s(got, ns))
-        .add("memcpy_mib_s", memcpy_mib_s(size))
-        .add("check", if bad == 0 { "ok" } else { "MISMATCH" })
+    let mut line = throughput_line("rx", port, size, got, ns);
+    line.add("check", if bad == 0 { "ok" } else { "MISMATCH" })
         .add(
             "allocf",
             vcon::COUNTERS[id as usize].rx_alloc_failures.load(Relaxed),
@@ -494,6 +482,19 @@ pub fn fairness(
         }
     }
     Ok(())
+}
+
+/// The head of a tx or rx result: port, size, bytes, time, MiB/s and the same run's memcpy
+/// floor.
+fn throughput_line(workload: &str, port: &str, size: usize, bytes: u64, ns: u64) -> Line {
+    let mut line = Line::new(workload);
+    line.add("port", port)
+        .add("size", size)
+        .add("bytes", bytes)
+        .add("ns", ns)
+        .add("mib_s", mib_per_s(bytes, ns))
+        .add("memcpy_mib_s", memcpy_mib_s(size));
+    line
 }
 
 /// Guest memcpy bandwidth (MiB/s) in SIZE-byte copies streaming through buffers larger than
