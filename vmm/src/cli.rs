@@ -335,7 +335,9 @@ pub(crate) struct RunArgs {
     pub(crate) stats: bool,
 
     /// Print the guest's results and the console statistics as one JSON document on stdout
-    /// (instead of the results table; --stats then prints no table either).
+    /// (instead of the results table; --stats then prints no table either). Stdout then
+    /// carries that document alone: the guest's lines, COM1 and a `stdio` port write to
+    /// stderr.
     #[arg(long)]
     pub(crate) json: bool,
 

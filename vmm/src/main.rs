@@ -155,6 +155,18 @@ fn stdout(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
+/// For `--json`: keeps the process's standard output for the document alone and points file
+/// descriptor 1 at standard error, so that everything else the run writes to stdout (the
+/// guest's lines, COM1, a `stdio` port) goes to stderr. Returns the kept standard output.
+fn json_stdout() -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    std::io::stdout().flush()?;
+    let kept = rustix::io::dup(std::io::stdout().as_fd())?;
+    rustix::stdio::dup2_stdout(std::io::stderr().as_fd())?;
+    Ok(std::fs::File::from(kept))
+}
+
 fn main() -> ExitCode {
     // A panic must not leave a `stdio` port's terminal in raw mode.
     let report = std::panic::take_hook();
@@ -201,6 +213,13 @@ fn main() -> ExitCode {
     };
     let (stats, json) = (args.stats, args.json);
     let config = args.config();
+    let mut json_out = match json.then(json_stdout).transpose() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("perimeter: --json: cannot set standard output aside: {e}");
+            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
+        }
+    };
     log::info!(
         "booting {}: {} vCPU(s), {} MiB, {} console port(s){}",
         match &config.kernel {
@@ -223,7 +242,7 @@ fn main() -> ExitCode {
                     .map_or(String::new(), |r| format!(": {r}"))
             );
             let c = &report.console;
-            if json {
+            if let Some(out) = &mut json_out {
                 /// The `--json` document: the console's statistics and the guest's results.
                 #[derive(serde::Serialize)]
                 struct RunDocument<'a> {
@@ -236,7 +255,8 @@ fn main() -> ExitCode {
                     results: &report.results,
                 };
                 let line = serde_json::to_string(&doc).expect("plain data serializes");
-                stdout(&format!("{line}\n"));
+                use std::io::Write;
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
             } else {
                 if !report.results.is_empty() {
                     stdout(&vmm::results::table(&report.results));

@@ -390,32 +390,17 @@ fn a_stop_signal_ends_the_run_cleanly_with_its_statistics() {
             &["name=n,backend=null", &port],
             &["--control", ctl_arg],
         );
-        // The guest's echo is running once it says so: the VM, its sockets and handlers are up.
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut seen = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "{name}: {seen}");
-            seen += &line;
-            if line.starts_with("echo:") {
-                break;
-            }
-        }
+        // The guest's echo is running once it says so (on stderr: stdout holds the JSON
+        // document alone): the VM, its sockets and handlers are up.
+        let err = common::wait_for_line(&mut child, &["echo:".to_string()]);
         assert!(sock.exists() && ctl.exists());
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-        let _ = out.read_to_string(&mut seen);
         let o = child.wait_with_output().unwrap();
-        let err = common::text(&o.stderr);
+        let err = err.join().unwrap();
         assert_eq!(o.status.code(), Some(status), "{name}: {err}");
         assert!(err.contains(&format!("stopped by {name}")), "{name}: {err}");
-        let doc: Value = serde_json::from_str(
-            seen.lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .unwrap_or("none"),
-        )
-        .unwrap_or_else(|e| panic!("{name}: no statistics ({e}): {seen}"));
+        let doc = json(&o);
         assert_eq!(port_stats(&doc, "n")["drops"], 0, "{doc}");
         assert!(!sock.exists(), "{name}: the port's socket file was removed");
         assert!(!ctl.exists(), "{name}: the control socket file was removed");

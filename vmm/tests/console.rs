@@ -118,10 +118,10 @@ fn virtio_drivers_console_echoes_1_mib_through_port_0() {
         return;
     }
     let total = 1 << 20;
-    let (out, _) = echo_through_virtio_drivers("vd-echo", total, &[]);
+    let (out, guest) = echo_through_virtio_drivers("vd-echo", total, &[]);
     assert!(
-        out.contains(&format!("vd-echo: {total} bytes echoed")),
-        "{out}"
+        guest.contains(&format!("vd-echo: {total} bytes echoed")),
+        "{guest}"
     );
     for key in ["tx_bytes", "rx_bytes", "out_bytes"] {
         assert_eq!(stat(&out, key), total as u64, "{key}: {out}");

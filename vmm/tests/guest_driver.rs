@@ -514,28 +514,32 @@ fn buffers_a_stopped_writer_left_with_the_device_come_back_while_the_cpu_idles()
         "--port",
         &spec,
     ];
-    let (mut child, rest) = spawn_announcing(&args, 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perimeter starts");
+    let mut err = common::StderrLines::of(&mut child);
+    err.wait_for(&["perimeter: port p0"]);
     // Connected at once (a client arriving later is news the guest hears, and its handler
     // would reap), but read only once the guest wrote everything: until then the device
     // returns no more than the socket's buffer takes, so the guest goes idle holding most of
     // its output.
     let mut s = UnixStream::connect(&sock).expect("the socket listens");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut stdout = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("the guest ended before it wrote: {stdout}");
-        }
-        stdout += &line;
-        if line.starts_with("tx-idle: written") {
-            break;
-        }
-    }
+    err.wait_for(&["tx-idle: written"]);
+    let rest = err.rest();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut got = vec![0; TOTAL];
     s.read_exact(&mut got).expect("every byte arrives");
-    out.read_to_string(&mut stdout).unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let status = child.wait().unwrap();
     let stderr = rest.join().unwrap();
     assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");

@@ -59,12 +59,12 @@ fn wanted(test: &str) -> bool {
 }
 
 /// The guest's line for check `what` (`conform: ok WHAT: ...`), which must have passed.
-fn passed<'a>(stdout: &'a str, what: &str) -> &'a str {
+fn passed<'a>(guest: &'a str, what: &str) -> &'a str {
     let ok = format!("conform: ok {what}: ");
-    stdout
+    guest
         .lines()
         .find_map(|l| l.strip_prefix(ok.as_str()))
-        .unwrap_or_else(|| panic!("no `{ok}` line in the guest's output:\n{stdout}"))
+        .unwrap_or_else(|| panic!("no `{ok}` line in the guest's output:\n{guest}"))
 }
 
 /// Sends one request on the control socket; its answer must say ok.
@@ -99,7 +99,8 @@ fn set_window(pty: &Path, (cols, rows): (u16, u16)) -> std::fs::File {
     f
 }
 
-/// A line from perimeter: stdout (the guest's console) or stderr (perimeter's own).
+/// A line from perimeter: stdout (the JSON document) or stderr (the guest's console and
+/// perimeter's own lines).
 enum Line {
     Out(String),
     Err(String),
@@ -163,21 +164,18 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
     forward(child.stdout.take().unwrap(), tx.clone(), Line::Out);
     forward(child.stderr.take().unwrap(), tx, Line::Err);
 
-    // Play the host's part as the guest asks for it.
+    // Play the host's part as the guest asks for it. Under --json the guest's console
+    // (COM1) shares stderr with perimeter's own lines; stdout holds the JSON document alone.
     let (mut stdout, mut stderr) = (String::new(), String::new());
     let mut pty = None;
     let mut held = Vec::new();
     for line in rx {
         match line {
             Line::Err(l) => {
+                eprintln!("{l}");
                 if let Some(path) = l.strip_prefix("perimeter: port tty: ") {
                     pty = Some(PathBuf::from(path));
                 }
-                stderr += &l;
-                stderr.push('\n');
-            }
-            Line::Out(l) => {
-                eprintln!("{l}");
                 if let Some(what) = l.strip_prefix("conform: waiting: ") {
                     let words: Vec<&str> = what.split_whitespace().collect();
                     match words.as_slice() {
@@ -190,41 +188,40 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
                         _ => panic!("the guest waits for something the test cannot do: {l}"),
                     }
                 }
+                stderr += &l;
+                stderr.push('\n');
+            }
+            Line::Out(l) => {
                 stdout += &l;
                 stdout.push('\n');
             }
         }
     }
     let status = child.wait().unwrap();
-    eprintln!("{stderr}");
     assert_eq!(
         status.code(),
         Some(0),
         "init's exit status is the number of failed checks"
     );
-    assert!(stdout.contains("conform: 11 passed, 0 failed"), "{stdout}");
+    assert!(stderr.contains("conform: 11 passed, 0 failed"), "{stderr}");
 
     // Names in port order, as Linux shows them (echo-late is not plugged in at boot).
     assert_eq!(
-        passed(&stdout, "names"),
+        passed(&stderr, "names"),
         "console echo sink source idle tty echo-hot"
     );
     // hvc0 is the console port: its line reached the console port's backend.
-    passed(&stdout, "hvc0");
+    passed(&stderr, "hvc0");
     let console_text = std::fs::read_to_string(&console_out).unwrap();
     assert!(
         console_text.contains("conform: hello from hvc0"),
         "{console_text:?}"
     );
 
-    let doc: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .expect("a JSON document");
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim_end())
+        .unwrap_or_else(|e| panic!("stdout is one JSON document ({e}): {stdout}"));
     // Guest to host: the null backend took every byte, with the guest's checksum.
-    let sink_line = passed(&stdout, "port 2 (sink)");
+    let sink_line = passed(&stderr, "port 2 (sink)");
     let sink = port_stats(&doc, "sink");
     assert_eq!(sink["out_bytes"], BYTES, "{sink}");
     let crc = sink["out_crc32"].as_u64().unwrap();
@@ -233,10 +230,10 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
         "{sink_line} vs {sink}"
     );
     // Host to guest: the guest checked the pattern; the host counted what it delivered.
-    passed(&stdout, "port 3 (source)");
+    passed(&stderr, "port 3 (source)");
     assert!(port_stats(&doc, "source")["rx_bytes"].as_u64().unwrap() >= BYTES);
     // Both ways through the echo backend: the stream, then 200 round trips of 64 bytes.
-    let echo_line = passed(&stdout, "port 1 (echo)");
+    let echo_line = passed(&stderr, "port 1 (echo)");
     assert!(
         echo_line.contains("200 round trips of 64 bytes"),
         "{echo_line}"
@@ -249,7 +246,7 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
         "{echo}"
     );
     // Every data port was opened and closed by the guest, and the device saw both.
-    passed(&stdout, "port 4 (idle)");
+    passed(&stderr, "port 4 (idle)");
     for name in ["echo", "sink", "source", "idle", "echo-hot", "echo-late"] {
         let p = port_stats(&doc, name);
         assert!(p["guest_opens"].as_u64() >= Some(1), "{p}");
@@ -257,15 +254,15 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
         assert_eq!(p["drops"], 0, "{p}");
     }
     // The resize reached the guest's tty through RESIZE.
-    let resized = passed(&stdout, "resize hvc1");
+    let resized = passed(&stderr, "resize hvc1");
     assert!(
         resized.contains(&format!("became {}x{}", SIZE.0, SIZE.1)),
         "{resized}"
     );
     // Removed while open, then added back and used; added from unplugged and used.
-    passed(&stdout, "remove echo-hot");
-    assert!(passed(&stdout, "add echo-hot again").contains("16384 bytes both ways"));
-    assert!(passed(&stdout, "add echo-late").contains("16384 bytes both ways"));
+    passed(&stderr, "remove echo-hot");
+    assert!(passed(&stderr, "add echo-hot again").contains("16384 bytes both ways"));
+    assert!(passed(&stderr, "add echo-late").contains("16384 bytes both ways"));
     assert!(port_stats(&doc, "echo-hot")["guest_opens"].as_u64() >= Some(2));
     assert_eq!(doc["transport"]["reset_requests"], 0, "{doc}");
     drop(held);

@@ -79,7 +79,8 @@ pub struct RunOutput {
     pub status: String,
     /// The run was killed after [`Launcher::timeout`].
     pub timed_out: bool,
-    /// Process start to the first byte on its standard output.
+    /// Process start to the first byte of the guest's output (perimeter's stderr under
+    /// `--json`, QEMU's stdout).
     pub first_byte: Option<Duration>,
     /// Process start to its exit.
     pub wall: Duration,
@@ -127,23 +128,9 @@ impl Launcher {
                 format!("cannot start {:?}: {e}", cmd.get_program()),
             )
         })?;
-        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-        let reader = std::thread::spawn(move || {
-            let (mut buf, mut first) = (Vec::new(), None);
-            let mut chunk = [0u8; 4096];
-            while let Some(Ok(n @ 1..)) = out.as_mut().map(|o| o.read(&mut chunk)) {
-                first.get_or_insert_with(|| t0.elapsed());
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            (buf, first)
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_string(&mut s);
-            }
-            s
-        });
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let reader = std::thread::spawn(move || read_timed(out, t0));
+        let err_reader = std::thread::spawn(move || read_timed(err, t0));
         let pid = child.id();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -161,10 +148,17 @@ impl Launcher {
         let (status, ended) = waited;
         let status = status?;
         let wall = ended - t0;
-        let (stdout, first_byte) = reader.join().unwrap_or_default();
-        let stderr = err_reader.join().unwrap_or_default();
+        let (stdout, first_out) = reader.join().unwrap_or_default();
+        let (stderr, first_err) = err_reader.join().unwrap_or_default();
         let peers = peers.into_iter().map(Peer::finish).collect();
         let stdout = String::from_utf8_lossy(&stdout);
+        let stderr = String::from_utf8_lossy(&stderr);
+        // perimeter --json writes the guest's lines to stderr (stdout holds the document);
+        // QEMU writes them to stdout.
+        let first_byte = match vmm {
+            Vmm::Perimeter => first_err,
+            Vmm::Qemu => first_out,
+        };
         let last_words: Vec<&str> = stdout
             .lines()
             .chain(stderr.lines())
@@ -301,6 +295,17 @@ fn path_arg(p: &Path) -> io::Result<String> {
         )));
     }
     Ok(s.to_string())
+}
+
+/// Everything `from` gives until its end, and when its first byte came (since `t0`).
+fn read_timed(mut from: Option<impl Read>, t0: Instant) -> (Vec<u8>, Option<Duration>) {
+    let (mut buf, mut first) = (Vec::new(), None);
+    let mut chunk = [0u8; 4096];
+    while let Some(Ok(n @ 1..)) = from.as_mut().map(|o| o.read(&mut chunk)) {
+        first.get_or_insert_with(|| t0.elapsed());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (buf, first)
 }
 
 /// The `results` of `perimeter run --json`'s document (its last line starting with `{`).

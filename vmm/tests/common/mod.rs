@@ -54,15 +54,18 @@ pub fn data(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// The JSON document of a `--json` run (its last line that starts with `{`).
+/// The JSON document of a `--json` run, which is all its stdout holds (one line; the
+/// guest's own lines went to stderr).
 pub fn json(out: &Output) -> serde_json::Value {
     let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {stdout}"));
-    serde_json::from_str(line).expect("valid JSON")
+    let mut lines = stdout.lines();
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        panic!(
+            "stdout is not one line of JSON: {stdout}\nstderr: {}",
+            text(&out.stderr)
+        );
+    };
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 /// The statistics of port `name` in a `--json` document.
@@ -75,26 +78,54 @@ pub fn port_stats<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json:
         .unwrap_or_else(|| panic!("no port {name}: {doc}"))
 }
 
+/// perimeter's stderr (piped), read line by line while it runs.
+pub struct StderrLines {
+    lines: std::io::BufReader<std::process::ChildStderr>,
+    /// Everything read so far.
+    pub seen: String,
+}
+
+impl StderrLines {
+    /// Takes `child`'s stderr.
+    pub fn of(child: &mut std::process::Child) -> Self {
+        StderrLines {
+            lines: std::io::BufReader::new(child.stderr.take().expect("stderr piped")),
+            seen: String::new(),
+        }
+    }
+
+    /// Reads until a line starting with one of `prefixes` came for each; panics if stderr
+    /// ends first.
+    pub fn wait_for(&mut self, prefixes: &[&str]) {
+        use std::io::BufRead;
+        let mut missing = prefixes.to_vec();
+        while !missing.is_empty() {
+            let mut line = String::new();
+            if self.lines.read_line(&mut line).unwrap() == 0 {
+                panic!("perimeter ended before writing {missing:?}: {}", self.seen);
+            }
+            missing.retain(|p| !line.starts_with(p));
+            self.seen += &line;
+        }
+    }
+
+    /// The rest of stderr, read on a thread; it yields everything written there, at the end.
+    pub fn rest(mut self) -> std::thread::JoinHandle<String> {
+        use std::io::Read;
+        std::thread::spawn(move || {
+            let _ = self.lines.read_to_string(&mut self.seen);
+            self.seen
+        })
+    }
+}
+
 /// Waits until perimeter (`child`, its stderr piped) has written a stderr line starting with
 /// each of `prefixes`; the thread returned yields everything it wrote there, at its end.
 pub fn wait_for_line(
     child: &mut std::process::Child,
     prefixes: &[String],
 ) -> std::thread::JoinHandle<String> {
-    use std::io::{BufRead, BufReader, Read};
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut missing: Vec<&String> = prefixes.iter().collect();
-    while !missing.is_empty() {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("perimeter ended before announcing {missing:?}: {seen}");
-        }
-        missing.retain(|p| !line.starts_with(p.as_str()));
-        seen += &line;
-    }
-    std::thread::spawn(move || {
-        let _ = err.read_to_string(&mut seen);
-        seen
-    })
+    let mut err = StderrLines::of(child);
+    err.wait_for(&prefixes.iter().map(String::as_str).collect::<Vec<_>>());
+    err.rest()
 }
