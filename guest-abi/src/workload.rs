@@ -104,6 +104,12 @@ const WORKLOADS: &[Workload] = &[
         usage: "tx-idle:SIZE:TOTAL[:PORT] (SIZE 1 to 1M)",
     },
     Workload {
+        name: "uart-echo",
+        args: &[("BYTES", size(1, ANY))],
+        required: 1,
+        usage: "uart-echo:BYTES",
+    },
+    Workload {
         name: "exit",
         args: &[("N", size(0, u32::MAX as u64))],
         required: 1,

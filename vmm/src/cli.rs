@@ -6,6 +6,7 @@ use device_model::console::DEFAULT_TX_POLL;
 use device_model::console::backend::{FaultSpec, PortSpec, parse_fault};
 use std::path::PathBuf;
 use std::time::Duration;
+use vmm::devices::serial::SerialSpec;
 use vmm::{Kernel, VmConfig};
 
 /// perimeter: a KVM virtual machine monitor whose virtio-console device is built from
@@ -315,6 +316,14 @@ pub(crate) struct RunArgs {
           value_parser = PortSpec::parse)]
     pub(crate) ports: Vec<PortSpec>,
 
+    /// COM1 (the guest's 8250 UART, Linux's ttyS0): stdio (output on stdout; input from
+    /// stdin unless a `stdio` port has it, a terminal in raw mode with Ctrl-A x to quit) |
+    /// file:PATH (output only) | socket:PATH (listen; one client at a time, both ways) |
+    /// null. Output a socket client is not there to take is dropped and counted (`serial`
+    /// in --json); input is never dropped.
+    #[arg(long, value_name = "KIND", default_value = "stdio", value_parser = SerialSpec::parse)]
+    pub(crate) serial: SerialSpec,
+
     /// Host-side buffer exhaustion in the console's STREAMS pool, repeatable:
     /// allocb=every:N (every Nth allocation fails), allocb=rate:P[:SEED] (each fails with
     /// probability P), pool=BYTES (the pool holds at most BYTES). Nothing is lost: the device
@@ -405,6 +414,7 @@ impl RunArgs {
             },
             faults: self.faults,
             control: self.control,
+            serial: self.serial,
             seccomp: !self.no_seccomp,
             tx_poll: Duration::from_micros(self.tx_poll_us),
             console_irq_vcpu: self.console_irq_vcpu,
@@ -428,6 +438,7 @@ impl Default for RunArgs {
             ports: Vec::new(),
             faults: Vec::new(),
             control: None,
+            serial: SerialSpec::Stdio,
             stats: false,
             json: false,
             no_seccomp: false,

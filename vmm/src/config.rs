@@ -1,5 +1,6 @@
 //! What a `perimeter run` is asked to boot, checked before anything is created.
 
+use crate::devices::serial::SerialSpec;
 use crate::error::Error;
 use device_model::console::backend::{BackendKind, FaultSpec, PortSpec, check_ports, path_key};
 use guest_abi::{MAX_CMDLINE, MAX_VCPUS, layout};
@@ -47,6 +48,8 @@ pub struct VmConfig {
     pub faults: Vec<FaultSpec>,
     /// Where to listen for control commands ([`crate::control`]).
     pub control: Option<PathBuf>,
+    /// COM1's backend.
+    pub serial: SerialSpec,
     /// Confine the whole process with [`crate::seccomp`] once the VM is set up. For a
     /// process that exists to run this VM (`perimeter run`): afterwards it can open no file
     /// and start no program.
@@ -95,22 +98,30 @@ impl VmConfig {
             ));
         }
         check_ports(&self.ports).map_err(|e| Error::BadInput(format!("--port: {e}")))?;
-        if let Some(control) = &self.control {
-            let key = path_key(control);
-            for p in &self.ports {
-                let taken = match &p.backend {
-                    BackendKind::Socket(s) => Some(s),
-                    BackendKind::File { out, .. } => Some(out),
-                    _ => None,
-                };
-                if taken.is_some_and(|t| path_key(t) == key) {
-                    return Err(Error::BadInput(format!(
-                        "--control {}: port {:?} uses that path",
-                        control.display(),
-                        p.name
-                    )));
+        // The paths perimeter creates, each taken once.
+        let mut taken: Vec<(String, &std::path::Path)> = self
+            .ports
+            .iter()
+            .filter_map(|p| match &p.backend {
+                BackendKind::Socket(s) => Some((format!("port {:?}", p.name), s.as_path())),
+                BackendKind::File { out, .. } => {
+                    Some((format!("port {:?}", p.name), out.as_path()))
                 }
+                _ => None,
+            })
+            .collect();
+        for (flag, path) in [
+            ("--control", self.control.as_deref()),
+            ("--serial", self.serial.path()),
+        ] {
+            let Some(path) = path else { continue };
+            if let Some((user, _)) = taken.iter().find(|(_, t)| path_key(t) == path_key(path)) {
+                return Err(Error::BadInput(format!(
+                    "{flag} {}: {user} uses that path",
+                    path.display()
+                )));
             }
+            taken.push((flag.to_string(), path));
         }
         Ok(())
     }
@@ -134,6 +145,7 @@ impl Default for VmConfig {
             ports: PortSpec::defaults(),
             faults: Vec::new(),
             control: None,
+            serial: SerialSpec::Stdio,
             seccomp: false,
             tx_poll: device_model::console::DEFAULT_TX_POLL,
             console_irq_vcpu: 0,
@@ -223,5 +235,42 @@ mod tests {
             },
             "--port: give 1 to 31 ports",
         );
+    }
+
+    #[test]
+    fn a_path_perimeter_creates_is_taken_once() {
+        let port = PortSpec::parse("name=p,backend=socket:/tmp/same").unwrap();
+        let serial = SerialSpec::Socket("/tmp/same".into());
+        bad(
+            VmConfig {
+                ports: vec![port.clone()],
+                serial: serial.clone(),
+                ..Default::default()
+            },
+            "--serial /tmp/same: port \"p\" uses that path",
+        );
+        bad(
+            VmConfig {
+                control: Some("/tmp/same".into()),
+                serial: SerialSpec::File("/tmp/same".into()),
+                ..Default::default()
+            },
+            "--serial /tmp/same: --control uses that path",
+        );
+        bad(
+            VmConfig {
+                ports: vec![port],
+                control: Some("/tmp/same".into()),
+                ..Default::default()
+            },
+            "--control /tmp/same: port \"p\" uses that path",
+        );
+        VmConfig {
+            control: Some("/tmp/ctl".into()),
+            serial,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
     }
 }

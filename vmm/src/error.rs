@@ -58,6 +58,14 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// COM1's backend could not be opened where `--serial` asked.
+    #[error("--serial {what}: {source}")]
+    Serial {
+        /// The backend and what failed.
+        what: String,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// A host resource (thread, eventfd, memory mapping) could not be had.
     #[error("{what}: {source}")]
     Host {
@@ -76,7 +84,8 @@ impl Error {
             | Error::KernelFile { .. }
             | Error::KernelFormat { .. }
             | Error::Bus(_)
-            | Error::Control { .. } => STATUS_BAD_INPUT,
+            | Error::Control { .. }
+            | Error::Serial { .. } => STATUS_BAD_INPUT,
             Error::KvmUnavailable(_) | Error::Kvm { .. } | Error::Host { .. } => {
                 STATUS_HOST_FAILURE
             }

@@ -91,15 +91,16 @@ impl Entry {
         Ok(())
     }
 
-    /// Puts COM1 on `pio`, writing to `out`; for Linux also the ports it probes (the i8042's
-    /// reset line, which ends the run through `outcome`, and CMOS), and COM1's interrupt.
+    /// Puts COM1 on `pio`, writing to `out`, and returns it; for Linux also the ports it
+    /// probes (the i8042's reset line, which ends the run through `outcome`, and CMOS), and
+    /// COM1's interrupt.
     pub(crate) fn add_legacy_ports(
         &self,
         pio: &mut Bus,
         router: &MsiRouter,
         outcome: Sender<Outcome>,
         out: Box<dyn Write + Send>,
-    ) -> Result<(), Error> {
+    ) -> Result<Arc<SerialPort>, Error> {
         let serial = match self {
             Entry::Perimeter(_) => SerialPort::new(out, IrqLine(None)),
             Entry::Linux(_) => {
@@ -111,8 +112,9 @@ impl Entry {
                 SerialPort::new(out, IrqLine(Some(router.pin(linux::COM1_GSI)?)))
             }
         };
-        pio.insert(COM1_BASE, COM1_SIZE, Arc::new(serial))?;
-        Ok(())
+        let serial = Arc::new(serial);
+        pio.insert(COM1_BASE, COM1_SIZE, serial.clone())?;
+        Ok(serial)
     }
 
     /// How the console interrupts: an MSI to `--console-irq-vcpu`, or Linux's IOAPIC pin.

@@ -16,7 +16,7 @@
 //! | [`affinity`] | `--pin-vcpus`: a host CPU for each vCPU thread, the rest for the others |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
 //! | [`irq`] | GSI routing: irqfds routed as MSI |
-//! | [`devices`] | the debug page (with its round-trip stage registers) and the 8250 UART |
+//! | [`devices`] | the debug page (with its round-trip stage registers) and COM1, the 8250 UART with its `--serial` backends (`devices/serial/`) |
 //! | [`results`] | the guest's `@result` lines: collected, checked, shown |
 //! | [`error`] | errors, outcomes and exit statuses |
 //! | [`signals`] | SIGINT, SIGTERM, SIGHUP: a clean stop with the statistics |

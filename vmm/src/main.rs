@@ -248,10 +248,12 @@ fn main() -> ExitCode {
                 struct RunDocument<'a> {
                     #[serde(flatten)]
                     console: &'a device_model::console::ConsoleStats,
+                    serial: &'a vmm::devices::serial::SerialStats,
                     results: &'a [vmm::results::GuestResult],
                 }
                 let doc = RunDocument {
                     console: c,
+                    serial: &report.serial,
                     results: &report.results,
                 };
                 let line = serde_json::to_string(&doc).expect("plain data serializes");
@@ -263,6 +265,11 @@ fn main() -> ExitCode {
                 }
                 if stats {
                     eprint!("{}", c.table());
+                    let s = &report.serial;
+                    eprintln!(
+                        "COM1: {} bytes out ({} lost), {} bytes in, {} client(s)",
+                        s.out_bytes, s.out_lost, s.in_bytes, s.connects
+                    );
                 }
             }
             let mismatch = report.results.iter().any(|r| r.host_check == "MISMATCH");
@@ -282,6 +289,12 @@ fn main() -> ExitCode {
                         p.name, p.pending_out_bytes, p.backend, p.drops
                     );
                 }
+            }
+            if report.serial.out_lost > 0 {
+                eprintln!(
+                    "perimeter: COM1: {} bytes of guest output were dropped (nobody took them)",
+                    report.serial.out_lost
+                );
             }
             if let Some(reason) = report.outcome.reason() {
                 eprintln!("perimeter: {reason}");

@@ -10,6 +10,7 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::ControlSocket;
 use crate::devices::debug::{DebugPage, IrqTestRelay};
+use crate::devices::serial::{SerialBackend, SerialStats};
 use crate::devices::virtio_mmio::{self, Irq, VirtioMmio};
 use crate::error::{Error, Outcome};
 use crate::guest_kind::{CONSOLE_SLOT, Entry};
@@ -46,7 +47,7 @@ pub struct Output {
     pub out: Box<dyn Write + Send>,
     /// Console error output (debug page's error register).
     pub err: Box<dyn Write + Send>,
-    /// COM1's output.
+    /// COM1's output with `--serial stdio`.
     pub serial: Box<dyn Write + Send>,
 }
 
@@ -70,6 +71,8 @@ pub struct RunReport {
     pub console: ConsoleStats,
     /// The guest's `@result` lines, checked against the host's figures where possible.
     pub results: Vec<GuestResult>,
+    /// What COM1 moved.
+    pub serial: SerialStats,
 }
 
 /// How long the console may take, after the guest stopped, to hand the guest's last output to
@@ -115,7 +118,12 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     ));
     mmio.insert(layout::DEBUG_BASE, layout::DEBUG_SIZE, page.clone())?;
     let mut pio = Bus::new();
-    entry.add_legacy_ports(&mut pio, &router, tx.clone(), output.serial)?;
+    let stdin_taken = config
+        .ports
+        .iter()
+        .any(|p| p.backend == device_model::console::backend::BackendKind::Stdio);
+    let mut serial = SerialBackend::open(&config.serial, output.serial, !stdin_taken)?;
+    let com1 = entry.add_legacy_ports(&mut pio, &router, tx.clone(), serial.take_output())?;
     let pairs = irq_test_pairs(&vm, &router, config.vcpus)?;
     let rng = attach_rng(&vm, &router, &mut mmio, &mem)?;
     let console = attach_console(config, &entry, &vm, &router, &mut mmio, &mem)?;
@@ -123,9 +131,18 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     console.runtime.handle().set_quit(Box::new(move || {
         let _ = quit.send(Outcome::Quit);
     }));
+    let quit = tx.clone();
+    let com1_input = serial.start(
+        com1.clone(),
+        Box::new(move || {
+            let _ = quit.send(Outcome::Quit);
+        }),
+    )?;
     let control = match &config.control {
         Some(path) => {
-            let c = ControlSocket::start(path, control_context(config, &console), tx.clone())?;
+            let mut context = control_context(config, &console);
+            context.serial = Some(com1.counters());
+            let c = ControlSocket::start(path, context, tx.clone())?;
             eprintln!("perimeter: control: {}", path.display());
             Some(c)
         }
@@ -186,6 +203,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     phases.mark("guest ended the run");
     shut_down(&stop, threads, events);
     drop(control);
+    com1_input.stop();
     phases.mark("threads joined");
     let mut stats = console.runtime.finish(CONSOLE_GRACE);
     stats.transport = console
@@ -205,6 +223,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         outcome,
         console: stats,
         results,
+        serial: com1.counters().stats(),
     })
 }
 
@@ -237,6 +256,7 @@ fn control_context(config: &VmConfig, console: &ConsoleSlot) -> crate::control::
                 .unwrap_or_else(|e| e.into_inner())
                 .counters();
         }),
+        serial: None,
     }
 }
 

@@ -268,3 +268,39 @@ fn linux_virtio_console_driver_passes_the_conformance_run() {
     drop(held);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_shell_on_com1_takes_typed_commands_and_its_exit_status_ends_the_run() {
+    let test = "a_shell_on_com1_takes_typed_commands_and_its_exit_status_ends_the_run";
+    if !wanted(test) || !common::tmux::runnable(test) {
+        return;
+    }
+    let (kernel, initrd) = artifacts();
+    let dir = tmp_dir("linux-shell");
+    let status = dir.join("status");
+    // Busybox's shell as PID 1 on /dev/console, which is ttyS0 (COM1): stdin is COM1's, as
+    // no port uses stdio.
+    let args = format!(
+        "--kernel {} --initrd {} --memory 256 --timeout 900 --cmdline rdinit=/bin/sh \
+         --port name=n,backend=null",
+        kernel.display(),
+        initrd.display()
+    );
+    let s = common::tmux::Session::start("linux-shell", &args, &status);
+    s.until(800, "the shell's prompt", |t| {
+        t.lines().any(|l| l.trim_end() == "/ #")
+    });
+    common::tmux::wait_raw(&s.tty());
+    // Only the shell can turn this into 42: the terminal echoes nothing of its own.
+    s.type_text("echo hi-$((6*7)) from $(busybox uname -s)");
+    s.press(&["Enter"]);
+    s.until(60, "the shell answers", |t| t.contains("hi-42 from Linux"));
+    // PID 1 exits with 7: the run ends with that status.
+    s.type_text("exit 7");
+    s.press(&["Enter"]);
+    s.until(120, "the run ends", |t| t.contains("RUN-ENDED"));
+    assert_eq!(std::fs::read_to_string(&status).unwrap().trim(), "7");
+    common::tmux::assert_restored(&s.tty());
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,7 @@
 //! | request | what it does and answers |
 //! |---|---|
 //! | `ports` | every port: name, backend, path (pty, socket), plugged, open on each side, counters |
-//! | `stats` | the console's statistics, as `perimeter run --stats --json` prints them at exit |
+//! | `stats` | the console's and COM1's statistics, as `perimeter run --stats --json` prints them at exit |
 //! | `add NAME` | plugs a removed or `unplugged` port in (DEVICE_ADD); the guest sets it up as at boot |
 //! | `remove NAME` | removes the port (DEVICE_REMOVE); the guest's driver hangs up its stream |
 //! | `shutdown` | ends the run as a stop signal does, with status 0 |

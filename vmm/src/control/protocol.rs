@@ -118,6 +118,8 @@ pub struct Context {
     pub paths: Vec<Option<PathBuf>>,
     /// Fills in what the console does not know itself (the transport's counters).
     pub complete: Box<dyn Fn(&mut ConsoleStats) + Send + Sync>,
+    /// COM1's counters, for `stats`.
+    pub serial: Option<std::sync::Arc<crate::devices::serial::SerialCounters>>,
 }
 
 impl Context {
@@ -154,7 +156,13 @@ impl Context {
                     .collect();
                 json!({ "ok": true, "ports": ports })
             }
-            Request::Stats => json!({ "ok": true, "stats": self.stats() }),
+            Request::Stats => {
+                let mut stats = serde_json::to_value(self.stats()).expect("plain data");
+                if let Some(c) = &self.serial {
+                    stats["serial"] = json!(c.stats());
+                }
+                json!({ "ok": true, "stats": stats })
+            }
             Request::Add { port } | Request::Remove { port } => {
                 let Some(id) = self.port_id(port) else {
                     return failure(&format!("no port named {:?}", shorten(port)));

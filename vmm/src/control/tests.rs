@@ -22,6 +22,7 @@ fn context(rt: &ConsoleRuntime, n: usize) -> Context {
         backends: vec!["null".into(); n],
         paths: vec![None; n],
         complete: Box::new(|s| s.transport.resets = 7),
+        serial: Some(Default::default()),
     }
 }
 
@@ -95,6 +96,7 @@ fn requests_list_count_remove_and_add_ports_and_bad_ones_say_why() {
         stats["stats"]["transport"]["resets"], 7,
         "completed by the VMM"
     );
+    assert_eq!(stats["stats"]["serial"]["out_lost"], 0, "COM1's counters");
     let _ = rt.finish(Duration::from_secs(1));
 }
 

@@ -1,4 +1,5 @@
-//! Devices of the VM that are not virtio devices.
+//! Devices of the VM that are not virtio devices: the debug page, COM1 (`serial/`), the stage
+//! registers.
 
 pub mod debug;
 pub mod serial;

@@ -2,6 +2,8 @@
 //! scratch directories and test data.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod tmux;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

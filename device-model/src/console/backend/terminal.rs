@@ -1,8 +1,9 @@
-//! A `stdio` port on a terminal, used as a person would: the terminal in raw mode while the
-//! VM runs (keys reach the guest as typed, Ctrl-C included), restored when the backend ends
-//! and, through [`restore`], on every other way out (the VMM calls it from its stop-signal
-//! handlers and its panic hook); `Ctrl-A x` to quit, `Ctrl-A Ctrl-A` for a literal Ctrl-A
-//! (QEMU's keys); the terminal's window size passed to the guest.
+//! A `stdio` port (and COM1, which the VMM reads the same way) on a terminal, used as a
+//! person would: the terminal in raw mode while the VM runs (keys reach the guest as typed,
+//! Ctrl-C included), restored when the backend ends and, through [`restore`], on every other
+//! way out (the VMM calls it from its stop-signal handlers and its panic hook); `Ctrl-A x` to
+//! quit, `Ctrl-A Ctrl-A` for a literal Ctrl-A (QEMU's keys); the terminal's window size
+//! passed to the guest.
 //!
 //! Output post-processing stays on (a guest's `\n` still starts a new line), as in QEMU.
 

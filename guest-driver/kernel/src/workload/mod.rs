@@ -16,6 +16,8 @@
 //! * `fault`: touches unmapped memory at ring 3 (the stub reports a #PF).
 //! * `ud`: executes a bare `ud2` (the stub reports a #UD).
 //! * `uart`: prints a line through the 8250 at 0x3f8 (port I/O through the stub), exits 0.
+//! * `uart-echo:BYTES`: reads BYTES bytes from the 8250 (polling its line status) and writes
+//!   each back to it, then says so and exits 0 (the VMM's COM1 input, tested).
 //! * `pio-exit:N`: exits with code N through port 0xf4 (for port-I/O guests).
 //! * `svc:N`: times N null ring-0 services and prints the median, exits 0.
 //! * `hang`: halts forever (for the VMM's `--timeout`).
@@ -176,6 +178,7 @@ pub fn run() -> ! {
             unsafe { core::arch::asm!("ud2", options(noreturn)) }
         }
         "uart" => uart(),
+        "uart-echo" => uart_echo(num(name, "BYTES", Some(arg))),
         "pio-exit" => {
             svc::outl(0xf4, num(name, "N", Some(arg)));
             panic!("port 0xf4 did not end the run");
@@ -267,6 +270,26 @@ fn uart() -> ! {
         while svc::inb(COM1 + 5) & 0x20 == 0 {}
         svc::outb(COM1, b);
     }
+    crate::exit(0)
+}
+
+fn uart_echo(total: u64) -> ! {
+    const DATA_READY: u8 = 0x01;
+    const THR_EMPTY: u8 = 0x20;
+    let mut crc = crc32fast::Hasher::new();
+    for _ in 0..total {
+        while svc::inb(COM1 + 5) & DATA_READY == 0 {
+            core::hint::spin_loop();
+        }
+        let b = svc::inb(COM1);
+        crc.update(&[b]);
+        while svc::inb(COM1 + 5) & THR_EMPTY == 0 {}
+        svc::outb(COM1, b);
+    }
+    println!(
+        "uart-echo: {total} bytes echoed, crc32 {:#010x}",
+        crc.finalize()
+    );
     crate::exit(0)
 }
 
