@@ -92,6 +92,7 @@ pub(crate) struct CtlArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("long_runs").args(["soak", "fault_sweep"])))]
 pub(crate) struct BenchArgs {
     /// Also run every cell under QEMU (`qemu-system-x86_64 -M microvm`, the same guest image
     /// through its PVH entry, `virtio-serial-device` ports on the same host peers), runs
@@ -188,9 +189,23 @@ pub(crate) struct BenchArgs {
           value_parser = parse_probability)]
     pub(crate) fault_rate: f64,
 
-    /// Seed of a soak's data, chunk sizes, pauses and faults.
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "soak")]
+    /// Seed of a soak's data, chunk sizes, pauses and faults, or of a fault sweep's faults.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "long_runs")]
     pub(crate) seed: u64,
+
+    /// Instead of the matrix, a sweep of buffer exhaustion: the guest's selftest once per
+    /// --rates, with allocb failing at that rate on the host side, the guest side or both;
+    /// a table of failures and retries per side, wall time and checks, faults.json and
+    /// faults.svg in --out. Exit status 1 if a check fails or anything is dropped.
+    #[arg(long, value_name = "SIDE",
+          conflicts_with_all = ["vs_qemu", "quick", "runs", "only", "qemu", "kernel", "linux", "soak"])]
+    pub(crate) fault_sweep: Option<vmm::bench::faults::Side>,
+
+    /// The fault sweep's allocb failure rates, probabilities from 0 to 1.
+    #[arg(long, value_name = "LIST", default_value = "0,0.1,0.3,0.5,0.7,0.9",
+          requires = "fault_sweep", value_delimiter = ',',
+          value_parser = vmm::bench::faults::parse_rate)]
+    pub(crate) rates: Vec<f64>,
 }
 
 fn parse_minutes(s: &str) -> Result<Duration, String> {

@@ -43,6 +43,9 @@ fn bench(args: BenchArgs) -> ExitCode {
     if args.linux {
         return bench_linux(&args);
     }
+    if let Some(side) = args.fault_sweep {
+        return fault_sweep(&args, side);
+    }
     let (out, vs_qemu) = (args.out.clone(), args.vs_qemu);
     match vmm::bench::run(&args.options()) {
         Ok(report) => {
@@ -109,6 +112,46 @@ fn bench_linux(args: &BenchArgs) -> ExitCode {
         Ok(table) => {
             stdout(&table);
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("perimeter bench: {e}");
+            ExitCode::from(e.status())
+        }
+    }
+}
+
+fn fault_sweep(args: &BenchArgs, side: vmm::bench::faults::Side) -> ExitCode {
+    let perimeter = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("perimeter bench: cannot find this binary: {e}");
+            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
+        }
+    };
+    let opts = vmm::bench::faults::SweepOptions {
+        side,
+        rates: args.rates.clone(),
+        seed: args.seed,
+        perimeter,
+        out: args.out.clone(),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    match vmm::bench::faults::run(&opts) {
+        Ok((table, runs)) => {
+            stdout(&table);
+            eprintln!(
+                "perimeter: faults.json, faults.svg are in {}",
+                args.out.display()
+            );
+            let failed: Vec<_> = runs.iter().filter(|r| r.problem.is_some()).collect();
+            for r in &failed {
+                eprintln!(
+                    "perimeter: rate {}: {}",
+                    r.rate,
+                    r.problem.as_deref().unwrap_or_default()
+                );
+            }
+            ExitCode::from(u8::from(!failed.is_empty()))
         }
         Err(e) => {
             eprintln!("perimeter bench: {e}");

@@ -316,3 +316,68 @@ fn soak_flags_are_checked() {
         );
     }
 }
+
+#[test]
+fn a_fault_sweep_runs_the_selftest_per_rate_and_draws_it() {
+    let test = "a_fault_sweep_runs_the_selftest_per_rate_and_draws_it";
+    if !kvm_present(test) {
+        return;
+    }
+    let dir = tmp_dir("fault-sweep");
+    let o = perimeter(&[
+        "bench",
+        "--fault-sweep",
+        "both",
+        "--rates",
+        "0,0.5",
+        "--seed",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let (table, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(status(&o), 0, "{table}\n{err}");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().all(|r| r.ends_with("  ok")), "{table}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("faults.json")).unwrap()).unwrap();
+    assert_eq!(doc["side"], "both");
+    assert_eq!(doc["seed"], 3);
+    let half = &doc["runs"][1];
+    assert_eq!(half["rate"], 0.5);
+    for key in ["host_failed", "guest_failed"] {
+        assert!(half[key].as_u64().unwrap() > 0, "{key}: {half}");
+    }
+    let svg = std::fs::read_to_string(dir.join("faults.svg")).unwrap();
+    assert!(svg.contains("allocb failure probability"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fault_sweep_flags_are_checked() {
+    for (args, needle) in [
+        (
+            &["bench", "--fault-sweep", "both", "--rates", "0,2"][..],
+            "probability from 0 to 1",
+        ),
+        (&["bench", "--fault-sweep", "sideways"][..], "invalid value"),
+        (&["bench", "--rates", "0.5"][..], "--fault-sweep"),
+        (
+            &["bench", "--seed", "2"][..],
+            "--soak <MINUTES>|--fault-sweep <SIDE>",
+        ),
+        (
+            &["bench", "--fault-sweep", "host", "--soak", "1"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let o = perimeter(args);
+        assert_eq!(status(&o), 120, "{args:?}");
+        assert!(
+            text(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}

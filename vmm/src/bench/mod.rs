@@ -7,7 +7,10 @@
 //! latency are what the guest measured (TSC); boot is process start to first output byte.
 //! Every transfer is checked: bytes delivered against bytes sent, CRCs, the guest's pattern
 //! check ([`sample`]). Output: a table on stdout, `results.json`, and SVG plots ([`plot`]).
+//! Instead of the matrix: the Linux guest ([`linux`]), a soak ([`soak`]), or a sweep of
+//! buffer-exhaustion rates ([`faults`]).
 
+pub mod faults;
 pub mod launch;
 pub mod linux;
 pub mod matrix;
