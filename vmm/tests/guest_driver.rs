@@ -105,6 +105,14 @@ fn selftest_passes_on_2_vcpus() {
         }
     }
     assert!(losses(&out).iter().all(|&l| l == (0, 0)), "{out}");
+    // Without injected faults no allocation failed and nothing was retried: the pattern
+    // source waiting for the references of its master block to come back is flow control.
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["pool_failed_capacity"], 0, "{doc}");
+    for p in doc["ports"].as_array().unwrap() {
+        assert_eq!(p["allocb_failures"], 0, "{p}");
+        assert_eq!(p["bufcall_retries"], 0, "{p}");
+    }
 }
 
 #[test]

@@ -522,7 +522,11 @@ fn input_loop(st: &Arc<IoState>, mut source: Source) {
                 }
             };
             let Some(mut m) = master.dupb() else {
-                allocation_failed(st, 0);
+                // Every reference the master's data block allows is out, in messages the
+                // device has not consumed yet (some may wait at a busy perimeter, where
+                // `canwrite` does not see them): wait for them as for flow control. Not an
+                // allocation failure, so not counted as one.
+                st.in_wake.wait(Duration::from_millis(1));
                 continue;
             };
             let at = (offset % PATTERN_PERIOD as u64) as usize;
