@@ -353,6 +353,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 
+    /// Append the statistics (the --json document's, without the guest's results) to FILE
+    /// as one JSON line every --metrics-every seconds and once more as the guest stops, each
+    /// with its `time` and `uptime_ms`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) metrics: Option<PathBuf>,
+
+    /// How often --metrics writes a line, in seconds (fractions allowed; 0.01 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "1", requires = "metrics",
+          value_parser = parse_timeout)]
+    pub(crate) metrics_every: Duration,
+
     /// At exit, print per-port console statistics on stderr: bytes and buffers each way,
     /// allocation failures, bufcall retries, kicks, interrupts sent and suppressed, drops.
     #[arg(long)]
@@ -430,6 +441,8 @@ impl RunArgs {
             faults: self.faults,
             control: self.control,
             serial: self.serial,
+            metrics: self.metrics,
+            metrics_every: self.metrics_every,
             seccomp: !self.no_seccomp,
             tx_poll: Duration::from_micros(self.tx_poll_us),
             console_irq_vcpu: self.console_irq_vcpu,
@@ -454,6 +467,8 @@ impl Default for RunArgs {
             faults: Vec::new(),
             control: None,
             serial: SerialSpec::Stdio,
+            metrics: None,
+            metrics_every: Duration::from_secs(1),
             stats: false,
             json: false,
             no_seccomp: false,

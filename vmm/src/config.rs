@@ -50,6 +50,10 @@ pub struct VmConfig {
     pub control: Option<PathBuf>,
     /// COM1's backend.
     pub serial: SerialSpec,
+    /// Where to append the statistics periodically ([`crate::metrics`]).
+    pub metrics: Option<PathBuf>,
+    /// How often (`--metrics-every`).
+    pub metrics_every: Duration,
     /// Confine the whole process with [`crate::seccomp`] once the VM is set up. For a
     /// process that exists to run this VM (`perimeter run`): afterwards it can open no file
     /// and start no program.
@@ -110,9 +114,17 @@ impl VmConfig {
                 _ => None,
             })
             .collect();
+        if !(Duration::from_millis(10)..=Duration::from_secs(86_400)).contains(&self.metrics_every)
+        {
+            return Err(Error::BadInput(format!(
+                "--metrics-every {:?}: from 0.01 seconds to a day",
+                self.metrics_every
+            )));
+        }
         for (flag, path) in [
             ("--control", self.control.as_deref()),
             ("--serial", self.serial.path()),
+            ("--metrics", self.metrics.as_deref()),
         ] {
             let Some(path) = path else { continue };
             if let Some((user, _)) = taken.iter().find(|(_, t)| path_key(t) == path_key(path)) {
@@ -146,6 +158,8 @@ impl Default for VmConfig {
             faults: Vec::new(),
             control: None,
             serial: SerialSpec::Stdio,
+            metrics: None,
+            metrics_every: Duration::from_secs(1),
             seccomp: false,
             tx_poll: device_model::console::DEFAULT_TX_POLL,
             console_irq_vcpu: 0,

@@ -66,6 +66,14 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// The `--metrics` file could not be opened.
+    #[error("--metrics {}: {source}", path.display())]
+    Metrics {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// A host resource (thread, eventfd, memory mapping) could not be had.
     #[error("{what}: {source}")]
     Host {
@@ -85,7 +93,8 @@ impl Error {
             | Error::KernelFormat { .. }
             | Error::Bus(_)
             | Error::Control { .. }
-            | Error::Serial { .. } => STATUS_BAD_INPUT,
+            | Error::Serial { .. }
+            | Error::Metrics { .. } => STATUS_BAD_INPUT,
             Error::KvmUnavailable(_) | Error::Kvm { .. } | Error::Host { .. } => {
                 STATUS_HOST_FAILURE
             }

@@ -12,6 +12,7 @@
 //! | [`vm`] | building, running and tearing down a VM; the event loop |
 //! | `guest_kind` | what differs between the project's guests and Linux: loading, entry, legacy devices, interrupts, CPUID |
 //! | [`memory`] | guest RAM: mapped, backed by huge pages where the host allows |
+//! | [`metrics`] | `--metrics FILE`: the statistics appended as a JSON line every `--metrics-every` |
 //! | [`vcpu`] | vCPU threads and exit dispatch |
 //! | [`affinity`] | `--pin-vcpus`: a host CPU for each vCPU thread, the rest for the others |
 //! | [`bus`] | MMIO and port-I/O address dispatch |
@@ -35,6 +36,7 @@ pub mod irq;
 pub mod linux;
 pub mod loader;
 pub mod memory;
+pub mod metrics;
 pub mod results;
 pub mod seccomp;
 pub mod signals;

@@ -149,6 +149,19 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
         None => None,
     };
 
+    let metrics = match &config.metrics {
+        Some(path) => {
+            let mut context = control_context(config, &console);
+            context.serial = Some(com1.counters());
+            Some(crate::metrics::Metrics::start(
+                path,
+                config.metrics_every,
+                context,
+            )?)
+        }
+        None => None,
+    };
+
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -204,6 +217,9 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     shut_down(&stop, threads, events);
     drop(control);
     com1_input.stop();
+    if let Some(m) = metrics {
+        m.finish();
+    }
     phases.mark("threads joined");
     let mut stats = console.runtime.finish(CONSOLE_GRACE);
     stats.transport = console

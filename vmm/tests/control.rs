@@ -1,6 +1,7 @@
 //! The control socket of a running VM, driven as a user would: `perimeter ctl SOCKET REQUEST`
 //! lists the ports with their paths, removes and adds one, reads the statistics, refuses what
-//! it must in one line, and ends the run with `shutdown`.
+//! it must in one line, and ends the run with `shutdown`; `--metrics` appends the same
+//! statistics to a file while the guest runs.
 //!
 //! Needs `/dev/kvm`; without it the test says so on stderr and passes without running.
 
@@ -120,5 +121,61 @@ fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
         "{seen}"
     );
     assert!(!sock.exists(), "the socket file is removed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metrics_are_appended_as_json_lines_while_the_guest_runs() {
+    let test = "metrics_are_appended_as_json_lines_while_the_guest_runs";
+    if !kvm_present(test) {
+        return;
+    }
+    let dir = tmp_dir("metrics");
+    let file = dir.join("metrics.jsonl");
+    std::fs::write(&file, "an earlier line\n").unwrap();
+    let o = perimeter(&[
+        "run",
+        "--workload",
+        "tx:4K:512M:sink",
+        "--metrics",
+        file.to_str().unwrap(),
+        "--metrics-every",
+        "0.02",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    let mut lines = written.lines();
+    assert_eq!(
+        lines.next(),
+        Some("an earlier line"),
+        "appended, not truncated"
+    );
+    let docs: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        docs.len() >= 3,
+        "a line every 20 ms and one at the end: {written}"
+    );
+    let sink = |d: &serde_json::Value| {
+        d["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "sink")
+            .unwrap()["tx_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    for pair in docs.windows(2) {
+        assert!(pair[0]["uptime_ms"].as_u64() <= pair[1]["uptime_ms"].as_u64());
+        assert!(sink(&pair[0]) <= sink(&pair[1]), "counters only grow");
+    }
+    let last = docs.last().unwrap();
+    assert!(last["time"].as_str().unwrap().ends_with('Z'), "{last}");
+    assert_eq!(last["serial"]["out_lost"], 0, "{last}");
+    // The last line is written as the guest stops: everything it sent is counted.
+    let end: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(sink(last), sink(&end));
+    assert_eq!(sink(last), 512 << 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }

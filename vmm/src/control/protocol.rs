@@ -129,6 +129,16 @@ impl Context {
         s
     }
 
+    /// The statistics as `--stats --json` has them: the console's, the transport's and
+    /// COM1's.
+    pub fn stats_document(&self) -> Value {
+        let mut stats = serde_json::to_value(self.stats()).expect("plain data");
+        if let Some(c) = &self.serial {
+            stats["serial"] = json!(c.stats());
+        }
+        stats
+    }
+
     fn port_id(&self, name: &str) -> Option<u32> {
         (0..self.console.ports() as u32)
             .find(|&i| self.console.port(i).is_some_and(|p| p.config.name == name))
@@ -156,13 +166,7 @@ impl Context {
                     .collect();
                 json!({ "ok": true, "ports": ports })
             }
-            Request::Stats => {
-                let mut stats = serde_json::to_value(self.stats()).expect("plain data");
-                if let Some(c) = &self.serial {
-                    stats["serial"] = json!(c.stats());
-                }
-                json!({ "ok": true, "stats": stats })
-            }
+            Request::Stats => json!({ "ok": true, "stats": self.stats_document() }),
             Request::Add { port } | Request::Remove { port } => {
                 let Some(id) = self.port_id(port) else {
                     return failure(&format!("no port named {:?}", shorten(port)));
