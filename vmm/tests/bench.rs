@@ -292,9 +292,22 @@ fn a_short_soak_moves_data_both_ways_on_every_port_and_loses_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Each of `cases` (arguments, what the error says) is refused with status 120.
+fn refused(cases: &[(&[&str], &str)]) {
+    for (args, needle) in cases {
+        let o = perimeter(args);
+        assert_eq!(status(&o), 120, "{args:?}");
+        assert!(
+            text(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}
+
 #[test]
 fn soak_flags_are_checked() {
-    for (args, needle) in [
+    refused(&[
         (&["bench", "--soak", "0"][..], "more than 0"),
         (&["bench", "--soak", "x"][..], "not a number of minutes"),
         (&["bench", "--ports", "3"][..], "--soak"),
@@ -306,15 +319,7 @@ fn soak_flags_are_checked() {
             &["bench", "--soak", "1", "--fault-rate", "2"][..],
             "between 0 and 1",
         ),
-    ] {
-        let o = perimeter(args);
-        assert_eq!(status(&o), 120, "{args:?}");
-        assert!(
-            text(&o.stderr).contains(needle),
-            "{args:?}: {}",
-            text(&o.stderr)
-        );
-    }
+    ]);
 }
 
 #[test]
@@ -356,7 +361,7 @@ fn a_fault_sweep_runs_the_selftest_per_rate_and_draws_it() {
 
 #[test]
 fn fault_sweep_flags_are_checked() {
-    for (args, needle) in [
+    refused(&[
         (
             &["bench", "--fault-sweep", "both", "--rates", "0,2"][..],
             "probability from 0 to 1",
@@ -371,13 +376,5 @@ fn fault_sweep_flags_are_checked() {
             &["bench", "--fault-sweep", "host", "--soak", "1"][..],
             "cannot be used with",
         ),
-    ] {
-        let o = perimeter(args);
-        assert_eq!(status(&o), 120, "{args:?}");
-        assert!(
-            text(&o.stderr).contains(needle),
-            "{args:?}: {}",
-            text(&o.stderr)
-        );
-    }
+    ]);
 }

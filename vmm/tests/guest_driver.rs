@@ -333,13 +333,7 @@ fn spawn_announcing(
     args: &[&str],
     ports: usize,
 ) -> (std::process::Child, thread::JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("perimeter starts");
+    let mut child = spawn_piped(args);
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let mut announced = 0;
@@ -522,13 +516,7 @@ fn buffers_a_stopped_writer_left_with_the_device_come_back_while_the_cpu_idles()
         "--port",
         &spec,
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("perimeter starts");
+    let mut child = spawn_piped(&args);
     let mut err = common::StderrLines::of(&mut child);
     err.wait_for(&["perimeter: port p0"]);
     // Connected at once (a client arriving later is news the guest hears, and its handler

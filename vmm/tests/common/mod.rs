@@ -28,6 +28,17 @@ pub fn perimeter(args: &[&str]) -> Output {
         .expect("perimeter runs")
 }
 
+/// Starts `perimeter` with `args`: stdin closed, stdout and stderr piped.
+pub fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("perimeter starts")
+}
+
 /// Bytes as text, lossily.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
