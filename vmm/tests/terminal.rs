@@ -1,7 +1,8 @@
 //! A `stdio` console port, and COM1 (`--serial stdio`), on a real terminal, driven as a person
 //! would through tmux: the terminal goes raw while the VM runs (keys reach the guest as typed
 //! and come back through its echo), the window size reaches the guest's console port,
-//! `Ctrl-A x` ends the run with status 0, and the terminal is as it was afterwards.
+//! `Ctrl-A x` ends the run with status 0, and the terminal is as it was afterwards; a run
+//! started in the background leaves the terminal alone instead of being stopped by it.
 //!
 //! Needs `/dev/kvm` and tmux; without either the test says so on stderr and passes without
 //! running (.ci/run installs tmux). The Linux guest's shell on COM1 is tested in linux.rs.
@@ -95,6 +96,40 @@ fn com1_on_a_terminal_takes_keys_as_typed_and_ctrl_a_x_quits() {
         t.contains("typed-to-com1")
     });
     quit_with_ctrl_a_x(&s, &status);
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_started_in_the_background_leaves_the_terminal_alone() {
+    let test = "a_run_started_in_the_background_leaves_the_terminal_alone";
+    if !runnable(test) {
+        return;
+    }
+    let dir = tmp_dir("terminal-background");
+    let status = dir.join("status");
+    // An interactive shell's job control: `&` gives perimeter a process group of its own,
+    // not the terminal's foreground. Touching the terminal's settings, or reading it, would
+    // stop it (SIGTTOU, SIGTTIN) instead of letting it end by its timeout. Both users of
+    // stdin: the default ports' stdio console port, then COM1.
+    let bin = env!("CARGO_BIN_EXE_perimeter");
+    let command = format!(
+        "bash --norc -i -c '{bin} run --workload hang --timeout 2 & wait $!; a=$?; \
+         {bin} run --workload hang --timeout 2 --port name=n,backend=null & wait $!; \
+         echo $a $? > {}; echo RUN-ENDED; sleep 60'",
+        status.display()
+    );
+    let s = Session::start_command("background", &command);
+    s.until(60, "both runs end by their timeout", |t| {
+        t.contains("RUN-ENDED")
+    });
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap().trim(),
+        "124 124",
+        "{}",
+        s.screen()
+    );
+    assert_restored(&s.tty());
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
 }

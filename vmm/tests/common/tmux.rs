@@ -33,22 +33,28 @@ impl Session {
     /// in a 100x30 window; when perimeter ends, its exit status goes to `status` and the
     /// pane shows RUN-ENDED.
     pub fn start(name: &str, args: &str, status: &Path) -> Self {
-        let session = Session(format!("perimeter-test-{name}-{}", std::process::id()));
         let run = format!(
             "{} run {args}; echo $? > {}; echo RUN-ENDED; sleep 60",
             env!("CARGO_BIN_EXE_perimeter"),
             status.display()
         );
+        Self::start_command(name, &run)
+    }
+
+    /// Starts a session running the shell command `command` in a 100x30 window.
+    pub fn start_command(name: &str, command: &str) -> Self {
+        let session = Session(format!("perimeter-test-{name}-{}", std::process::id()));
+        let s = session.0.as_str();
         tmux(&[
             "new-session",
             "-d",
             "-s",
-            &session.0,
+            s,
             "-x",
             "100",
             "-y",
             "30",
-            &run,
+            command,
         ]);
         session
     }

@@ -273,11 +273,16 @@ impl PortIo {
                 use std::os::fd::AsFd;
                 let out = dup(io::stdout().as_fd())?;
                 let inp = dup(io::stdin().as_fd())?;
-                let raw = terminal::enter_raw(&inp).map_err(|e| failed("stdin's terminal", e))?;
-                let source = if raw {
-                    Source::Terminal(inp)
-                } else {
-                    Source::Reader(inp)
+                let stdin = terminal::enter_raw(&inp).map_err(|e| failed("stdin's terminal", e))?;
+                let source = match stdin {
+                    terminal::Stdin::Raw => Source::Terminal(inp),
+                    terminal::Stdin::NotATerminal => Source::Reader(inp),
+                    terminal::Stdin::Background => {
+                        log::info!(
+                            "port {name}: stdin is the terminal of a background job: not read"
+                        );
+                        Source::None
+                    }
                 };
                 (Sink::Writer(out), source)
             }

@@ -21,10 +21,28 @@ static SAVED: OnceLock<(File, Termios)> = OnceLock::new();
 /// The terminal is in raw mode now.
 static RAW: AtomicBool = AtomicBool::new(false);
 
-/// Puts the terminal `f` is (stdin) in raw mode if it is a terminal; false if it is not.
-pub fn enter_raw(f: &File) -> io::Result<bool> {
+/// What stdin turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdin {
+    /// Not a terminal (a pipe, a file, /dev/null): read as it is.
+    NotATerminal,
+    /// A terminal, now in raw mode.
+    Raw,
+    /// A terminal whose foreground is another process group (perimeter was started with
+    /// `&`): touching its settings or reading it would stop perimeter (SIGTTOU, SIGTTIN), so
+    /// it is left alone and not read.
+    Background,
+}
+
+/// Puts the terminal `f` is (stdin) in raw mode if it is a terminal and perimeter is in its
+/// foreground.
+pub fn enter_raw(f: &File) -> io::Result<Stdin> {
     if !isatty(f) {
-        return Ok(false);
+        return Ok(Stdin::NotATerminal);
+    }
+    // A process group other than the terminal's foreground one is a background job.
+    if rustix::termios::tcgetpgrp(f).ok() != Some(rustix::process::getpgrp()) {
+        return Ok(Stdin::Background);
     }
     let before = tcgetattr(f)?;
     let _ = SAVED.set((f.try_clone()?, before.clone()));
@@ -33,7 +51,7 @@ pub fn enter_raw(f: &File) -> io::Result<bool> {
     raw.output_modes |= OutputModes::OPOST | OutputModes::ONLCR;
     tcsetattr(f, OptionalActions::Now, &raw)?;
     RAW.store(true, Ordering::SeqCst);
-    Ok(true)
+    Ok(Stdin::Raw)
 }
 
 /// Puts the terminal back as it was, if raw mode is on. Async-signal-safe: an atomic swap and
@@ -101,7 +119,7 @@ mod tests {
     #[test]
     fn without_a_terminal_nothing_changes_and_restore_is_harmless() {
         let f = tempfile_like();
-        assert!(!enter_raw(&f).unwrap());
+        assert_eq!(enter_raw(&f).unwrap(), Stdin::NotATerminal);
         restore();
     }
 

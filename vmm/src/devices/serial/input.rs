@@ -53,10 +53,17 @@ impl InputThread {
     ) -> Result<Option<Self>, Error> {
         let terminal = match &input {
             Input::None => return Ok(None),
-            Input::Stdin(f) => terminal::enter_raw(f).map_err(|source| Error::Serial {
+            Input::Stdin(f) => match terminal::enter_raw(f).map_err(|source| Error::Serial {
                 what: "stdio: stdin's terminal".into(),
                 source,
-            })?,
+            })? {
+                terminal::Stdin::Raw => true,
+                terminal::Stdin::NotATerminal => false,
+                terminal::Stdin::Background => {
+                    log::info!("COM1: stdin is the terminal of a background job: not read");
+                    return Ok(None);
+                }
+            },
             Input::Socket { .. } => false,
         };
         let stop = Arc::new(AtomicBool::new(false));
