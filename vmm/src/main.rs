@@ -91,12 +91,9 @@ fn bench_linux(args: &BenchArgs) -> ExitCode {
     } else {
         None
     };
-    let perimeter = match std::env::current_exe() {
+    let perimeter = match this_binary() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("perimeter bench: cannot find this binary: {e}");
-            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
-        }
+        Err(status) => return status,
     };
     let opts = vmm::bench::linux::LinuxBenchOptions {
         perimeter,
@@ -120,13 +117,18 @@ fn bench_linux(args: &BenchArgs) -> ExitCode {
     }
 }
 
+/// This executable, which the benchmarks run as their VMM.
+fn this_binary() -> Result<std::path::PathBuf, ExitCode> {
+    std::env::current_exe().map_err(|e| {
+        eprintln!("perimeter bench: cannot find this binary: {e}");
+        ExitCode::from(vmm::error::STATUS_HOST_FAILURE)
+    })
+}
+
 fn fault_sweep(args: &BenchArgs, side: vmm::bench::faults::Side) -> ExitCode {
-    let perimeter = match std::env::current_exe() {
+    let perimeter = match this_binary() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("perimeter bench: cannot find this binary: {e}");
-            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
-        }
+        Err(status) => return status,
     };
     let opts = vmm::bench::faults::SweepOptions {
         side,
@@ -161,12 +163,9 @@ fn fault_sweep(args: &BenchArgs, side: vmm::bench::faults::Side) -> ExitCode {
 }
 
 fn soak(args: &BenchArgs, duration: Duration) -> ExitCode {
-    let perimeter = match std::env::current_exe() {
+    let perimeter = match this_binary() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("perimeter bench: cannot find this binary: {e}");
-            return ExitCode::from(vmm::error::STATUS_HOST_FAILURE);
-        }
+        Err(status) => return status,
     };
     let opts = vmm::bench::soak::SoakOptions {
         duration,

@@ -140,9 +140,8 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     )?;
     let control = match &config.control {
         Some(path) => {
-            let mut context = control_context(config, &console);
-            context.serial = Some(com1.counters());
-            let c = ControlSocket::start(path, context, tx.clone())?;
+            let c =
+                ControlSocket::start(path, control_context(config, &console, &com1), tx.clone())?;
             eprintln!("perimeter: control: {}", path.display());
             Some(c)
         }
@@ -151,8 +150,7 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
 
     let metrics = match &config.metrics {
         Some(path) => {
-            let mut context = control_context(config, &console);
-            context.serial = Some(com1.counters());
+            let context = control_context(config, &console, &com1);
             Some(crate::metrics::Metrics::start(
                 path,
                 config.metrics_every,
@@ -243,9 +241,13 @@ pub fn run_with_output(config: &VmConfig, output: Output) -> Result<RunReport, E
     })
 }
 
-/// What the control socket answers from: the console, each port's backend and path, and the
-/// transport's counters.
-fn control_context(config: &VmConfig, console: &ConsoleSlot) -> crate::control::Context {
+/// What the control socket (and `--metrics`) answers from: the console, each port's backend
+/// and path, the transport's counters and COM1's.
+fn control_context(
+    config: &VmConfig,
+    console: &ConsoleSlot,
+    com1: &crate::devices::serial::SerialPort,
+) -> crate::control::Context {
     let paths = console.runtime.paths();
     let transport = console.transport.clone();
     crate::control::Context {
@@ -272,7 +274,7 @@ fn control_context(config: &VmConfig, console: &ConsoleSlot) -> crate::control::
                 .unwrap_or_else(|e| e.into_inner())
                 .counters();
         }),
-        serial: None,
+        serial: Some(com1.counters()),
     }
 }
 
