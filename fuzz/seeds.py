@@ -148,11 +148,39 @@ messages = {
     "pool-exhaustion": b"".join(s_alloc(4095) for _ in range(70)) + s_pullup(0, 0xffff) + s_dup(3, 1),
 }
 
+# --- packed: size u16, event_idx u8, then ops: 0 desc(slot u16, addr mode u8 + arg, len mode
+# u8 + arg, id u16, flags mode u8 + arg), 1 bytes(at u16 * 16 from the heap, blob), 2 pop,
+# 3 answer(which u8, written u32), 4 driver event(u32), 5 device event(enable u8)
+AVAIL, USED, NEXT, WRITE, INDIRECT = 1 << 7, 1 << 15, 1, 2, 4
+def p_desc(slot, heap16, len16, id, flags):
+    return u8(0) + u16(slot) + u8(0) + u16(heap16) + u8(0) + u8(len16) + u16(id) + u8(0) + u16(flags)
+def p_bytes(heap16, b): return u8(1) + u16(heap16) + blob(b)
+def p_pop(): return u8(2)
+def p_answer(which, n): return u8(3) + u8(which) + u32(n)
+def p_driver_event(off_wrap, flags): return u8(4) + u32(off_wrap | flags << 16)
+def p_device_event(on): return u8(5) + u8(on)
+def table(*descs):
+    return b"".join(u64(a) + u32(l) + u16(0) + u16(f) for a, l, f in descs)
+
+packed = {
+    "one-buffer": u16(3) + u8(0) + p_desc(0, 0, 1, 2, AVAIL) + p_pop() + p_answer(0, 16)
+    + p_driver_event(0, 0) + p_device_event(1),
+    "chain-across-the-end": u16(3) + u8(1) + p_desc(2, 0, 1, 0, AVAIL | NEXT) + p_desc(0, 1, 1, 1, USED)
+    + p_desc(0, 1, 1, 1, AVAIL | WRITE) + p_pop() + p_pop() + p_answer(0, 0) + p_driver_event(1 << 15 | 2, 2),
+    "indirect": u16(4) + u8(1) + p_bytes(0, table((0x90000, 8, 0), (0x90100, 8, WRITE)))
+    + p_desc(0, 0, 2, 7 - 4, AVAIL | INDIRECT) + p_pop() + p_answer(0, 8) + p_device_event(1),
+    "lying-wrap-bits": u16(4) + u8(0) + p_desc(0, 0, 1, 0, AVAIL | USED) + p_pop() + p_desc(0, 0, 1, 0, 0)
+    + p_pop() + p_desc(0, 0, 1, 0, USED) + p_pop() + p_answer(0, 0),
+    "same-id-twice": u16(4) + u8(0) + p_desc(0, 0, 1, 1, AVAIL) + p_desc(1, 0, 1, 1, AVAIL) + p_pop() + p_pop(),
+}
+
 rng = random.Random(7)
 for t in (mmio, rings, control, messages):
     t["random"] = bytes(rng.randrange(256) for _ in range(600))
+packed["random"] = bytes(random.Random(22).randrange(256) for _ in range(600))
 
-for name, seeds in (("mmio", mmio), ("rings", rings), ("control", control), ("messages", messages)):
+for name, seeds in (("mmio", mmio), ("rings", rings), ("control", control), ("messages", messages),
+                    ("packed", packed)):
     d = os.path.join(HERE, "corpus", name)
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):

@@ -7,11 +7,13 @@
 mod control;
 mod messages;
 mod mmio;
+mod packed;
 mod rings;
 
 pub use control::control;
 pub use messages::messages;
 pub use mmio::mmio;
+pub use packed::packed;
 pub use rings::rings;
 
 use crate::console::{Console, ConsoleHandle, PortConfig};
@@ -24,11 +26,12 @@ use vm_memory::{Bytes, GuestAddress};
 pub type Harness = fn(&[u8]);
 
 /// Every harness by name, as the fuzz targets and the corpus directories are named.
-pub const TARGETS: [(&str, Harness); 4] = [
+pub const TARGETS: [(&str, Harness); 5] = [
     ("mmio", mmio),
     ("rings", rings),
     ("control", control),
     ("messages", messages),
+    ("packed", packed),
 ];
 
 /// Guest memory of the rigs: queues at 1 MiB (16 KiB each), buffers from 2 MiB.

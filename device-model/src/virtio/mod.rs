@@ -1,8 +1,10 @@
 //! Generic virtio pieces: the device trait, the interrupt/status link between a device and its
-//! transport, and the virtio-mmio transport. Nothing here knows which device it carries.
+//! transport, the virtio-mmio transport, and the device side of the packed virtqueue (not yet
+//! offered to guests). Nothing here knows which device it carries.
 
 pub mod device;
 pub mod mmio;
+pub mod packed;
 pub mod signals;
 
 pub use device::{ActivateError, Activation, ActiveQueue, VirtioDevice};
