@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::{kvm_present, perimeter, status, text, tmp_dir, wait_for_line};
+use common::{kvm_present, perimeter, spawn_piped, status, text, tmp_dir, wait_for_line};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
 
 fn ctl(socket: &str, request: &[&str]) -> (i32, Value, String) {
     let o = perimeter(&[&["ctl", socket][..], request].concat());
@@ -27,27 +26,19 @@ fn a_running_vm_is_listed_changed_and_shut_down_through_perimeter_ctl() {
     let dir = tmp_dir("ctl");
     let sock = dir.join("control.sock");
     let s = sock.to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args([
-            "run",
-            "--workload",
-            "echo",
-            "--timeout",
-            "120",
-            "--control",
-            s,
-        ])
-        .args([
-            "--port",
-            "name=a,backend=null",
-            "--port",
-            "name=t,backend=pty",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&[
+        "run",
+        "--workload",
+        "echo",
+        "--timeout",
+        "120",
+        "--control",
+        s,
+        "--port",
+        "name=a,backend=null",
+        "--port",
+        "name=t,backend=pty",
+    ]);
     let err = wait_for_line(&mut child, &["perimeter: control: ".to_string()]);
     // The guest's driver has every port open (its echo says so) before anything changes.
     let mut out = BufReader::new(child.stdout.take().unwrap());

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -612,26 +611,20 @@ fn removing_a_port_during_a_transfer_hangs_up_that_stream_only() {
     let (sock, ctl) = (dir.join("victim.sock"), dir.join("control.sock"));
     let victim = format!("name=victim,backend=socket:{}", sock.display());
     let ctl_arg = ctl.display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args([
-            "run",
-            "--json",
-            "--timeout",
-            "120",
-            "--workload",
-            "fairness:0:128M:64K",
-            "--control",
-            &ctl_arg,
-            "--port",
-            &victim,
-            "--port",
-            "name=other,backend=null",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&[
+        "run",
+        "--json",
+        "--timeout",
+        "120",
+        "--workload",
+        "fairness:0:128M:64K",
+        "--control",
+        &ctl_arg,
+        "--port",
+        &victim,
+        "--port",
+        "name=other,backend=null",
+    ]);
     let rest = wait_for_line(
         &mut child,
         &[

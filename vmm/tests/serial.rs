@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{json, kvm_present, perimeter, status, text, tmp_dir};
+use common::{json, kvm_present, perimeter, spawn_piped, status, text, tmp_dir};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -125,14 +125,18 @@ fn a_socket_client_talks_to_com1_both_ways_and_output_without_one_is_counted() {
     // A client: binary data both ways, byte for byte.
     let input = common::data(4096, 2);
     let workload = format!("uart-echo:{}", input.len());
-    let child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["run", "--workload", &workload, "--timeout", "120", "--json"])
-        .args(["--serial", &serial, "--port", "name=n,backend=null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&[
+        "run",
+        "--workload",
+        &workload,
+        "--timeout",
+        "120",
+        "--json",
+        "--serial",
+        &serial,
+        "--port",
+        "name=n,backend=null",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut c = loop {
         match UnixStream::connect(&sock) {
